@@ -1,0 +1,59 @@
+//! The storage behind an election. The election logic (local deadline, jittered renewal, wake-up at
+//! expiry, release, run-while-leader, status stream) lives in [`crate::Elector`] and is written once;
+//! a backend only stores the lease. [`crate::PgBackend`] is the PostgreSQL one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::Result;
+
+/// A boxed, sendable future (keeps [`Backend`] usable as a trait object).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A lease as read from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedLease {
+    /// `leader_id` of the holder.
+    pub leader_id: String,
+    /// The holder's fencing term.
+    pub term: u64,
+    /// Time left until the lease expires, by the store's clock; `None` once it has expired.
+    pub expires_in: Option<Duration>,
+}
+
+/// Result of one acquisition attempt. Losing is an outcome, not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcquireOutcome {
+    /// This candidate now holds the lease with a new term.
+    Acquired {
+        /// The new fencing term, greater than any earlier term of this lock id.
+        term: u64,
+    },
+    /// Someone else holds a live lease (when it could be read), or another candidate was acquiring at the
+    /// same moment.
+    NotAcquired {
+        /// The lease that stands, if it was read.
+        current: Option<ObservedLease>,
+    },
+}
+
+/// Storage of one election's lease (one lock id). Every method must return within the operation timeout
+/// it was built with, and must judge expiry by the store's own clock. Implementations are used from one
+/// task at a time per election.
+pub trait Backend: Send + Sync + 'static {
+    /// Makes sure the storage exists (creating or upgrading it when allowed), or says what is missing.
+    fn prepare(&self) -> BoxFuture<'_, Result<()>>;
+    /// Reads the current lease, live or expired; `None` when there is none.
+    fn observe(&self) -> BoxFuture<'_, Result<Option<ObservedLease>>>;
+    /// Takes the lease if it is free or expired, in one atomic step, with a new term.
+    fn try_acquire(&self) -> BoxFuture<'_, Result<AcquireOutcome>>;
+    /// Extends this candidate's lease of `term` if it still holds it unexpired; `false` means it is lost.
+    fn renew(&self, term: u64) -> BoxFuture<'_, Result<bool>>;
+    /// Ends this candidate's lease of `term` (only that one); `false` when it was not held any more.
+    fn release(&self, term: u64) -> BoxFuture<'_, Result<bool>>;
+    /// Deletes long-expired leases; returns how many. Never touches a live lease.
+    fn cleanup(&self) -> BoxFuture<'_, Result<u64>>;
+    /// Frees connections the backend owns. Called once, when the elector stops.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}

@@ -1,0 +1,732 @@
+//! The election itself: one background task per election that campaigns, renews, steps down and cleans
+//! up, and a handle ([`Elector`]) to read leadership and to release or shut down.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::backend::{AcquireOutcome, Backend, ObservedLease};
+use crate::clock::LeaseClock;
+use crate::config::{ElectorBuilder, ElectorConfig};
+use crate::postgres::PgBackend;
+use crate::{Error, Result};
+
+/// A follower wakes this long after the moment it computed for the observed lease's expiry, so that its
+/// attempt reaches the database after the expiry, not just before.
+pub const EXPIRY_WAKE_MARGIN: Duration = Duration::from_millis(20);
+/// First retry delay after a failed database operation; it doubles per failure up to half the renewal
+/// interval.
+pub const ERROR_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Who leads, as this node last knew it.
+#[derive(Debug, Clone)]
+pub struct LeaderInfo {
+    /// The leader's instance id.
+    pub leader_id: String,
+    /// The leader's fencing term.
+    pub term: u64,
+    /// When the lease ends, as a local monotonic instant estimated from the database's answer (for this
+    /// node's own lease: its local deadline).
+    pub expires_at: Instant,
+}
+
+/// Leadership state of this node, as published on [`Elector::subscribe`].
+///
+/// Changes are published when this node is elected, steps down, or sees another leader (a new leader id
+/// or term); renewals do not publish. The stream may skip states that lasted less than a poll. For the
+/// authoritative answer at the moment of acting, use [`Elector::is_leader`] or [`Elector::term`], which
+/// honour the local deadline even when this node's runtime is stalled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Campaigning; `leader` is the other leader last observed, if any.
+    Candidate {
+        /// `(leader_id, term)` of the last observed live lease of another holder.
+        leader: Option<(String, u64)>,
+    },
+    /// This node leads with this fencing term.
+    Leader {
+        /// The fencing token of this leadership.
+        term: u64,
+    },
+    /// The elector has been shut down.
+    Stopped,
+}
+
+impl Status {
+    /// True for [`Status::Leader`].
+    pub fn is_leader(&self) -> bool {
+        matches!(self, Status::Leader { .. })
+    }
+}
+
+enum Command {
+    Release(oneshot::Sender<Result<()>>),
+}
+
+struct Shared {
+    config: ElectorConfig,
+    clock: LeaseClock,
+    status: watch::Sender<Status>,
+    leader: Mutex<Option<LeaderInfo>>,
+    /// Token of the current leadership, cancelled when it ends.
+    work: Mutex<Option<CancellationToken>>,
+    /// Number of `run_while_leader` closures running.
+    active_work: watch::Sender<usize>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Cancels the current leadership's work token and waits (at most one lease) for the closures of
+    /// `run_while_leader` to return, so that releasing the lease cannot overlap with guarded work.
+    async fn stop_work(&self) {
+        if let Some(token) = lock(&self.work).as_ref() {
+            token.cancel();
+        }
+        let mut active = self.active_work.subscribe();
+        let wait = active.wait_for(|n| *n == 0);
+        if tokio::time::timeout(self.config.lease_duration(), wait)
+            .await
+            .is_err()
+        {
+            warn!("work still running one lease after its cancellation; releasing anyway");
+        }
+    }
+}
+
+/// Counts a running `run_while_leader` closure.
+struct ActiveWork<'a>(&'a watch::Sender<usize>);
+
+impl<'a> ActiveWork<'a> {
+    fn new(counter: &'a watch::Sender<usize>) -> Self {
+        counter.send_modify(|n| *n += 1);
+        Self(counter)
+    }
+}
+
+impl Drop for ActiveWork<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// A running election for one lock id.
+///
+/// Created with [`Elector::connect`], [`Elector::with_pool`] or [`Elector::start`] (or the same methods on
+/// [`ElectorBuilder`]); it campaigns in a background task from then on, until [`Elector::shutdown`] or
+/// until it is dropped (dropping releases the lease in the background, if the runtime is still running).
+///
+/// ```no_run
+/// # async fn demo() -> leaderlease::Result<()> {
+/// use leaderlease::Elector;
+///
+/// let elector = Elector::builder()
+///     .with_lock_id(7)
+///     .connect("postgres://postgres@127.0.0.1/test")
+///     .await?;
+/// // Cheap, synchronous, honours the local deadline:
+/// if elector.is_leader() {
+///     let term = elector.term(); // fencing token for the work about to be done
+/// }
+/// elector.shutdown().await?;
+/// # Ok(()) }
+/// ```
+pub struct Elector {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    stop: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Elector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Elector")
+            .field("lock_id", &self.shared.config.lock_id())
+            .field("instance_id", &self.shared.config.instance_id())
+            .field("status", &*self.shared.status.borrow())
+            .finish()
+    }
+}
+
+impl ElectorBuilder {
+    /// Builds the config, connects to `url` with a small pool of its own and starts campaigning.
+    pub async fn connect(self, url: &str) -> Result<Elector> {
+        Elector::connect(url, self.build()?).await
+    }
+    /// Builds the config and starts campaigning on an application's pool.
+    pub async fn start_with_pool(self, pool: PgPool) -> Result<Elector> {
+        Elector::with_pool(pool, self.build()?).await
+    }
+    /// Builds the config and starts campaigning on any backend.
+    pub async fn start<B: Backend>(
+        self,
+        backend: impl FnOnce(&ElectorConfig) -> B,
+    ) -> Result<Elector> {
+        let config = self.build()?;
+        Elector::start(backend(&config), config).await
+    }
+}
+
+impl Elector {
+    /// A builder with the defaults (same as [`ElectorConfig::builder`]).
+    pub fn builder() -> ElectorBuilder {
+        ElectorConfig::builder()
+    }
+
+    /// Connects to PostgreSQL at `url` with a pool of its own, prepares the table and starts campaigning.
+    pub async fn connect(url: &str, config: ElectorConfig) -> Result<Self> {
+        let backend = PgBackend::connect(url, &config).await?;
+        Self::start(backend, config).await
+    }
+
+    /// Uses the application's pool (which may serve many elections), prepares the table and starts.
+    pub async fn with_pool(pool: PgPool, config: ElectorConfig) -> Result<Self> {
+        let backend = PgBackend::with_pool(pool, &config);
+        Self::start(backend, config).await
+    }
+
+    /// Prepares `backend` and starts campaigning on it. Must be called within a Tokio runtime.
+    pub async fn start<B: Backend>(backend: B, config: ElectorConfig) -> Result<Self> {
+        if let Err(e) = backend.prepare().await {
+            backend.close().await;
+            return Err(e);
+        }
+        let (status, _) = watch::channel(Status::Candidate { leader: None });
+        let (active_work, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            clock: LeaseClock::new(),
+            status,
+            leader: Mutex::new(None),
+            work: Mutex::new(None),
+            active_work,
+            config,
+        });
+        let stop = match shared.config.cancellation() {
+            Some(outer) => outer.child_token(),
+            None => CancellationToken::new(),
+        };
+        let (commands, rx) = mpsc::channel(8);
+        let span = info_span!(
+            "leaderlease",
+            lock_id = shared.config.lock_id(),
+            candidate = %shared.config.instance_id(),
+        );
+        let campaign = Campaign::new(Arc::new(backend), shared.clone());
+        let task = tokio::spawn(campaign.run(rx, stop.clone()).instrument(span));
+        Ok(Self {
+            shared,
+            commands,
+            stop,
+            task: Mutex::new(Some(task)),
+        })
+    }
+
+    /// True only while this node holds an unexpired lease: before `send time + lease duration - safety
+    /// margin` of its last confirmed acquire or renew, by the monotonic clock. No database access, no
+    /// allocation; safe to call in a hot loop.
+    #[inline]
+    pub fn is_leader(&self) -> bool {
+        self.shared.clock.is_valid()
+    }
+
+    /// The fencing token of the current leadership, or `None` when not leader (same rule as
+    /// [`is_leader`](Self::is_leader)). Terms only grow for a lock id: pass it to the resources the work
+    /// touches so they can refuse a stale leader.
+    pub fn term(&self) -> Option<u64> {
+        self.shared.clock.term()
+    }
+
+    /// Time left before this node's local lease deadline, while it leads.
+    pub fn lease_remaining(&self) -> Option<Duration> {
+        self.shared.clock.remaining()
+    }
+
+    /// The leader this node last observed (itself while it leads), with its term and expiry estimate.
+    pub fn leader(&self) -> Option<LeaderInfo> {
+        lock(&self.shared.leader).clone()
+    }
+
+    /// Current status (see [`Status`] for how it relates to [`is_leader`](Self::is_leader)).
+    pub fn status(&self) -> Status {
+        self.shared.status.borrow().clone()
+    }
+
+    /// A stream of status changes: elected, stepped down, another leader seen, stopped.
+    pub fn subscribe(&self) -> watch::Receiver<Status> {
+        self.shared.status.subscribe()
+    }
+
+    /// The settings this election runs with.
+    pub fn config(&self) -> &ElectorConfig {
+        &self.shared.config
+    }
+
+    /// Gives up leadership now, if held: cancels the work token of [`run_while_leader`](Self::run_while_leader)
+    /// and waits for that work to return (at most one lease duration), steps down, and deletes this node's
+    /// lease (only its own: lock id, leader id and term must match) so another candidate can take over.
+    ///
+    /// The node stays a candidate: it stands back for one renewal interval plus the jitter range, long
+    /// enough for every other candidate to poll, and campaigns again afterwards, so that a cluster is never
+    /// left without a candidate. Use [`shutdown`](Self::shutdown) to leave for good.
+    /// On a follower this does nothing.
+    pub async fn release(&self) -> Result<()> {
+        self.shared.stop_work().await;
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Release(tx))
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        rx.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// Stops campaigning for good: cancels and waits for leader work (at most one lease duration), releases
+    /// the lease if held, stops the background task and closes the connections it owns. Idempotent.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.shared.stop_work().await;
+        self.stop.cancel();
+        let task = lock(&self.task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+
+    /// Runs `work` each time this node becomes leader, handing it a token that is cancelled the moment
+    /// leadership ends (lost, deadline passed, released, or shutdown). `work` should stop promptly once
+    /// the token is cancelled; before acting on anything shared it can check [`is_leader`](Self::is_leader).
+    ///
+    /// If `work` returns `Ok` while still leading, it is not called again until the next leadership. An
+    /// `Err` from `work` is returned at once (the election keeps running). Returns `Ok` once the elector
+    /// is shut down.
+    ///
+    /// ```no_run
+    /// # async fn demo(elector: leaderlease::Elector) -> Result<(), std::io::Error> {
+    /// elector
+    ///     .run_while_leader(|token| async move {
+    ///         while !token.is_cancelled() {
+    ///             // one unit of singleton work
+    ///             tokio::select! {
+    ///                 _ = token.cancelled() => {}
+    ///                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+    ///             }
+    ///         }
+    ///         Ok(())
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    pub async fn run_while_leader<F, Fut, E>(&self, mut work: F) -> Result<(), E>
+    where
+        F: FnMut(CancellationToken) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        let mut status = self.shared.status.subscribe();
+        loop {
+            let token = loop {
+                if *status.borrow_and_update() == Status::Stopped {
+                    return Ok(());
+                }
+                let current = lock(&self.shared.work).clone();
+                if let Some(token) = current
+                    && !token.is_cancelled()
+                    && self.is_leader()
+                {
+                    break token;
+                }
+                if status.changed().await.is_err() {
+                    return Ok(());
+                }
+            };
+            {
+                let _active = ActiveWork::new(&self.shared.active_work);
+                work(token.child_token()).await?;
+            }
+            token.cancelled().await;
+        }
+    }
+}
+
+impl Drop for Elector {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct Held {
+    term: u64,
+    /// Send time of the last confirmed acquire or renew.
+    confirmed_at: Instant,
+}
+
+/// State of the background task.
+struct Campaign {
+    backend: Arc<dyn Backend>,
+    shared: Arc<Shared>,
+    held: Option<Held>,
+    leading: bool,
+    next_renew: Instant,
+    next_poll: Instant,
+    next_cleanup: Instant,
+    stand_back_until: Option<Instant>,
+    failures: u32,
+    acquire_outcome_unknown: bool,
+    warned_same_id: bool,
+}
+
+impl Campaign {
+    fn new(backend: Arc<dyn Backend>, shared: Arc<Shared>) -> Self {
+        let now = Instant::now();
+        let c = &shared.config;
+        let next_cleanup = now + jittered(c.clean_interval(), c.jitter_range());
+        Self {
+            backend,
+            shared,
+            held: None,
+            leading: false,
+            next_renew: now,
+            next_poll: now,
+            next_cleanup,
+            stand_back_until: None,
+            failures: 0,
+            acquire_outcome_unknown: false,
+            warned_same_id: false,
+        }
+    }
+
+    fn config(&self) -> &ElectorConfig {
+        &self.shared.config
+    }
+
+    /// The local deadline of the held lease.
+    fn deadline(&self) -> Option<Instant> {
+        let c = self.config();
+        self.held
+            .as_ref()
+            .map(|h| h.confirmed_at + c.lease_duration() - c.safety_margin())
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, stop: CancellationToken) {
+        debug!("campaign started");
+        loop {
+            let mut wake = self.next_cleanup.min(if self.held.is_some() {
+                self.next_renew
+            } else {
+                self.next_poll
+            });
+            if self.leading
+                && let Some(d) = self.deadline()
+            {
+                wake = wake.min(d);
+            }
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Release(reply)) => {
+                        let _ = reply.send(self.release().await);
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(wake.into()) => self.tick().await,
+            }
+        }
+        if self.held.is_some()
+            && let Err(e) = self.release().await
+        {
+            warn!(error = %e, "could not delete the lease at shutdown; it will expire by itself");
+        }
+        self.step_down("shutdown");
+        self.backend.close().await;
+        self.shared.status.send_replace(Status::Stopped);
+        info!("elector stopped");
+    }
+
+    async fn tick(&mut self) {
+        let now = Instant::now();
+        if self.leading && self.deadline().is_some_and(|d| now >= d) {
+            self.step_down("local lease deadline passed before a renewal was confirmed");
+        }
+        if now >= self.next_cleanup {
+            self.cleanup().await;
+        }
+        if self.held.is_some() {
+            if Instant::now() >= self.next_renew {
+                self.renew().await;
+            }
+        } else if Instant::now() >= self.next_poll {
+            self.poll().await;
+        }
+    }
+
+    /// Awaits a backend call; while leading, steps down at the local deadline even if the call is still
+    /// in flight.
+    async fn guarded<T>(&mut self, call: impl Future<Output = T>) -> T {
+        tokio::pin!(call);
+        loop {
+            let deadline = self.deadline().filter(|_| self.leading);
+            tokio::select! {
+                out = &mut call => return out,
+                _ = sleep_until_opt(deadline) => {
+                    self.step_down("local lease deadline passed while the database did not answer");
+                }
+            }
+        }
+    }
+
+    async fn renew(&mut self) {
+        let Some(term) = self.held.as_ref().map(|h| h.term) else {
+            return;
+        };
+        let backend = self.backend.clone();
+        let sent = Instant::now();
+        match self.guarded(backend.renew(term)).await {
+            Ok(true) => {
+                self.failures = 0;
+                self.confirmed(term, sent);
+                debug!(term, "lease renewed");
+            }
+            Ok(false) => {
+                self.held = None;
+                self.step_down("lease lost: renewal matched no row (expired or taken over)");
+                self.next_poll = Instant::now();
+            }
+            Err(e) => {
+                // Keep the term and retry: leadership is kept until the local deadline (then `guarded` or
+                // `tick` steps down), and the retries go on after it, because a renewal whose answer was
+                // lost may have extended the lease. Only the database saying "no row" ends the term.
+                let delay = self.failure_delay();
+                warn!(term, error = %e, retry_in = ?delay, "renewal failed; retrying");
+                self.next_renew = Instant::now() + delay;
+            }
+        }
+    }
+
+    /// Records a confirmed acquire or renew of `term` sent at `sent`.
+    fn confirmed(&mut self, term: u64, sent: Instant) {
+        let c = self.config();
+        let deadline = sent + c.lease_duration() - c.safety_margin();
+        let next_renew = sent + jittered(c.renewal_interval(), c.jitter_range());
+        let instance_id = c.instance_id().to_owned();
+        self.held = Some(Held {
+            term,
+            confirmed_at: sent,
+        });
+        self.next_renew = next_renew;
+        *lock(&self.shared.leader) = Some(LeaderInfo {
+            leader_id: instance_id,
+            term,
+            expires_at: deadline,
+        });
+        if Instant::now() >= deadline {
+            // Confirmed too late to act on (the runtime stalled): renew again at once.
+            self.next_renew = Instant::now();
+            return;
+        }
+        self.shared.clock.set(term, deadline);
+        if !self.leading {
+            self.leading = true;
+            *lock(&self.shared.work) = Some(CancellationToken::new());
+            self.shared.status.send_replace(Status::Leader { term });
+            info!(term, "elected leader");
+        }
+    }
+
+    fn step_down(&mut self, reason: &str) {
+        self.shared.clock.clear();
+        if let Some(token) = lock(&self.shared.work).take() {
+            token.cancel();
+        }
+        if self.leading {
+            self.leading = false;
+            warn_or_info(reason);
+            self.shared
+                .status
+                .send_replace(Status::Candidate { leader: None });
+        }
+    }
+
+    async fn poll(&mut self) {
+        let now = Instant::now();
+        if let Some(until) = self.stand_back_until {
+            if now < until {
+                self.next_poll = until;
+                return;
+            }
+            self.stand_back_until = None;
+        }
+        match self.backend.observe().await {
+            Ok(Some(lease)) if lease.expires_in.is_some() => {
+                self.failures = 0;
+                self.observed(&lease);
+            }
+            Ok(_) => {
+                self.failures = 0;
+                self.acquire().await;
+            }
+            Err(e) => {
+                let delay = self.failure_delay();
+                warn!(error = %e, retry_in = ?delay, "could not read the lease");
+                self.next_poll = Instant::now() + delay;
+            }
+        }
+    }
+
+    async fn acquire(&mut self) {
+        let sent = Instant::now();
+        match self.backend.try_acquire().await {
+            Ok(AcquireOutcome::Acquired { term }) => {
+                self.acquire_outcome_unknown = false;
+                self.confirmed(term, sent);
+            }
+            Ok(AcquireOutcome::NotAcquired {
+                current: Some(lease),
+            }) if lease.expires_in.is_some() => self.observed(&lease),
+            Ok(AcquireOutcome::NotAcquired { .. }) => {
+                // Another candidate was acquiring at the same moment: look again shortly.
+                debug!("lease contended; looking again shortly");
+                self.next_poll = Instant::now()
+                    + jittered(Duration::from_millis(100), Duration::from_millis(100));
+            }
+            Err(e) => {
+                // The statement may have committed without us hearing back: we do not lead (no
+                // confirmation), and a lease in our name with an unknown term is left to expire.
+                self.acquire_outcome_unknown = true;
+                let delay = self.failure_delay();
+                warn!(error = %e, retry_in = ?delay, "acquire failed");
+                self.next_poll = Instant::now() + delay;
+            }
+        }
+    }
+
+    /// Notes a live lease held by someone else and schedules the next look: at the next jittered poll, or
+    /// just after the lease's expiry if that comes sooner.
+    fn observed(&mut self, lease: &ObservedLease) {
+        let now = Instant::now();
+        let expires_in = lease.expires_in.unwrap_or_default();
+        let expires_at = now + expires_in;
+        let shared = self.shared.clone();
+        let c = &shared.config;
+        if lease.leader_id == c.instance_id() {
+            if !self.acquire_outcome_unknown && !self.warned_same_id {
+                warn!(
+                    term = lease.term,
+                    "a lease in this node's instance id is held by another process: \
+                     instance ids must be unique; this node waits for that lease to end"
+                );
+                self.warned_same_id = true;
+            }
+        } else {
+            self.acquire_outcome_unknown = false;
+        }
+        let poll = now + jittered(c.renewal_interval(), c.jitter_range());
+        self.next_poll = poll.min(expires_at + EXPIRY_WAKE_MARGIN);
+        let changed = lock(&self.shared.leader)
+            .as_ref()
+            .is_none_or(|l| l.leader_id != lease.leader_id || l.term != lease.term);
+        *lock(&self.shared.leader) = Some(LeaderInfo {
+            leader_id: lease.leader_id.clone(),
+            term: lease.term,
+            expires_at,
+        });
+        if changed {
+            info!(leader = %lease.leader_id, term = lease.term, "observed leader");
+        }
+        let status = Status::Candidate {
+            leader: Some((lease.leader_id.clone(), lease.term)),
+        };
+        self.shared.status.send_if_modified(|s| {
+            if *s == status {
+                false
+            } else {
+                *s = status;
+                true
+            }
+        });
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        let Some(held) = self.held.take() else {
+            return Ok(());
+        };
+        self.step_down("released");
+        let c = self.config();
+        self.stand_back_until = Some(Instant::now() + c.renewal_interval() + c.jitter_range());
+        self.next_poll = Instant::now();
+        *lock(&self.shared.leader) = None;
+        match self.backend.release(held.term).await {
+            Ok(true) => {
+                info!(term = held.term, "lease released");
+                Ok(())
+            }
+            Ok(false) => {
+                debug!(term = held.term, "lease was already gone at release");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn cleanup(&mut self) {
+        let c = self.config();
+        self.next_cleanup = Instant::now() + jittered(c.clean_interval(), c.jitter_range());
+        let backend = self.backend.clone();
+        match self.guarded(backend.cleanup()).await {
+            Ok(0) => {}
+            Ok(n) => debug!(rows = n, "deleted long-expired leases"),
+            Err(e) => debug!(error = %e, "cleanup failed; trying again next interval"),
+        }
+    }
+
+    fn failure_delay(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let cap = self.config().renewal_interval() / 2;
+        let exp = ERROR_RETRY_DELAY.saturating_mul(1 << self.failures.min(16).saturating_sub(1));
+        let base = exp.min(cap).max(Duration::from_millis(10));
+        jittered(base, base / 2)
+    }
+}
+
+fn warn_or_info(reason: &str) {
+    if reason == "released" || reason == "shutdown" {
+        info!(reason, "stepped down");
+    } else {
+        warn!(reason, "stepped down");
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `base` ± `range`/2, uniformly.
+fn jittered(base: Duration, range: Duration) -> Duration {
+    let offset = range.mul_f64(rand::random::<f64>());
+    (base + offset).saturating_sub(range / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_the_range() {
+        let base = Duration::from_millis(3000);
+        let range = Duration::from_millis(2000);
+        let samples: Vec<_> = (0..2000).map(|_| jittered(base, range)).collect();
+        assert!(samples.iter().all(|d| *d >= Duration::from_millis(2000)));
+        assert!(samples.iter().all(|d| *d <= Duration::from_millis(4000)));
+        assert!(samples.iter().any(|d| *d < Duration::from_millis(2500)));
+        assert!(samples.iter().any(|d| *d > Duration::from_millis(3500)));
+    }
+}

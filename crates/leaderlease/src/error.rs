@@ -1,0 +1,71 @@
+//! The crate's error type.
+
+use std::time::Duration;
+
+use crate::config::ConfigError;
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong. Losing or not winning an election is never an error: see [`crate::Status`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting broke a rule.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database could not be reached at start (refused, unknown host, bad credentials, timeout).
+    #[error("database unreachable: {message}")]
+    Unreachable {
+        /// What the driver said, e.g. "connection refused".
+        message: String,
+        /// The driver error, where there is one.
+        #[source]
+        source: Option<sqlx::Error>,
+    },
+    /// The lease table is missing or older than this version, and `create_table_on_init` is off.
+    #[error(
+        "the lease table {table} {problem}: run the leaderlease migration \
+         (or enable create_table_on_init)"
+    )]
+    TableMissing {
+        /// The table, quoted as in SQL.
+        table: String,
+        /// What is missing.
+        problem: String,
+    },
+    /// A database operation did not finish within the operation timeout.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// The operation (`acquire`, `renew`, ...).
+        operation: &'static str,
+        /// The timeout that elapsed.
+        after: Duration,
+    },
+    /// A database error.
+    #[error("database error during {operation}: {source}")]
+    Database {
+        /// The operation (`acquire`, `renew`, ...).
+        operation: &'static str,
+        /// The driver error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The elector has been shut down.
+    #[error("the leader elector has been shut down")]
+    Shutdown,
+}
+
+impl Error {
+    /// A stable code for this kind of error, as the Node binding exposes it (`ERR_INVALID_CONFIG`, ...).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "ERR_INVALID_CONFIG",
+            Error::Unreachable { .. } => "ERR_DATABASE_UNREACHABLE",
+            Error::TableMissing { .. } => "ERR_TABLE_MISSING",
+            Error::Timeout { .. } => "ERR_TIMEOUT",
+            Error::Database { .. } => "ERR_DATABASE",
+            Error::Shutdown => "ERR_SHUT_DOWN",
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! # leaderlease
+//!
+//! Lease-based leader election on PostgreSQL for singleton work: cron jobs, migrations, one-per-cluster
+//! workers. One row per election (lock id) in a `leader_lease` table; the database clock decides expiry,
+//! the local monotonic clock decides how long this node may act.
+//!
+//! What it promises:
+//! - **Never two leaders.** [`Elector::is_leader`] is true only before `send time + lease duration -
+//!   safety margin` of this node's last *confirmed* acquire or renew, measured with the monotonic clock
+//!   from when the request was sent. A paused, stalled or partitioned leader therefore stops saying it
+//!   leads before the database lets anyone else in. Expiry in the database is judged by the database
+//!   clock only.
+//! - **A fencing token.** Each leadership gets a term from a sequence: it only grows for a lock id, even
+//!   after the row is deleted. [`Elector::term`] returns it while leading.
+//! - **Bounded failover.** Followers wake just after the lease they saw is due to expire and take an
+//!   expired lease over directly (no cleanup needed); a released lease is taken at the next poll.
+//! - **Errors are not loss.** A failed renewal is retried quickly; leadership is kept until the local
+//!   deadline and no longer. A database outage means "not leader", then recovery.
+//!
+//! Its limits: the local deadline assumes the monotonic clock runs at about the database's rate (the
+//! safety margin covers drift and scheduling) and stops counting while the whole machine is suspended, so
+//! suspend-to-RAM of a leader's host is not covered. Work that must never overlap should also pass
+//! [`Elector::term`] to the resource it changes (fencing).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use leaderlease::Elector;
+//!
+//! #[tokio::main]
+//! async fn main() -> leaderlease::Result<()> {
+//!     let elector = Elector::builder()
+//!         .with_lock_id(42)
+//!         .with_lease_duration(Duration::from_secs(3))
+//!         .with_renewal_interval(Duration::from_secs(1))
+//!         .with_jitter_range(Duration::from_millis(500))
+//!         .connect("postgres://postgres@127.0.0.1:5432/test")
+//!         .await?;
+//!
+//!     // Runs the closure whenever this node leads; the token is cancelled when leadership ends.
+//!     let run = elector.run_while_leader(|token| async move {
+//!         while !token.is_cancelled() {
+//!             tokio::select! {
+//!                 _ = token.cancelled() => {}
+//!                 _ = tokio::time::sleep(Duration::from_millis(500)) => { /* singleton work */ }
+//!             }
+//!         }
+//!         Ok::<_, std::io::Error>(())
+//!     });
+//!     tokio::select! {
+//!         _ = run => {}
+//!         _ = tokio::signal::ctrl_c() => {}
+//!     }
+//!     elector.shutdown().await
+//! }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod backend;
+mod clock;
+mod config;
+mod elector;
+mod error;
+mod postgres;
+pub mod schema;
+
+pub use backend::{AcquireOutcome, Backend, ObservedLease};
+pub use config::*;
+pub use elector::{ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LeaderInfo, Status};
+pub use error::{Error, Result};
+pub use postgres::{OWNED_POOL_MAX_CONNECTIONS, PgBackend, START_CONNECT_TIMEOUT};
+pub use sqlx::PgPool;
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,7 @@
+-- Reverts 0001_leader_lease.up.sql: drops the lease table and the term sequence. The schema itself is kept
+-- (it may hold other objects). Placeholders as in the up file.
+
+SELECT pg_advisory_xact_lock({{ddl_lock}});
+
+DROP TABLE IF EXISTS {{schema}}.leader_lease;
+DROP SEQUENCE IF EXISTS {{schema}}.leader_lease_term_seq;

@@ -1,0 +1,32 @@
+-- leaderlease schema, version 1.
+--
+-- The one source of the lease table's DDL: the Rust crate embeds this file and the TypeScript migration
+-- class receives it through the native binding. Placeholders, filled in by the crate only:
+--   {{schema}}    the schema name, already quoted as an identifier ("my_schema")
+--   {{ddl_lock}}  the advisory-lock key pair (two int4 literals) that serialises concurrent runs
+--
+-- Idempotent: every statement can run again, and a table created by nest-leader-election 1.1.2
+-- (id, leader_id, expires_at, created_at, the CHECK and the leader_lease_expires index) is upgraded in place.
+-- Runs as one transaction (a multi-statement simple query, or inside a TypeORM migration).
+
+SELECT pg_advisory_xact_lock({{ddl_lock}});
+
+CREATE SCHEMA IF NOT EXISTS {{schema}};
+
+-- Fencing tokens: one sequence per schema, so a lock id's term never goes backwards, even after its row
+-- has been deleted by release or cleanup.
+CREATE SEQUENCE IF NOT EXISTS {{schema}}.leader_lease_term_seq AS BIGINT MINVALUE 1;
+
+CREATE TABLE IF NOT EXISTS {{schema}}.leader_lease (
+    id          INT PRIMARY KEY,
+    leader_id   TEXT NOT NULL,
+    expires_at  TIMESTAMPTZ NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    CHECK (expires_at > created_at)
+);
+
+-- Columns added by leaderlease (absent from a 1.1.2 table; a row written by 1.1.2 gets term 0).
+ALTER TABLE {{schema}}.leader_lease ADD COLUMN IF NOT EXISTS term BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE {{schema}}.leader_lease ADD COLUMN IF NOT EXISTS renewed_at TIMESTAMPTZ NOT NULL DEFAULT NOW();
+
+CREATE INDEX IF NOT EXISTS leader_lease_expires ON {{schema}}.leader_lease (expires_at);
