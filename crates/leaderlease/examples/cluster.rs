@@ -1,0 +1,278 @@
+//! A live demo cluster: three candidate processes on one PostgreSQL, a leader killed (SIGKILL) and
+//! replaced, then a leader shut down gracefully and handed over; prints who leads, the terms and the
+//! measured times.
+//!
+//! ```text
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --example cluster -- [--rounds N]
+//! ```
+//!
+//! The same binary is the candidate process (`--candidate ID --schema NAME`): it reports every change of
+//! `is_leader()` on stdout as `<id> <leader|follower> <term> <monotonic-ns>` and reads `release` or
+//! `shutdown` on stdin.
+// A command-line program: printing to stdout is its job.
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use leaderlease::Elector;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+const LEASE: Duration = Duration::from_millis(2000);
+const RENEWAL: Duration = Duration::from_millis(600);
+const JITTER: Duration = Duration::from_millis(200);
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match arg("--candidate") {
+        Some(id) => candidate(id, arg("--schema").unwrap_or_else(|| "public".into())).await,
+        None => conductor(arg("--rounds").and_then(|r| r.parse().ok()).unwrap_or(1)).await,
+    }
+}
+
+/// One candidate process.
+async fn candidate(id: String, schema: String) -> Result<(), Box<dyn std::error::Error>> {
+    let elector = Elector::builder()
+        .with_instance_id(id.clone())
+        .with_schema(schema)
+        .with_lease_duration(LEASE)
+        .with_renewal_interval(RENEWAL)
+        .with_jitter_range(JITTER)
+        .connect(&database_url())
+        .await?;
+    let base = Instant::now();
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let mut was = None;
+    loop {
+        // Sample is_leader() itself (the authority, honouring the local deadline) every millisecond.
+        let now = (elector.is_leader(), elector.term());
+        if Some(now) != was {
+            was = Some(now);
+            let (leads, term) = now;
+            let role = if leads { "leader" } else { "follower" };
+            println!(
+                "{id} {role} {} {}",
+                term.unwrap_or(0),
+                base.elapsed().as_nanos()
+            );
+        }
+        tokio::select! {
+            line = stdin.next_line() => match line?.as_deref() {
+                Some("release") => elector.release().await?,
+                Some("shutdown") | None => break,
+                Some(_) => {}
+            },
+            _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+        }
+    }
+    elector.shutdown().await?;
+    println!("{id} stopped 0 {}", base.elapsed().as_nanos());
+    Ok(())
+}
+
+struct Node {
+    child: Child,
+    stdin: ChildStdin,
+}
+
+/// Starts three candidates, shows who leads, kills the leader, hands over gracefully, prints a summary.
+async fn conductor(rounds: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let schema = format!("leaderlease_demo_{}", std::process::id());
+    println!(
+        "leaderlease demo: 3 candidates, lease {LEASE:?}, renewal {RENEWAL:?} ± {:?}",
+        JITTER / 2
+    );
+    println!("database {} , schema {schema}\n", database_url());
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, Option<bool>, u64, Instant)>();
+    let mut nodes = BTreeMap::new();
+    let mut next_id = 1;
+    let mut spawn = |tx: mpsc::UnboundedSender<_>| -> Result<(String, Node), std::io::Error> {
+        let id = format!("node-{next_id}");
+        next_id += 1;
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["--candidate", &id, "--schema", &schema])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child.stdin.take().expect("piped");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if let [id, role, term, _] = f[..] {
+                    let role = match role {
+                        "leader" => Some(true),
+                        "follower" => Some(false),
+                        _ => None, // stopped
+                    };
+                    let term = term.parse().unwrap_or(0);
+                    let _ = tx.send((id.to_owned(), role, term, Instant::now()));
+                }
+            }
+        });
+        Ok((id, Node { child, stdin }))
+    };
+    for _ in 0..3 {
+        let (id, node) = spawn(tx.clone())?;
+        nodes.insert(id, node);
+    }
+
+    let start = Instant::now();
+    let mut view: BTreeMap<String, (bool, u64)> = BTreeMap::new();
+    let mut crash_times = Vec::new();
+    let mut handover_times = Vec::new();
+
+    // Waits until someone other than `old` leads; returns (leader, term, when).
+    macro_rules! next_leader {
+        ($old:expr, $limit:expr) => {{
+            let deadline = Instant::now() + $limit;
+            loop {
+                let msg = tokio::time::timeout_at(deadline.into(), rx.recv()).await;
+                let Ok(Some((id, role, term, at))) = msg else {
+                    break None;
+                };
+                let Some(leads) = role else {
+                    view.remove(&id); // stopped
+                    continue;
+                };
+                view.insert(id.clone(), (leads, term));
+                show(&view, start);
+                if leads && Some(&id) != $old {
+                    break Some((id, term, at));
+                }
+            }
+        }};
+    }
+
+    let Some((mut leader, mut term, _)) = next_leader!(None::<&String>, Duration::from_secs(15))
+    else {
+        return Err("no candidate became leader within 15 s".into());
+    };
+    println!("\n{leader} leads with term {term}\n");
+    for round in 1..=rounds {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // 1. Crash: SIGKILL, no release. The others wait for the lease to expire in the database.
+        println!("round {round}: SIGKILL {leader} (term {term})");
+        let mut node = nodes.remove(&leader).expect("leader is a child");
+        node.child.start_kill()?;
+        let killed = Instant::now();
+        node.child.wait().await?;
+        view.remove(&leader);
+        let (id, t, at) = next_leader!(Some(&leader), Duration::from_secs(15))
+            .ok_or("no takeover within 15 s")?;
+        let took = at - killed;
+        println!(
+            "\n{id} took over with term {t} after {} ms (lease {} ms)\n",
+            took.as_millis(),
+            LEASE.as_millis()
+        );
+        crash_times.push(took);
+        (leader, term) = (id, t);
+        let (id, node) = spawn(tx.clone())?;
+        nodes.insert(id, node);
+
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // 2. Graceful: the leader shuts down, deleting its lease; a follower takes over at its next poll.
+        println!("round {round}: graceful shutdown of {leader} (term {term})");
+        let mut node = nodes.remove(&leader).expect("leader is a child");
+        let asked = Instant::now();
+        node.stdin.write_all(b"shutdown\n").await?;
+        view.remove(&leader); // it steps down before deleting its lease
+        let (id, t, at) = next_leader!(Some(&leader), Duration::from_secs(15))
+            .ok_or("no handover within 15 s")?;
+        let took = at - asked;
+        println!(
+            "\n{id} took over with term {t} after {} ms\n",
+            took.as_millis()
+        );
+        handover_times.push(took);
+        node.child.wait().await?;
+        view.remove(&leader);
+        (leader, term) = (id, t);
+        let (id, node) = spawn(tx.clone())?;
+        nodes.insert(id, node);
+    }
+
+    for (_, mut node) in nodes {
+        let _ = node.stdin.write_all(b"shutdown\n").await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), node.child.wait()).await;
+    }
+    drop_schema(&schema).await;
+
+    let stats = |v: &mut Vec<Duration>| {
+        v.sort();
+        let ms = |d: &Duration| d.as_millis();
+        format!(
+            "median {} ms, max {} ms over {} run(s)",
+            ms(&v[v.len() / 2]),
+            ms(v.last().expect("non-empty")),
+            v.len()
+        )
+    };
+    println!(
+        "summary (lease {} ms, renewal {} ± {} ms):",
+        LEASE.as_millis(),
+        RENEWAL.as_millis(),
+        JITTER.as_millis() / 2
+    );
+    println!(
+        "  takeover after SIGKILL of the leader: {}",
+        stats(&mut crash_times)
+    );
+    println!(
+        "  handover after a graceful shutdown:   {}",
+        stats(&mut handover_times)
+    );
+    Ok(())
+}
+
+fn show(view: &BTreeMap<String, (bool, u64)>, start: Instant) {
+    let cells: Vec<String> = view
+        .iter()
+        .map(|(id, (leads, term))| {
+            if *leads {
+                format!("{id}: LEADER (term {term})")
+            } else {
+                format!("{id}: follower")
+            }
+        })
+        .collect();
+    println!(
+        "t={:>6.2}s  {}",
+        start.elapsed().as_secs_f64(),
+        cells.join(" | ")
+    );
+}
+
+async fn drop_schema(schema: &str) {
+    if let Ok(pool) = sqlx::PgPool::connect(&database_url()).await {
+        let sql = format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            leaderlease::schema::quote_ident(schema)
+        );
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+        pool.close().await;
+    }
+}
