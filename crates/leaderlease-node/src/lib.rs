@@ -1,0 +1,315 @@
+//! Node.js binding of the `leaderlease` core: a thin adapter that converts options, results and errors.
+//! The public JavaScript API is the TypeScript in `ts/`, which wraps this addon.
+//!
+//! Errors cross the boundary as JS `Error`s whose message starts with the core's stable code in brackets
+//! (`[ERR_INVALID_CONFIG] invalid leader election config: ...`); the TypeScript layer turns that prefix
+//! into a named `Error` subclass with a `code` property. The prefix is used instead of napi's `code`
+//! because napi only carries its own status codes through rejected promises.
+//!
+//! Nothing here waits on the network on the JS thread: connecting, releasing and shutting down return
+//! Promises; the sync calls read local state only.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use leaderlease::{ConfigError, ElectorConfig};
+use napi::Status as NapiStatus;
+use napi::bindgen_prelude::{Result, spawn};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+
+/// The JS names of the settings, by the core's Rust names, so that errors name what the JS user wrote.
+const JS_FIELDS: [(&str, &str); 10] = [
+    ("lease_duration", "leaseDuration"),
+    ("renewal_interval", "renewalInterval"),
+    ("jitter_range", "jitterRange"),
+    ("clean_interval", "baseCleanInterval"),
+    ("lock_id", "lockId"),
+    ("instance_id", "instanceId"),
+    ("schema", "schema"),
+    ("create_table_on_init", "createTableOnInit"),
+    ("safety_margin", "safetyMargin"),
+    ("operation_timeout", "operationTimeout"),
+];
+
+/// Converts a core error into a JS error whose message is `[CODE] message`.
+fn to_js(e: leaderlease::Error) -> napi::Error {
+    let e = match e {
+        leaderlease::Error::Config(c) => leaderlease::Error::Config(with_js_names(c)),
+        other => other,
+    };
+    napi::Error::new(NapiStatus::GenericFailure, format!("[{}] {e}", e.code()))
+}
+
+/// Renames the field (and the fields the rule mentions) from the Rust names to the JS names.
+fn with_js_names(e: ConfigError) -> ConfigError {
+    let field = JS_FIELDS
+        .iter()
+        .find(|(rust, _)| *rust == e.field)
+        .map_or(e.field, |(_, js)| *js);
+    let rule = JS_FIELDS
+        .iter()
+        .fold(e.rule, |rule, (rust, js)| rule.replace(rust, js));
+    ConfigError::new(field, rule)
+}
+
+/// Settings of one election. Every field is optional; the defaults are the core's (`leaderlease`'s
+/// `DEFAULT_*` constants). Durations are in milliseconds.
+#[napi(object)]
+#[derive(Debug, Default)]
+pub struct ElectorOptions {
+    /// How long a lease lives in the database without renewal (default 10000).
+    pub lease_duration: Option<f64>,
+    /// Mean time between renewals (leader) and polls (follower) (default 3000).
+    pub renewal_interval: Option<f64>,
+    /// Width of the uniform jitter around each interval (default 2000).
+    pub jitter_range: Option<f64>,
+    /// Mean time between cleanups of long-expired rows (default 6 x leaseDuration).
+    pub base_clean_interval: Option<f64>,
+    /// The lease row this election uses (default 1).
+    pub lock_id: Option<f64>,
+    /// This candidate's identity (default: hostname, process id and a random suffix).
+    pub instance_id: Option<String>,
+    /// Schema of the lease table (default `public`).
+    pub schema: Option<String>,
+    /// Create or upgrade the table at start (default true).
+    pub create_table_on_init: Option<bool>,
+    /// The leader considers its lease over this long before it ends (default leaseDuration / 10, at
+    /// least 50).
+    pub safety_margin: Option<f64>,
+    /// Upper bound of one database operation (default renewalInterval / 2, at most 2000).
+    pub operation_timeout: Option<f64>,
+}
+
+fn millis(
+    field: &'static str,
+    value: Option<f64>,
+) -> std::result::Result<Option<Duration>, ConfigError> {
+    let Some(ms) = value else {
+        return Ok(None);
+    };
+    if !ms.is_finite() || ms < 0.0 {
+        return Err(ConfigError::new(
+            field,
+            format!("must be a finite, non-negative number of milliseconds (got {ms})"),
+        ));
+    }
+    Duration::try_from_secs_f64(ms / 1000.0)
+        .map(Some)
+        .map_err(|_| ConfigError::new(field, format!("is too large (got {ms} ms)")))
+}
+
+impl ElectorOptions {
+    /// Applies the given options on top of the core's defaults and validates the result.
+    fn into_config(self) -> std::result::Result<ElectorConfig, ConfigError> {
+        let mut b = ElectorConfig::builder();
+        if let Some(d) = millis("leaseDuration", self.lease_duration)? {
+            b = b.with_lease_duration(d);
+        }
+        if let Some(d) = millis("renewalInterval", self.renewal_interval)? {
+            b = b.with_renewal_interval(d);
+        }
+        if let Some(d) = millis("jitterRange", self.jitter_range)? {
+            b = b.with_jitter_range(d);
+        }
+        if let Some(d) = millis("baseCleanInterval", self.base_clean_interval)? {
+            b = b.with_clean_interval(d);
+        }
+        if let Some(d) = millis("safetyMargin", self.safety_margin)? {
+            b = b.with_safety_margin(d);
+        }
+        if let Some(d) = millis("operationTimeout", self.operation_timeout)? {
+            b = b.with_operation_timeout(d);
+        }
+        if let Some(id) = self.lock_id {
+            if !id.is_finite() || id.fract() != 0.0 {
+                return Err(ConfigError::new(
+                    "lockId",
+                    format!("must be an integer (got {id})"),
+                ));
+            }
+            // Out-of-range values saturate here and are rejected by the core's INT range check.
+            b = b.with_lock_id(id as i64);
+        }
+        if let Some(id) = self.instance_id {
+            b = b.with_instance_id(id);
+        }
+        if let Some(schema) = self.schema {
+            b = b.with_schema(schema);
+        }
+        if let Some(yes) = self.create_table_on_init {
+            b = b.with_create_table_on_init(yes);
+        }
+        b.build().map_err(with_js_names)
+    }
+}
+
+/// Leadership state of this node.
+#[napi(string_enum = "lowercase")]
+#[derive(Debug, PartialEq, Eq)]
+pub enum LeaderState {
+    /// Campaigning (another node may lead).
+    Candidate,
+    /// This node leads.
+    Leader,
+    /// The elector has been shut down.
+    Stopped,
+}
+
+/// A status change: the state, and the leader with its term where known.
+#[napi(object)]
+#[derive(Debug)]
+pub struct StatusInfo {
+    /// `candidate`, `leader` or `stopped`.
+    pub state: LeaderState,
+    /// The leader's instance id (this node's own while it leads), if known.
+    pub leader_id: Option<String>,
+    /// The leader's fencing term, if known.
+    pub term: Option<f64>,
+}
+
+fn status_info(status: &leaderlease::Status, own_id: &str) -> StatusInfo {
+    match status {
+        leaderlease::Status::Leader { term } => StatusInfo {
+            state: LeaderState::Leader,
+            leader_id: Some(own_id.to_owned()),
+            term: Some(*term as f64),
+        },
+        leaderlease::Status::Candidate { leader } => StatusInfo {
+            state: LeaderState::Candidate,
+            leader_id: leader.as_ref().map(|(id, _)| id.clone()),
+            term: leader.as_ref().map(|(_, term)| *term as f64),
+        },
+        leaderlease::Status::Stopped => StatusInfo {
+            state: LeaderState::Stopped,
+            leader_id: None,
+            term: None,
+        },
+    }
+}
+
+/// The leader this node last observed (itself while it leads).
+#[napi(object)]
+#[derive(Debug)]
+pub struct LeaderInfo {
+    /// The leader's instance id.
+    pub leader_id: String,
+    /// The leader's fencing term.
+    pub term: f64,
+    /// Estimated milliseconds until that lease ends (0 once past), by this node's monotonic clock.
+    pub expires_in: f64,
+}
+
+/// Called with each status change. Weak: a subscription never keeps the Node process alive.
+type StatusCallback = ThreadsafeFunction<StatusInfo, (), StatusInfo, NapiStatus, false, true>;
+
+/// A running election. Create it with `Elector.connect(url, options)`.
+#[napi]
+pub struct Elector {
+    inner: Arc<leaderlease::Elector>,
+}
+
+#[napi]
+impl Elector {
+    /// Connects to PostgreSQL at `url` with a small pool of its own, prepares the table (unless
+    /// `createTableOnInit` is false) and starts campaigning.
+    #[napi(factory)]
+    pub async fn connect(url: String, options: Option<ElectorOptions>) -> Result<Self> {
+        let config = options
+            .unwrap_or_default()
+            .into_config()
+            .map_err(|e| to_js(e.into()))?;
+        let inner = leaderlease::Elector::connect(&url, config)
+            .await
+            .map_err(to_js)?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// True only while this node holds an unexpired lease (local deadline included). No database
+    /// access, no allocation.
+    #[napi(catch_unwind)]
+    pub fn is_leader(&self) -> bool {
+        self.inner.is_leader()
+    }
+
+    /// The fencing term of the current leadership, or null when not leader.
+    #[napi(catch_unwind)]
+    pub fn term(&self) -> Option<f64> {
+        self.inner.term().map(|t| t as f64)
+    }
+
+    /// The leader this node last observed (itself while it leads), or null.
+    #[napi(catch_unwind)]
+    pub fn leader(&self) -> Option<LeaderInfo> {
+        let now = Instant::now();
+        self.inner.leader().map(|l| LeaderInfo {
+            leader_id: l.leader_id,
+            term: l.term as f64,
+            expires_in: l.expires_at.saturating_duration_since(now).as_secs_f64() * 1000.0,
+        })
+    }
+
+    /// The current status.
+    #[napi(catch_unwind)]
+    pub fn status(&self) -> StatusInfo {
+        status_info(&self.inner.status(), self.inner.config().instance_id())
+    }
+
+    /// This candidate's instance id.
+    #[napi(getter, catch_unwind)]
+    pub fn instance_id(&self) -> String {
+        self.inner.config().instance_id().to_owned()
+    }
+
+    /// The lock id (lease row) of this election.
+    #[napi(getter, catch_unwind)]
+    pub fn lock_id(&self) -> i32 {
+        self.inner.config().lock_id()
+    }
+
+    /// Calls `callback` with every status change from now on, until the elector stops (the last call
+    /// reports `stopped`). The callback must not throw.
+    #[napi(catch_unwind)]
+    pub fn on_status_change(&self, callback: StatusCallback) {
+        let mut rx = self.inner.subscribe();
+        let own_id = self.inner.config().instance_id().to_owned();
+        spawn(async move {
+            while rx.changed().await.is_ok() {
+                let status = rx.borrow_and_update().clone();
+                let info = status_info(&status, &own_id);
+                let stopped = info.state == LeaderState::Stopped;
+                callback.call(info, ThreadsafeFunctionCallMode::NonBlocking);
+                if stopped {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Gives up leadership now, if held, and stays a candidate (standing back briefly so another node
+    /// takes over). Does nothing on a follower.
+    #[napi]
+    pub async fn release(&self) -> Result<()> {
+        self.inner.release().await.map_err(to_js)
+    }
+
+    /// Stops campaigning for good: releases the lease if held and closes the connections. Idempotent.
+    #[napi]
+    pub async fn shutdown(&self) -> Result<()> {
+        self.inner.shutdown().await.map_err(to_js)
+    }
+}
+
+/// The SQL that creates (or upgrades) the lease table in `schema` (default `public`).
+#[napi(catch_unwind)]
+pub fn up_sql(schema: Option<String>) -> String {
+    leaderlease::schema::up_sql(schema.as_deref().unwrap_or(leaderlease::DEFAULT_SCHEMA))
+}
+
+/// The SQL that drops the lease table and its sequence from `schema` (default `public`).
+#[napi(catch_unwind)]
+pub fn down_sql(schema: Option<String>) -> String {
+    leaderlease::schema::down_sql(schema.as_deref().unwrap_or(leaderlease::DEFAULT_SCHEMA))
+}
