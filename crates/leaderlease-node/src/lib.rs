@@ -200,9 +200,6 @@ pub struct LeaderInfo {
     pub expires_in: f64,
 }
 
-/// Called with each status change. Weak: a subscription never keeps the Node process alive.
-type StatusCallback = ThreadsafeFunction<StatusInfo, (), StatusInfo, NapiStatus, false, true>;
-
 /// A running election. Create it with `Elector.connect(url, options)`.
 #[napi]
 pub struct Elector {
@@ -270,9 +267,13 @@ impl Elector {
     }
 
     /// Calls `callback` with every status change from now on, until the elector stops (the last call
-    /// reports `stopped`). The callback must not throw.
+    /// reports `stopped`). The callback must not throw. The subscription is weak: it never keeps the
+    /// Node process alive.
     #[napi(catch_unwind)]
-    pub fn on_status_change(&self, callback: StatusCallback) {
+    pub fn on_status_change(
+        &self,
+        callback: ThreadsafeFunction<StatusInfo, (), StatusInfo, NapiStatus, false, true>,
+    ) {
         let mut rx = self.inner.subscribe();
         let own_id = self.inner.config().instance_id().to_owned();
         spawn(async move {

@@ -1,0 +1,100 @@
+/**
+ * Errors of leaderlease: named `Error` subclasses, each with a stable `code`.
+ *
+ * The native binding reports every failure as an `Error` whose message starts with the code in brackets
+ * (`[ERR_INVALID_CONFIG] ...`); {@link fromNative} turns that into the matching subclass.
+ */
+
+/** The stable codes, one per kind of failure. */
+export type LeaderElectionErrorCode =
+  | 'ERR_INVALID_CONFIG'
+  | 'ERR_DATABASE_UNREACHABLE'
+  | 'ERR_TABLE_MISSING'
+  | 'ERR_TIMEOUT'
+  | 'ERR_DATABASE'
+  | 'ERR_SHUT_DOWN'
+  | 'ERR_INTERNAL';
+
+/** Base class of every error leaderlease throws or rejects with. */
+export class LeaderElectionError extends Error {
+  readonly code: LeaderElectionErrorCode;
+
+  constructor(code: LeaderElectionErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** A setting broke a rule; the message names the setting (`leaseDuration`, `lockId`, ...). */
+export class LeaderElectionConfigError extends LeaderElectionError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_INVALID_CONFIG', message, options);
+  }
+}
+
+/** The database could not be reached at start (refused, unknown host, bad credentials, timeout). */
+export class DatabaseUnreachableError extends LeaderElectionError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_DATABASE_UNREACHABLE', message, options);
+  }
+}
+
+/** The lease table is missing or outdated and `createTableOnInit` is off: run the migration. */
+export class TableMissingError extends LeaderElectionError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_TABLE_MISSING', message, options);
+  }
+}
+
+/** A database operation did not finish within the operation timeout. */
+export class LeaderElectionTimeoutError extends LeaderElectionError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_TIMEOUT', message, options);
+  }
+}
+
+/** The database answered with an error. */
+export class DatabaseError extends LeaderElectionError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_DATABASE', message, options);
+  }
+}
+
+/** The elector has been shut down. */
+export class ElectorShutDownError extends LeaderElectionError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_SHUT_DOWN', message, options);
+  }
+}
+
+const BY_CODE: Record<string, new (message: string, options?: { cause?: unknown }) => LeaderElectionError> = {
+  ERR_INVALID_CONFIG: LeaderElectionConfigError,
+  ERR_DATABASE_UNREACHABLE: DatabaseUnreachableError,
+  ERR_TABLE_MISSING: TableMissingError,
+  ERR_TIMEOUT: LeaderElectionTimeoutError,
+  ERR_DATABASE: DatabaseError,
+  ERR_SHUT_DOWN: ElectorShutDownError,
+};
+
+const CODED_MESSAGE = /^\[(ERR_[A-Z_]+)\] ([\s\S]*)$/;
+
+/**
+ * Converts an error thrown by the native binding into the named subclass for its code. Errors without a
+ * code (a bug, or a value the binding could not convert) become a `LeaderElectionError` with code
+ * `ERR_INTERNAL`, the original kept as `cause`.
+ */
+export function fromNative(err: unknown): LeaderElectionError {
+  if (err instanceof LeaderElectionError) {
+    return err;
+  }
+  const message = err instanceof Error ? err.message : String(err);
+  const m = CODED_MESSAGE.exec(message);
+  if (m) {
+    const Ctor = BY_CODE[m[1]!];
+    if (Ctor) {
+      return new Ctor(m[2]!);
+    }
+  }
+  return new LeaderElectionError('ERR_INTERNAL', message, { cause: err });
+}

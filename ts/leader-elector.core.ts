@@ -1,0 +1,381 @@
+import { EventEmitter } from 'node:events';
+
+import { Elector, type ElectorOptions, type StatusInfo } from '../native/index.js';
+import { LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
+
+/**
+ * Settings of one election, with the field names of nest-leader-election. Every field is optional; the
+ * defaults are the documented ones (they live in the native core): leaseDuration 10000 ms,
+ * renewalInterval 3000 ms, jitterRange 2000 ms, baseCleanInterval 6 x leaseDuration, lockId 1,
+ * schema `public`, createTableOnInit true, instanceId unique per process.
+ */
+export interface LeaderElectorConfig {
+  /** How long a lease lives in the database without renewal, in ms (default 10000). */
+  leaseDuration?: number;
+  /** Mean time between renewals (leader) and polls (follower), in ms (default 3000). */
+  renewalInterval?: number;
+  /** Mean time between cleanups of long-expired rows, in ms (default 6 x leaseDuration). */
+  baseCleanInterval?: number;
+  /** Width of the uniform jitter around each interval, in ms (default 2000). */
+  jitterRange?: number;
+  /** The lease row this election uses; one per independent election (default 1). */
+  lockId?: number;
+  /** This candidate's identity; must be unique per process (default: hostname, pid and a random suffix). */
+  instanceId?: string;
+  /** Schema of the `leader_lease` table (default `public`); any name, always quoted. */
+  schema?: string;
+  /** Create or upgrade the table at start (default true); false when a migration creates it. */
+  createTableOnInit?: boolean;
+  /** New: the leader steps down this long before its lease ends, in ms (default leaseDuration / 10). */
+  safetyMargin?: number;
+  /** New: upper bound of one database operation, in ms (default renewalInterval / 2, at most 2000). */
+  operationTimeout?: number;
+}
+
+/** The leader as this node last saw it (itself while it leads). */
+export interface LeaderIdentity {
+  leaderId: string;
+  /** Fencing term of that leadership: it only grows for a lock id. */
+  term: number;
+}
+
+/** Leadership state: `candidate`, `leader` or `stopped`, with the leader where known. */
+export interface LeaderStatus {
+  state: 'candidate' | 'leader' | 'stopped';
+  leaderId: string | null;
+  term: number | null;
+}
+
+/** Events of {@link LeaderElectorCore}. */
+export interface LeaderElectorEvents {
+  /** This node became leader with this term. */
+  elected: [{ term: number }];
+  /** This node stopped leading (lost, released, or shut down). */
+  revoked: [];
+  /** Another leader (or a new term) was observed, or this node was elected. */
+  leaderChanged: [LeaderIdentity];
+  /** Every status change. */
+  status: [LeaderStatus];
+  /** The start failed (only emitted when someone listens; `ready()` rejects with it as well). */
+  error: [LeaderElectionError];
+}
+
+/** The part of a TypeORM `DataSource` that is read: its connection options. */
+export interface DataSourceLike {
+  options: {
+    type?: string;
+    url?: string;
+    host?: string;
+    port?: number;
+    username?: string;
+    password?: string | (() => string) | (() => Promise<string>);
+    database?: string;
+    ssl?: boolean | { rejectUnauthorized?: boolean };
+  };
+}
+
+const NUMBER_FIELDS = [
+  'leaseDuration',
+  'renewalInterval',
+  'baseCleanInterval',
+  'jitterRange',
+  'lockId',
+  'safetyMargin',
+  'operationTimeout',
+] as const;
+const STRING_FIELDS = ['instanceId', 'schema'] as const;
+
+/** Checks the types of the settings (the native core checks their values) and copies the known ones. */
+function toNativeOptions(config: LeaderElectorConfig | undefined): ElectorOptions {
+  if (config === undefined || config === null) {
+    return {};
+  }
+  if (typeof config !== 'object') {
+    throw new LeaderElectionConfigError(
+      `invalid leader election config: expected an object (got ${typeof config})`,
+    );
+  }
+  const out: ElectorOptions = {};
+  const given = (field: keyof LeaderElectorConfig): unknown => {
+    const v = config[field];
+    return v === null ? undefined : v;
+  };
+  for (const field of NUMBER_FIELDS) {
+    const v = given(field);
+    if (v === undefined) continue;
+    if (typeof v !== 'number') {
+      throw new LeaderElectionConfigError(
+        `invalid leader election config: \`${field}\` must be a number (got ${typeof v})`,
+      );
+    }
+    out[field] = v;
+  }
+  for (const field of STRING_FIELDS) {
+    const v = given(field);
+    if (v === undefined) continue;
+    if (typeof v !== 'string') {
+      throw new LeaderElectionConfigError(
+        `invalid leader election config: \`${field}\` must be a string (got ${typeof v})`,
+      );
+    }
+    out[field] = v;
+  }
+  const create = given('createTableOnInit');
+  if (create !== undefined) {
+    if (typeof create !== 'boolean') {
+      throw new LeaderElectionConfigError(
+        `invalid leader election config: \`createTableOnInit\` must be a boolean (got ${typeof create})`,
+      );
+    }
+    out.createTableOnInit = create;
+  }
+  return out;
+}
+
+/**
+ * A PostgreSQL connection string built from a TypeORM DataSource's options: its `url`, or
+ * host/port/username/password/database/ssl.
+ */
+export async function connectionStringFromDataSource(dataSource: DataSourceLike): Promise<string> {
+  const o = dataSource?.options;
+  if (!o || typeof o !== 'object') {
+    throw new LeaderElectionConfigError(
+      'invalid leader election config: `dataSource` must be a TypeORM DataSource (it has no `options`)',
+    );
+  }
+  if (o.type !== undefined && o.type !== 'postgres') {
+    throw new LeaderElectionConfigError(
+      `invalid leader election config: \`dataSource\` must be a PostgreSQL DataSource (got type ${JSON.stringify(o.type)})`,
+    );
+  }
+  let sslmode: string | null = null;
+  if (o.ssl) {
+    sslmode = typeof o.ssl === 'object' && o.ssl.rejectUnauthorized === false ? 'require' : 'verify-full';
+  }
+  if (o.url) {
+    if (sslmode === null || /[?&]sslmode=/.test(o.url)) return o.url;
+    return `${o.url}${o.url.includes('?') ? '&' : '?'}sslmode=${sslmode}`;
+  }
+  const password = typeof o.password === 'function' ? await o.password() : o.password;
+  const enc = encodeURIComponent;
+  const auth =
+    o.username !== undefined
+      ? `${enc(o.username)}${password !== undefined && password !== '' ? `:${enc(password)}` : ''}@`
+      : '';
+  const host = o.host ?? 'localhost';
+  const hostPart = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
+  const db = o.database !== undefined ? `/${enc(o.database)}` : '';
+  const query = sslmode !== null ? `?sslmode=${sslmode}` : '';
+  return `postgres://${auth}${hostPart}:${o.port ?? 5432}${db}${query}`;
+}
+
+/** `repository.manager.dataSource` (TypeORM 0.3+) or `repository.manager.connection`. */
+export interface RepositoryLike {
+  manager: { dataSource?: DataSourceLike; connection?: DataSourceLike };
+}
+
+function toStatus(s: StatusInfo): LeaderStatus {
+  return { state: s.state, leaderId: s.leaderId ?? null, term: s.term ?? null };
+}
+
+/**
+ * A leader election on PostgreSQL, the API of nest-leader-election's `LeaderElectorCore`.
+ *
+ * Start it with {@link LeaderElectorCore.connect} (a connection string), {@link LeaderElectorCore.create}
+ * (a TypeORM DataSource), or `new LeaderElectorCore(source, config)` which starts in the background
+ * (`ready()` tells when it campaigns). Like a server, a running elector keeps the Node process alive
+ * (unless {@link unref} is called); after {@link shutdown}, or a failed start, nothing of it does.
+ */
+export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
+  #native: Elector | null = null;
+  #stopped = false;
+  #started: Promise<Elector>;
+  #last: LeaderStatus = { state: 'candidate', leaderId: null, term: null };
+  /** Holds the event loop open while the elector runs (the native status stream does not). */
+  #keepAlive: NodeJS.Timeout | null = setInterval(() => undefined, 2 ** 30);
+
+  /**
+   * Starts campaigning in the background on `source`: a connection string, or a TypeORM repository
+   * whose DataSource settings are used. Failures to start reject {@link ready} and are emitted as
+   * `error` when a listener exists; they are never left unhandled.
+   */
+  constructor(source: string | RepositoryLike, config: LeaderElectorConfig = {}) {
+    super();
+    this.#started = this.#start(source, config);
+    // Kept handled: a failure is reported through ready(), release(), shutdown() and 'error'.
+    this.#started.catch((err: LeaderElectionError) => {
+      this.#releaseKeepAlive();
+      if (this.listenerCount('error') > 0) this.emit('error', err);
+    });
+  }
+
+  async #start(source: string | RepositoryLike, config: LeaderElectorConfig): Promise<Elector> {
+    let native: Elector;
+    try {
+      const options = toNativeOptions(config);
+      let url: string;
+      if (typeof source === 'string') {
+        url = source;
+      } else {
+        const ds = source?.manager?.dataSource ?? source?.manager?.connection;
+        if (!ds) {
+          throw new LeaderElectionConfigError(
+            'invalid leader election config: expected a connection string or a TypeORM repository',
+          );
+        }
+        url = await connectionStringFromDataSource(ds);
+      }
+      native = await Elector.connect(url, options);
+    } catch (err) {
+      throw fromNative(err);
+    }
+    native.onStatusChange((s) => this.#onStatus(s));
+    if (this.#stopped) {
+      // shutdown() was called while connecting.
+      await native.shutdown().catch(() => undefined);
+    } else {
+      this.#native = native;
+      this.#onStatus(native.status());
+    }
+    return native;
+  }
+
+  /** Starts on the PostgreSQL server at `url` and resolves once campaigning. */
+  static async connect(url: string, config: LeaderElectorConfig = {}): Promise<LeaderElectorCore> {
+    const elector = new LeaderElectorCore(url, config);
+    await elector.ready();
+    return elector;
+  }
+
+  /** Starts on the server of a TypeORM DataSource (its url, or host/port/user/password/database/ssl). */
+  static async create(dataSource: DataSourceLike, config: LeaderElectorConfig = {}): Promise<LeaderElectorCore> {
+    let url: string;
+    try {
+      url = await connectionStringFromDataSource(dataSource);
+    } catch (err) {
+      throw fromNative(err);
+    }
+    return LeaderElectorCore.connect(url, config);
+  }
+
+  /** Lets the process exit while this elector still runs (as `server.unref()` does). */
+  unref(): this {
+    this.#keepAlive?.unref();
+    return this;
+  }
+
+  /** Undoes {@link unref}: the running elector keeps the process alive again. */
+  ref(): this {
+    this.#keepAlive?.ref();
+    return this;
+  }
+
+  #releaseKeepAlive(): void {
+    if (this.#keepAlive !== null) {
+      clearInterval(this.#keepAlive);
+      this.#keepAlive = null;
+    }
+  }
+
+  /** Resolves once the elector campaigns; rejects with the named error if it could not start. */
+  async ready(): Promise<void> {
+    await this.#started;
+  }
+
+  /**
+   * True only while this node holds an unexpired lease, by its local deadline: a cheap synchronous read,
+   * no database access. False before the start completed and after shutdown.
+   */
+  amILeader(): boolean {
+    const native = this.#native;
+    return native !== null && native.isLeader();
+  }
+
+  /** The fencing term of the current leadership, or null when not leading. */
+  term(): number | null {
+    return this.#native?.term() ?? null;
+  }
+
+  /** The leader this node last observed (itself while leading), or null. */
+  leader(): LeaderIdentity | null {
+    const l = this.#native?.leader();
+    return l ? { leaderId: l.leaderId, term: l.term } : null;
+  }
+
+  /** The current status. */
+  status(): LeaderStatus {
+    return this.#native ? toStatus(this.#native.status()) : { ...this.#last };
+  }
+
+  /** This candidate's instance id, once started. */
+  get instanceId(): string | null {
+    return this.#native?.instanceId ?? null;
+  }
+
+  /**
+   * Gives up leadership now, if held, so another candidate takes over; this node stays a candidate.
+   * Does nothing on a follower or after shutdown.
+   */
+  async release(): Promise<void> {
+    const native = await this.#started;
+    if (this.#stopped) return;
+    try {
+      await native.release();
+    } catch (err) {
+      const e = fromNative(err);
+      if (e.code === 'ERR_SHUT_DOWN') return;
+      throw e;
+    }
+  }
+
+  /**
+   * Stops campaigning for good: releases the lease if held and closes the connections. Idempotent; never
+   * rejects because the start had failed.
+   */
+  async shutdown(): Promise<void> {
+    this.#stopped = true;
+    this.#releaseKeepAlive();
+    let native: Elector;
+    try {
+      native = await this.#started;
+    } catch {
+      return;
+    }
+    this.#native = null;
+    try {
+      await native.shutdown();
+    } catch (err) {
+      throw fromNative(err);
+    }
+    this.#onStatus({ state: 'stopped' });
+  }
+
+  #onStatus(info: StatusInfo): void {
+    const next = toStatus(info);
+    const prev = this.#last;
+    if (next.state === prev.state && next.leaderId === prev.leaderId && next.term === prev.term) return;
+    this.#last = next;
+    // Called from the native status stream: a listener's exception must not escape into it.
+    const safeEmit = <K extends keyof LeaderElectorEvents>(event: K, ...args: LeaderElectorEvents[K]) => {
+      try {
+        this.emit(event, ...(args as never));
+      } catch (err) {
+        process.emitWarning(`leaderlease: a '${String(event)}' listener threw: ${String(err)}`);
+      }
+    };
+    if (next.state === 'leader' && prev.state !== 'leader' && next.term !== null) {
+      safeEmit('elected', { term: next.term });
+    }
+    if (prev.state === 'leader' && next.state !== 'leader') {
+      safeEmit('revoked');
+    }
+    if (
+      next.leaderId !== null &&
+      next.term !== null &&
+      (next.leaderId !== prev.leaderId || next.term !== prev.term)
+    ) {
+      safeEmit('leaderChanged', { leaderId: next.leaderId, term: next.term });
+    }
+    safeEmit('status', next);
+  }
+}
