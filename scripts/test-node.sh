@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/pg-env.sh
-if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+# `npm install`, not `npm ci`: npm 11 writes this lock file without the other platforms' optional
+# packages of @napi-rs/cli's dependencies, which `npm ci` then rejects as out of sync. The lock file
+# still pins every version that is installed.
+npm install --no-audit --no-fund
 npm run build:debug
 npm run build:ts
 node --test dist-tests/*.test.js
