@@ -21,6 +21,10 @@ pub const DEFAULT_CREATE_TABLE_ON_INIT: bool = true;
 pub const DEFAULT_CLEAN_INTERVAL_LEASES: u32 = 6;
 /// Rows expired for longer than this are deleted by cleanup.
 pub const CLEANUP_GRACE: Duration = Duration::from_secs(5);
+/// Longest accepted lease duration.
+pub const MAX_LEASE_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest accepted cleanup interval.
+pub const MAX_CLEAN_INTERVAL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// Longest accepted instance id, in bytes.
 pub const MAX_INSTANCE_ID_LEN: usize = 255;
 /// Longest schema name PostgreSQL keeps (NAMEDATALEN - 1), in bytes.
@@ -259,6 +263,20 @@ impl ElectorBuilder {
                 ));
             }
         }
+        if self.lease_duration > MAX_LEASE_DURATION {
+            return Err(ConfigError::new(
+                "lease_duration",
+                format!("must be at most 24 h (got {:?})", self.lease_duration),
+            ));
+        }
+        if let Some(d) = self.clean_interval
+            && d > MAX_CLEAN_INTERVAL
+        {
+            return Err(ConfigError::new(
+                "clean_interval",
+                format!("must be at most 30 days (got {d:?})"),
+            ));
+        }
         if self.renewal_interval >= self.lease_duration {
             return Err(ConfigError::new(
                 "renewal_interval",
@@ -284,7 +302,10 @@ impl ElectorBuilder {
             .unwrap_or_else(|| (self.lease_duration / 10).max(Duration::from_millis(50)));
         // The latest renewal (interval + half the jitter) must be sent while the lease is still valid locally.
         let latest_renewal = self.renewal_interval + self.jitter_range / 2;
-        if latest_renewal + safety_margin >= self.lease_duration {
+        if latest_renewal
+            .checked_add(safety_margin)
+            .is_none_or(|end| end >= self.lease_duration)
+        {
             return Err(ConfigError::new(
                 "safety_margin",
                 format!(
@@ -331,7 +352,7 @@ impl ElectorBuilder {
         };
         let clean_interval = self
             .clean_interval
-            .unwrap_or(self.lease_duration * DEFAULT_CLEAN_INTERVAL_LEASES);
+            .unwrap_or_else(|| self.lease_duration * DEFAULT_CLEAN_INTERVAL_LEASES);
         Ok(ElectorConfig {
             lease_duration: self.lease_duration,
             renewal_interval: self.renewal_interval,

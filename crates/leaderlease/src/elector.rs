@@ -84,24 +84,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl Shared {
-    /// Cancels the current leadership's work token and waits (at most one lease) for the closures of
-    /// `run_while_leader` to return, so that releasing the lease cannot overlap with guarded work.
-    async fn stop_work(&self) {
-        if let Some(token) = lock(&self.work).as_ref() {
-            token.cancel();
-        }
-        let mut active = self.active_work.subscribe();
-        let wait = active.wait_for(|n| *n == 0);
-        if tokio::time::timeout(self.config.lease_duration(), wait)
-            .await
-            .is_err()
-        {
-            warn!("work still running one lease after its cancellation; releasing anyway");
-        }
-    }
-}
-
 /// Counts a running `run_while_leader` closure.
 struct ActiveWork<'a>(&'a watch::Sender<usize>);
 
@@ -278,7 +260,6 @@ impl Elector {
     /// left without a candidate. Use [`shutdown`](Self::shutdown) to leave for good.
     /// On a follower this does nothing.
     pub async fn release(&self) -> Result<()> {
-        self.shared.stop_work().await;
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Release(tx))
@@ -290,7 +271,6 @@ impl Elector {
     /// Stops campaigning for good: cancels and waits for leader work (at most one lease duration), releases
     /// the lease if held, stops the background task and closes the connections it owns. Idempotent.
     pub async fn shutdown(&self) -> Result<()> {
-        self.shared.stop_work().await;
         self.stop.cancel();
         let task = lock(&self.task).take();
         if let Some(task) = task {
@@ -416,28 +396,22 @@ impl Campaign {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, stop: CancellationToken) {
         debug!("campaign started");
         loop {
-            let mut wake = self.next_cleanup.min(if self.held.is_some() {
-                self.next_renew
-            } else {
-                self.next_poll
-            });
-            if self.leading
-                && let Some(d) = self.deadline()
-            {
-                wake = wake.min(d);
-            }
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
                 cmd = commands.recv() => match cmd {
                     Some(Command::Release(reply)) => {
+                        self.drain_work().await;
                         let _ = reply.send(self.release().await);
                     }
                     None => break,
                 },
-                _ = tokio::time::sleep_until(wake.into()) => self.tick().await,
+                _ = tokio::time::sleep_until(self.next_wake().into()) => self.tick().await,
             }
         }
+        // Shutdown (explicit, by the external token, or by dropping the handle): the same order as a
+        // release, so the lease is never deleted under running leader work.
+        self.drain_work().await;
         if self.held.is_some()
             && let Err(e) = self.release().await
         {
@@ -447,6 +421,44 @@ impl Campaign {
         self.backend.close().await;
         self.shared.status.send_replace(Status::Stopped);
         info!("elector stopped");
+    }
+
+    fn next_wake(&self) -> Instant {
+        let mut wake = self.next_cleanup.min(if self.held.is_some() {
+            self.next_renew
+        } else {
+            self.next_poll
+        });
+        if self.leading
+            && let Some(d) = self.deadline()
+        {
+            wake = wake.min(d);
+        }
+        wake
+    }
+
+    /// Cancels the current leadership's work token and waits, at most one lease duration, for the
+    /// closures of `run_while_leader` to return, renewing the lease meanwhile. Releasing afterwards can
+    /// therefore not let another node in while this one's work still runs.
+    async fn drain_work(&mut self) {
+        if let Some(token) = lock(&self.shared.work).as_ref() {
+            token.cancel();
+        }
+        let mut active = self.shared.active_work.subscribe();
+        let give_up = Instant::now() + self.config().lease_duration();
+        loop {
+            if *active.borrow_and_update() == 0 {
+                return;
+            }
+            tokio::select! {
+                changed = active.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep_until(give_up.into()) => {
+                    warn!("leader work still running one lease after its cancellation; releasing anyway");
+                    return;
+                }
+                _ = tokio::time::sleep_until(self.next_wake().into()) => self.tick().await,
+            }
+        }
     }
 
     async fn tick(&mut self) {

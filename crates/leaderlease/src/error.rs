@@ -34,6 +34,14 @@ pub enum Error {
         /// What is missing.
         problem: String,
     },
+    /// The database user lacks a privilege the election needs.
+    #[error("the database user may not use {object}: it needs {needs}")]
+    PermissionDenied {
+        /// The table, quoted as in SQL.
+        object: String,
+        /// The privileges needed.
+        needs: String,
+    },
     /// A database operation did not finish within the operation timeout.
     #[error("{operation} timed out after {after:?}")]
     Timeout {
@@ -63,6 +71,7 @@ impl Error {
             Error::Config(_) => "ERR_INVALID_CONFIG",
             Error::Unreachable { .. } => "ERR_DATABASE_UNREACHABLE",
             Error::TableMissing { .. } => "ERR_TABLE_MISSING",
+            Error::PermissionDenied { .. } => "ERR_PERMISSION_DENIED",
             Error::Timeout { .. } => "ERR_TIMEOUT",
             Error::Database { .. } => "ERR_DATABASE",
             Error::Shutdown => "ERR_SHUT_DOWN",

@@ -4,8 +4,8 @@
 //! (`clock_timestamp()`), so no read-then-write race exists between candidates, and no client clock is
 //! ever compared with another. Acquisition also takes a transaction-scoped advisory lock
 //! (`pg_try_advisory_xact_lock(namespace, lock_id)`) so contenders give up at once instead of queueing on
-//! the row lock; it ends with the statement, whatever happens to the connection, so it works behind
-//! PgBouncer in transaction mode.
+//! the row lock; it ends with the statement, whatever happens to the connection, so no lock is ever
+//! stranded on a pooled connection.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -46,8 +46,9 @@ impl Statements {
         Self {
             sequence: seq,
             observe: format!(
-                "SELECT leader_id, term, \
-                 (EXTRACT(EPOCH FROM (expires_at - clock_timestamp())) * 1000)::float8 AS remaining_ms \
+                "SELECT leader_id, term, (EXTRACT(EPOCH FROM (LEAST(GREATEST(expires_at, \
+                   clock_timestamp() - interval '1 day'), clock_timestamp() + interval '1 day') \
+                   - clock_timestamp())) * 1000)::float8 AS remaining_ms \
                  FROM {t} WHERE id = $1"
             )
             .into(),
@@ -103,13 +104,17 @@ pub struct PgBackend {
 /// connection included. A connection whose statement timed out or broke is closed, not pooled again, so
 /// a half-finished exchange is never reused.
 macro_rules! with_conn {
-    ($self:ident, $op:literal, |$c:ident| $body:expr) => {{
-        let deadline = Instant::now() + $self.timeout;
+    ($self:ident, $op:literal, |$c:ident| $body:expr) => {
+        with_conn!($self, $op, $self.timeout, |$c| $body)
+    };
+    ($self:ident, $op:literal, $timeout:expr, |$c:ident| $body:expr) => {{
+        let timeout: Duration = $timeout;
+        let deadline = Instant::now() + timeout;
         let mut conn = match timeout_at(deadline, $self.pool.acquire()).await {
             Err(_) => {
                 return Err(Error::Timeout {
                     operation: $op,
-                    after: $self.timeout,
+                    after: timeout,
                 });
             }
             Ok(Err(source)) => {
@@ -129,7 +134,7 @@ macro_rules! with_conn {
                 conn.close_on_drop();
                 Err(Error::Timeout {
                     operation: $op,
-                    after: $self.timeout,
+                    after: timeout,
                 })
             }
             Ok(Err(source)) => {
@@ -185,7 +190,9 @@ impl PgBackend {
         let pool = PgPoolOptions::new()
             .max_connections(OWNED_POOL_MAX_CONNECTIONS)
             .min_connections(0)
-            .acquire_timeout(config.operation_timeout())
+            // Every runtime operation is bounded by `with_conn!`; this only bounds opening a connection,
+            // which may take longer than one operation on a loaded machine.
+            .acquire_timeout(START_CONNECT_TIMEOUT)
             .idle_timeout(Some(config.lease_duration() * 6))
             .test_before_acquire(false)
             .connect_lazy_with(options);
@@ -217,18 +224,21 @@ impl PgBackend {
         &self.pool
     }
 
+    fn sequence(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), schema::TERM_SEQUENCE)
+    }
+
     /// What of the schema is missing, or `None` when the table is complete.
     async fn missing_parts(&self) -> Result<Option<String>> {
         let table = schema::qualified_table(&self.schema);
-        let seq = format!("{}.{}", quote_ident(&self.schema), schema::TERM_SEQUENCE);
-        let row = with_conn!(self, "prepare", |c| sqlx::query(
+        let row = with_conn!(self, "prepare", START_CONNECT_TIMEOUT, |c| sqlx::query(
             "SELECT to_regclass($1) IS NOT NULL AS has_table, \
                     to_regclass($2) IS NOT NULL AS has_seq, \
                     (SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) \
                        AND attname IN ('term', 'renewed_at') AND NOT attisdropped) AS new_columns"
         )
         .bind(&table)
-        .bind(&seq)
+        .bind(self.sequence())
         .fetch_one(c))?;
         let has_table: bool = row.get(0);
         let has_seq: bool = row.get(1);
@@ -242,37 +252,52 @@ impl PgBackend {
         })
     }
 
+    /// Checks that this database user may use the table and the sequence.
+    async fn check_privileges(&self) -> Result<()> {
+        let table = schema::qualified_table(&self.schema);
+        let ok: bool = with_conn!(self, "prepare", START_CONNECT_TIMEOUT, |c| {
+            sqlx::query_scalar(
+                "SELECT has_table_privilege($1, 'SELECT, INSERT, UPDATE, DELETE') \
+                AND has_sequence_privilege($2, 'USAGE')",
+            )
+            .bind(&table)
+            .bind(self.sequence())
+            .fetch_one(c)
+        })?;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied {
+                object: table,
+                needs: "SELECT, INSERT, UPDATE, DELETE on the table and USAGE on its sequence \
+                        leader_lease_term_seq"
+                    .to_owned(),
+            })
+        }
+    }
+
+    /// Runs the up migration, then moves the term sequence past any term already in the table (in case
+    /// the sequence was dropped and recreated while rows remained), so terms keep growing.
     async fn migrate(&self) -> Result<()> {
         let sql = schema::up_sql(&self.schema);
         // The DDL may wait on the DDL advisory lock of a concurrent starter, so it gets a longer bound.
-        let deadline = Instant::now() + self.timeout.max(Duration::from_secs(30));
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|source| Error::Database {
-                operation: "migrate",
-                source,
-            })?;
-        match timeout_at(
-            deadline,
-            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(source)) => Err(Error::Database {
-                operation: "migrate",
-                source,
-            }),
-            Err(_) => {
-                conn.close_on_drop();
-                Err(Error::Timeout {
-                    operation: "migrate",
-                    after: self.timeout.max(Duration::from_secs(30)),
-                })
-            }
-        }
+        let bound = self.timeout.max(Duration::from_secs(30));
+        with_conn!(self, "migrate", bound, |c| sqlx::raw_sql(AssertSqlSafe(
+            sql
+        ))
+        .execute(c))?;
+        let table = schema::qualified_table(&self.schema);
+        let seq = self.sequence();
+        let resync = format!(
+            "SELECT setval($1::regclass, m) FROM (SELECT max(term) AS m FROM {table}) x \
+             WHERE m > (SELECT last_value FROM {seq})"
+        );
+        with_conn!(self, "migrate", bound, |c| sqlx::query(AssertSqlSafe(
+            resync
+        ))
+        .bind(&seq)
+        .execute(c))?;
+        Ok(())
     }
 }
 
@@ -296,7 +321,7 @@ impl Backend for PgBackend {
     fn prepare(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let Some(problem) = self.missing_parts().await? else {
-                return Ok(());
+                return self.check_privileges().await;
             };
             if !self.create_table_on_init {
                 return Err(Error::TableMissing {
@@ -304,7 +329,14 @@ impl Backend for PgBackend {
                     problem,
                 });
             }
-            self.migrate().await
+            self.migrate().await?;
+            if let Some(problem) = self.missing_parts().await? {
+                return Err(Error::TableMissing {
+                    table: schema::qualified_table(&self.schema),
+                    problem: format!("{problem} even after the migration ran"),
+                });
+            }
+            self.check_privileges().await
         })
     }
 
@@ -321,7 +353,8 @@ impl Backend for PgBackend {
                     leader_id: row.get(0),
                     term: u64::try_from(row.get::<i64, _>(1)).unwrap_or(0),
                     expires_in: (remaining_ms > 0.0)
-                        .then(|| Duration::from_secs_f64(remaining_ms / 1000.0)),
+                        .then(|| Duration::try_from_secs_f64(remaining_ms / 1000.0).ok())
+                        .flatten(),
                 }
             }))
         })

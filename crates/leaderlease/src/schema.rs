@@ -48,13 +48,27 @@ fn fnv1a(prefix: &[u8], s: &str) -> i32 {
     i32::from_ne_bytes(h.to_ne_bytes())
 }
 
+/// Fills the `{{schema}}` and `{{ddl_lock}}` placeholders in one pass: text put in is never scanned
+/// again, so a schema name that itself contains a placeholder stays literal.
 fn render(template: &str, schema: &str) -> String {
-    template
-        .replace("{{schema}}", &quote_ident(schema))
-        .replace(
-            "{{ddl_lock}}",
-            &format!("{}, 0", ddl_lock_namespace(schema)),
-        )
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        if let Some(tail) = after.strip_prefix("{{schema}}") {
+            out.push_str(&quote_ident(schema));
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("{{ddl_lock}}") {
+            out.push_str(&format!("{}, 0", ddl_lock_namespace(schema)));
+            rest = tail;
+        } else {
+            out.push_str("{{");
+            rest = &after[2..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The SQL that creates (or upgrades in place) the lease table, its sequence and index in `schema`.
@@ -84,6 +98,12 @@ mod tests {
             assert!(!sql.contains("{{"), "{sql}");
             assert!(sql.contains(r#""My""Schema".leader_lease"#), "{sql}");
         }
+    }
+
+    #[test]
+    fn a_placeholder_inside_the_schema_name_stays_literal() {
+        let sql = up_sql("x{{ddl_lock}}");
+        assert!(sql.contains(r#""x{{ddl_lock}}".leader_lease"#), "{sql}");
     }
 
     #[test]

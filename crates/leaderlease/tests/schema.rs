@@ -2,7 +2,10 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use sqlx::Connection;
 
 use common::*;
 use leaderlease::{Elector, Error, schema};
@@ -116,15 +119,36 @@ async fn migration_sql_is_idempotent_and_reversible() {
             .unwrap();
     }
     assert_eq!(columns(&s).await.len(), 6);
-    // Concurrent runs (several replicas starting at once) serialise on the DDL lock.
-    let runs = (0..4).map(|_| {
-        let pool = s.pool.clone();
-        let sql = schema::up_sql(&s.name);
-        tokio::spawn(async move { sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await })
-    });
+    sqlx::raw_sql(sqlx::AssertSqlSafe(schema::down_sql(&s.name)))
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    assert!(columns(&s).await.is_empty());
+
+    // Concurrent first runs (several replicas starting at once on a fresh schema) serialise on the DDL
+    // lock; without it, CREATE SCHEMA / TABLE IF NOT EXISTS race and fail with duplicate keys.
+    let fresh = TestSchema::new("migrate_race").await;
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        conns.push(sqlx::PgConnection::connect(&database_url()).await.unwrap());
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(conns.len()));
+    let runs: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            let (barrier, sql) = (barrier.clone(), schema::up_sql(&fresh.name));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await
+            })
+        })
+        .collect();
     for r in runs {
         r.await.unwrap().unwrap();
     }
+    assert_eq!(columns(&fresh).await.len(), 6);
     sqlx::raw_sql(sqlx::AssertSqlSafe(schema::down_sql(&s.name)))
         .execute(&s.pool)
         .await
@@ -218,4 +242,52 @@ async fn unreachable_database_is_a_clear_error_at_start() {
         err.to_string().contains("invalid connection string"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn runtime_user_without_privileges_gets_a_clear_error() {
+    let s = TestSchema::new("privs").await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(schema::up_sql(&s.name)))
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    let role = unique("ll_role");
+    let q = schema::quote_ident(&s.name);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {q} TO {role}; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON {q}.leader_lease TO {role};"
+    )))
+    .execute(&s.pool)
+    .await
+    .unwrap();
+    let url = database_url().replacen("postgres@", &format!("{role}@"), 1);
+    let err = s
+        .builder()
+        .with_create_table_on_init(false)
+        .connect(&url)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ERR_PERMISSION_DENIED", "{err}");
+    assert!(err.to_string().contains("USAGE on its sequence"), "{err}");
+    // With the sequence granted too, the runtime user needs no DDL rights.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "GRANT USAGE ON {q}.leader_lease_term_seq TO {role}"
+    )))
+    .execute(&s.pool)
+    .await
+    .unwrap();
+    let e = s
+        .builder()
+        .with_create_table_on_init(false)
+        .connect(&url)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(3), "leadership", || e.is_leader()).await;
+    e.shutdown().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP OWNED BY {role}; DROP ROLE {role}"
+    )))
+    .execute(&s.pool)
+    .await
+    .unwrap();
 }
