@@ -2,14 +2,20 @@ import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 
 import {
+  DatabaseError,
   DatabaseUnreachableError,
+  ElectorShutDownError,
   LeaderElectionConfigError,
   LeaderElectionError,
+  LeaderElectionTimeoutError,
   LeaderElectorCore,
+  PermissionDeniedError,
   TableMissingError,
+  fromNative,
+  upSql,
   type LeaderElectorConfig,
 } from '../dist/index.js';
-import { DATABASE_URL, FAST, closedPort, dropSchema, randomSchema } from './helpers.js';
+import { DATABASE_URL, FAST, closedPort, dropSchema, randomSchema, withClient } from './helpers.js';
 
 /** Asserts that `p` rejects with `Ctor` and `code`, and returns the error. */
 async function rejectsWith<E extends LeaderElectionError>(
@@ -108,5 +114,58 @@ describe('database errors', () => {
       'ERR_TABLE_MISSING',
     );
     assert.match(err.message, /migration/);
+  });
+});
+
+describe('privileges', () => {
+  const schema = randomSchema();
+  const role = `ll_user_${schema.slice(-10).toLowerCase()}`;
+  after(async () => {
+    await dropSchema(schema);
+    await withClient((c) => c.query(`DROP ROLE IF EXISTS ${role}`));
+  });
+
+  test('a user without rights on the lease table gets PermissionDeniedError', async () => {
+    await withClient(async (c) => {
+      await c.query(upSql(schema));
+      await c.query(`CREATE ROLE ${role} LOGIN`);
+      await c.query(`GRANT USAGE ON SCHEMA "${schema}" TO ${role}`);
+    });
+    const u = new URL(DATABASE_URL);
+    u.username = role;
+    u.password = '';
+    const err = await rejectsWith(
+      LeaderElectorCore.connect(u.toString(), { ...FAST, schema, createTableOnInit: false }),
+      PermissionDeniedError,
+      'ERR_PERMISSION_DENIED',
+    );
+    assert.match(err.message, /leader_lease/);
+  });
+});
+
+describe('error mapping', () => {
+  const classes: Array<[string, new (message: string) => LeaderElectionError]> = [
+    ['ERR_INVALID_CONFIG', LeaderElectionConfigError],
+    ['ERR_DATABASE_UNREACHABLE', DatabaseUnreachableError],
+    ['ERR_TABLE_MISSING', TableMissingError],
+    ['ERR_PERMISSION_DENIED', PermissionDeniedError],
+    ['ERR_TIMEOUT', LeaderElectionTimeoutError],
+    ['ERR_DATABASE', DatabaseError],
+    ['ERR_SHUT_DOWN', ElectorShutDownError],
+  ];
+  for (const [code, Ctor] of classes) {
+    test(`${code} becomes ${Ctor.name}`, () => {
+      const e = fromNative(new Error(`[${code}] something\nwith two lines`));
+      assert.ok(e instanceof Ctor);
+      assert.equal(e.code, code);
+      assert.equal(e.message, 'something\nwith two lines');
+    });
+  }
+  test('an unknown code is kept; an uncoded error becomes ERR_INTERNAL with its cause', () => {
+    assert.equal(fromNative(new Error('[ERR_SOMETHING_NEW] x')).code, 'ERR_SOMETHING_NEW');
+    const original = new TypeError('boom');
+    const e = fromNative(original);
+    assert.equal(e.code, 'ERR_INTERNAL');
+    assert.equal(e.cause, original);
   });
 });

@@ -10,6 +10,7 @@ export type LeaderElectionErrorCode =
   | 'ERR_INVALID_CONFIG'
   | 'ERR_DATABASE_UNREACHABLE'
   | 'ERR_TABLE_MISSING'
+  | 'ERR_PERMISSION_DENIED'
   | 'ERR_TIMEOUT'
   | 'ERR_DATABASE'
   | 'ERR_SHUT_DOWN'
@@ -47,6 +48,13 @@ export class TableMissingError extends LeaderElectionError {
   }
 }
 
+/** The database user lacks a privilege the election needs (the message says which). */
+export class PermissionDeniedError extends LeaderElectionError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_PERMISSION_DENIED', message, options);
+  }
+}
+
 /** A database operation did not finish within the operation timeout. */
 export class LeaderElectionTimeoutError extends LeaderElectionError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -72,6 +80,7 @@ const BY_CODE: Record<string, new (message: string, options?: { cause?: unknown 
   ERR_INVALID_CONFIG: LeaderElectionConfigError,
   ERR_DATABASE_UNREACHABLE: DatabaseUnreachableError,
   ERR_TABLE_MISSING: TableMissingError,
+  ERR_PERMISSION_DENIED: PermissionDeniedError,
   ERR_TIMEOUT: LeaderElectionTimeoutError,
   ERR_DATABASE: DatabaseError,
   ERR_SHUT_DOWN: ElectorShutDownError,
@@ -92,9 +101,8 @@ export function fromNative(err: unknown): LeaderElectionError {
   const m = CODED_MESSAGE.exec(message);
   if (m) {
     const Ctor = BY_CODE[m[1]!];
-    if (Ctor) {
-      return new Ctor(m[2]!);
-    }
+    // A code this version does not know yet keeps its code on the base class.
+    return Ctor ? new Ctor(m[2]!) : new LeaderElectionError(m[1] as LeaderElectionErrorCode, m[2]!);
   }
   return new LeaderElectionError('ERR_INTERNAL', message, { cause: err });
 }

@@ -15,6 +15,7 @@ export {
   LeaderElectionConfigError,
   LeaderElectionError,
   LeaderElectionTimeoutError,
+  PermissionDeniedError,
   TableMissingError,
   fromNative,
   type LeaderElectionErrorCode,
