@@ -118,6 +118,52 @@ describe('keeping the process alive', () => {
   });
 });
 
+describe('a crashed leader', () => {
+  const schema = randomSchema();
+  let follower: LeaderElectorCore | undefined;
+  after(async () => {
+    await follower?.shutdown();
+    await dropSchema(schema);
+  });
+
+  test('is replaced within about one lease after SIGKILL', async () => {
+    const config = { ...FAST, schema, lockId: 5 };
+    const script = `
+      const { LeaderElectorCore } = require(${JSON.stringify(PACKAGE)});
+      LeaderElectorCore.connect(process.env.URL, JSON.parse(process.env.CONFIG)).then((e) => {
+        const t = setInterval(() => { if (e.amILeader()) { console.log('leading'); clearInterval(t); } }, 10);
+      }, (err) => { console.error(err); process.exit(2); });
+    `;
+    const child = spawn(process.execPath, ['-e', script], {
+      env: { ...process.env, URL: DATABASE_URL, CONFIG: JSON.stringify(config) },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('the child did not lead within 10 s')), 10_000);
+        child.stdout.on('data', (d: Buffer) => {
+          if (d.toString().includes('leading')) {
+            clearTimeout(timer);
+            resolve();
+          }
+        });
+        child.on('exit', (c) => reject(new Error(`the child exited early (${c})`)));
+      });
+      follower = await LeaderElectorCore.connect(DATABASE_URL, config);
+      assert.ok(await waitFor(() => follower!.leader() !== null, 3000), 'the follower sees the leader');
+      assert.equal(follower.amILeader(), false);
+    } finally {
+      child.kill('SIGKILL');
+    }
+    const killed = Date.now();
+    assert.ok(
+      await waitFor(() => follower!.amILeader(), 2 * FAST.leaseDuration + 1000),
+      'the follower took over within two leases',
+    );
+    console.log(`takeover after SIGKILL of the leader: ${Date.now() - killed} ms (lease ${FAST.leaseDuration} ms)`);
+  });
+});
+
 describe('migration SQL from the binding', () => {
   const schema = randomSchema();
   after(() => dropSchema(schema));
