@@ -54,6 +54,12 @@ pub trait Backend: Send + Sync + 'static {
     fn release(&self, term: u64) -> BoxFuture<'_, Result<bool>>;
     /// Deletes long-expired leases; returns how many. Never touches a live lease.
     fn cleanup(&self) -> BoxFuture<'_, Result<u64>>;
+    /// Resolves when the store reports that the lease was released (deleted), so that followers try at
+    /// once instead of at their next poll. A notification that arrives while nobody waits is kept for the
+    /// next call. The default never resolves (followers then rely on polling).
+    fn released(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
     /// Frees connections the backend owns. Called once, when the elector stops.
     fn close(&self) -> BoxFuture<'_, ()>;
 }

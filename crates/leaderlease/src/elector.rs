@@ -147,6 +147,14 @@ impl ElectorBuilder {
     pub async fn start_with_pool(self, pool: PgPool) -> Result<Elector> {
         Elector::with_pool(pool, self.build()?).await
     }
+    /// Builds the config, connects to NATS at `url` and starts campaigning in the KV bucket `bucket`
+    /// (created with `max_age` = lease duration if missing).
+    #[cfg(feature = "nats")]
+    pub async fn connect_nats(self, url: &str, bucket: &str) -> Result<Elector> {
+        let config = self.build()?;
+        let backend = crate::NatsBackend::connect(url, bucket, &config).await?;
+        Elector::start(backend, config).await
+    }
     /// Builds the config and starts campaigning on any backend.
     pub async fn start<B: Backend>(
         self,
@@ -395,6 +403,7 @@ impl Campaign {
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, stop: CancellationToken) {
         debug!("campaign started");
+        let released = self.backend.clone();
         loop {
             tokio::select! {
                 biased;
@@ -407,6 +416,10 @@ impl Campaign {
                     None => break,
                 },
                 _ = tokio::time::sleep_until(self.next_wake().into()) => self.tick().await,
+                _ = released.released(), if self.held.is_none() => {
+                    debug!("the lease was released; trying at once");
+                    self.next_poll = Instant::now();
+                }
             }
         }
         // Shutdown (explicit, by the external token, or by dropping the handle): the same order as a

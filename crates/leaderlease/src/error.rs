@@ -59,6 +59,22 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+    /// An error of a store other than PostgreSQL (e.g. NATS).
+    #[error("store error during {operation}: {message}")]
+    Store {
+        /// The operation (`acquire`, `renew`, ...).
+        operation: &'static str,
+        /// What the store's client said.
+        message: String,
+    },
+    /// A NATS KV bucket cannot hold leases as configured.
+    #[error("the NATS KV bucket {bucket:?} {problem}")]
+    InvalidBucket {
+        /// The bucket name.
+        bucket: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The elector has been shut down.
     #[error("the leader elector has been shut down")]
     Shutdown,
@@ -74,6 +90,8 @@ impl Error {
             Error::PermissionDenied { .. } => "ERR_PERMISSION_DENIED",
             Error::Timeout { .. } => "ERR_TIMEOUT",
             Error::Database { .. } => "ERR_DATABASE",
+            Error::Store { .. } => "ERR_STORE",
+            Error::InvalidBucket { .. } => "ERR_INVALID_BUCKET",
             Error::Shutdown => "ERR_SHUT_DOWN",
         }
     }

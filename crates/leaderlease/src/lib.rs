@@ -61,6 +61,8 @@ mod clock;
 mod config;
 mod elector;
 mod error;
+#[cfg(feature = "nats")]
+pub mod nats;
 mod postgres;
 pub mod schema;
 
@@ -68,6 +70,8 @@ pub use backend::{AcquireOutcome, Backend, ObservedLease};
 pub use config::*;
 pub use elector::{ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LeaderInfo, Status};
 pub use error::{Error, Result};
+#[cfg(feature = "nats")]
+pub use nats::NatsBackend;
 pub use postgres::{OWNED_POOL_MAX_CONNECTIONS, PgBackend, START_CONNECT_TIMEOUT};
 pub use sqlx::PgPool;
 pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,329 @@
+//! One behavioural suite, run against every backend: PostgreSQL always, NATS JetStream KV with the
+//! `nats` feature. Each test isolates itself (a schema, or a bucket, of its own).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use leaderlease::{Elector, ElectorBuilder};
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Postgres,
+    #[cfg(feature = "nats")]
+    Nats,
+}
+
+/// Where one test's electors keep their lease.
+struct Env {
+    kind: Kind,
+    schema: TestSchema,
+    #[cfg(feature = "nats")]
+    bucket: String,
+}
+
+#[cfg(feature = "nats")]
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+impl Env {
+    async fn new(kind: Kind, name: &str) -> Self {
+        Self {
+            kind,
+            schema: TestSchema::new(name).await,
+            #[cfg(feature = "nats")]
+            bucket: unique(&format!("ll_{name}")),
+        }
+    }
+
+    fn builder(&self) -> ElectorBuilder {
+        self.schema.builder()
+    }
+
+    async fn start(&self, builder: ElectorBuilder) -> Elector {
+        match self.kind {
+            Kind::Postgres => builder.connect(&database_url()).await.unwrap(),
+            #[cfg(feature = "nats")]
+            Kind::Nats => builder
+                .connect_nats(&nats_url(), &self.bucket)
+                .await
+                .unwrap(),
+        }
+    }
+
+    /// Writes the lease of a node that will never renew it ("dead-node"), as a crashed leader leaves it;
+    /// returns its term.
+    async fn plant_dead_lease(&self) -> u64 {
+        let lease = Duration::from_millis(1500);
+        match self.kind {
+            Kind::Postgres => {
+                let s = &self.schema;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(leaderlease::schema::up_sql(&s.name)))
+                    .execute(&s.pool)
+                    .await
+                    .unwrap();
+                let seq = format!(
+                    "{}.leader_lease_term_seq",
+                    leaderlease::schema::quote_ident(&s.name)
+                );
+                let term: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {} (id, leader_id, expires_at, term) \
+                     VALUES (1, 'dead-node', clock_timestamp() + $2 * interval '1 millisecond', \
+                             nextval($1::regclass)) RETURNING term",
+                    s.table()
+                )))
+                .bind(seq)
+                .bind(lease.as_millis() as f64)
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+                term as u64
+            }
+            #[cfg(feature = "nats")]
+            Kind::Nats => {
+                let client = async_nats::connect(nats_url()).await.unwrap();
+                let js = async_nats::jetstream::new(client);
+                let store = leaderlease::NatsBackend::create_bucket(&js, &self.bucket, lease)
+                    .await
+                    .unwrap();
+                store.create("lock-1", "0 dead-node".into()).await.unwrap()
+            }
+        }
+    }
+
+    async fn candidates(&self, n: usize) -> Vec<Elector> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            out.push(
+                self.start(self.builder().with_instance_id(format!("node-{i}")))
+                    .await,
+            );
+        }
+        out
+    }
+}
+
+#[cfg(feature = "nats")]
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Kind::Nats = self.kind {
+            let bucket = self.bucket.clone();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(client) = async_nats::connect(nats_url()).await {
+                        let _ = async_nats::jetstream::new(client)
+                            .delete_key_value(&bucket)
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+fn leader_of(electors: &[Elector]) -> Option<usize> {
+    electors.iter().position(|e| e.is_leader())
+}
+
+async fn wait_for_leader(electors: &[Elector], limit: Duration) -> usize {
+    let refs: Vec<&Elector> = electors.iter().collect();
+    wait_until(limit, "a leader", || refs.iter().any(|e| e.is_leader())).await;
+    leader_of(electors).unwrap()
+}
+
+async fn one_leader_among_several(kind: Kind) {
+    let env = Env::new(kind, "b_one").await;
+    let electors = env.candidates(5).await;
+    let leader = wait_for_leader(&electors, Duration::from_secs(5)).await;
+    let refs: Vec<&Elector> = electors.iter().collect();
+    assert_never_two_leaders(&refs, Duration::from_secs(3)).await;
+    assert!(
+        electors[leader].is_leader(),
+        "the leader kept its lease through its renewals"
+    );
+    let term = electors[leader].term().unwrap();
+    wait_until(
+        Duration::from_secs(3),
+        "followers to see the leader",
+        || {
+            electors.iter().all(|e| {
+                e.leader()
+                    .is_some_and(|l| l.term == term && l.leader_id == format!("node-{leader}"))
+            })
+        },
+    )
+    .await;
+    for e in &electors {
+        e.shutdown().await.unwrap();
+    }
+}
+
+async fn takeover_after_the_leader_stops_renewing(kind: Kind) {
+    let env = Env::new(kind, "b_crash").await;
+    // A leader that stopped renewing (crashed) leaves its lease behind: it lives one lease (1.5 s).
+    let planted = Instant::now();
+    let dead_term = env.plant_dead_lease().await;
+    let e = env.start(env.builder().with_instance_id("survivor")).await;
+    wait_until(
+        Duration::from_secs(3),
+        "the dead lease to be observed",
+        || e.leader().is_some(),
+    )
+    .await;
+    assert_eq!(e.leader().unwrap().leader_id, "dead-node");
+    let took = wait_until(Duration::from_secs(5), "takeover", || e.is_leader()).await;
+    let since_plant = planted.elapsed();
+    assert!(
+        since_plant >= Duration::from_millis(1400),
+        "took the lease {since_plant:?} after it was written"
+    );
+    assert!(
+        since_plant < Duration::from_millis(1500 + 1000),
+        "takeover {since_plant:?} after the write"
+    );
+    assert!(
+        e.term().unwrap() > dead_term,
+        "a new leadership gets a larger term"
+    );
+    let _ = took;
+    e.shutdown().await.unwrap();
+}
+
+async fn release_hands_over_and_the_node_stays_a_candidate(kind: Kind) {
+    let env = Env::new(kind, "b_release").await;
+    let a = env.start(env.builder().with_instance_id("a")).await;
+    wait_until(Duration::from_secs(5), "a to lead", || a.is_leader()).await;
+    let b = env.start(env.builder().with_instance_id("b")).await;
+    wait_until(Duration::from_secs(3), "b to see a", || {
+        b.leader().is_some()
+    })
+    .await;
+    let term_a = a.term().unwrap();
+
+    let released = Instant::now();
+    a.release().await.unwrap();
+    assert!(!a.is_leader(), "release steps down at once");
+    let took = wait_until(Duration::from_secs(3), "b to take over", || {
+        assert!(!(a.is_leader() && b.is_leader()), "two leaders");
+        b.is_leader()
+    })
+    .await;
+    let _ = released;
+    // Within one follower poll (400 ± 100 ms) at most; at once where the store notifies releases.
+    assert!(took < Duration::from_millis(1200), "handover took {took:?}");
+    let term_b = b.term().unwrap();
+    assert!(term_b > term_a, "term {term_b} after {term_a}");
+
+    b.shutdown().await.unwrap();
+    wait_until(Duration::from_secs(5), "a to lead again", || a.is_leader()).await;
+    assert!(a.term().unwrap() > term_b);
+    a.shutdown().await.unwrap();
+}
+
+async fn same_instance_id_never_gives_two_leaders(kind: Kind) {
+    let env = Env::new(kind, "b_twin").await;
+    let a = env.start(env.builder().with_instance_id("twin")).await;
+    let b = env.start(env.builder().with_instance_id("twin")).await;
+    wait_until(Duration::from_secs(5), "a leader", || {
+        a.is_leader() || b.is_leader()
+    })
+    .await;
+    assert_never_two_leaders(&[&a, &b], Duration::from_secs(2)).await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+async fn leadership_moves_on_shutdown_with_growing_terms(kind: Kind) {
+    let env = Env::new(kind, "b_terms").await;
+    let electors = env.candidates(3).await;
+    let mut alive: Vec<Elector> = electors;
+    let mut last_term = 0;
+    while !alive.is_empty() {
+        let i = wait_for_leader(&alive, Duration::from_secs(5)).await;
+        let term = alive[i].term().unwrap();
+        assert!(term > last_term, "term {term} after {last_term}");
+        last_term = term;
+        let e = alive.remove(i);
+        e.shutdown().await.unwrap();
+        assert!(!e.is_leader());
+    }
+}
+
+async fn work_token_is_cancelled_when_leadership_is_released(kind: Kind) {
+    let env = Env::new(kind, "b_work").await;
+    let e = Arc::new(env.start(env.builder()).await);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let runner = {
+        let e = e.clone();
+        tokio::spawn(async move {
+            e.run_while_leader(|token| {
+                let (tx, term) = (tx.clone(), e.term());
+                async move {
+                    tx.send(("started", term)).unwrap();
+                    token.cancelled().await;
+                    tx.send(("cancelled", term)).unwrap();
+                    Ok::<_, std::convert::Infallible>(())
+                }
+            })
+            .await
+        })
+    };
+    let (what, term) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((what, term.is_some()), ("started", true));
+    e.release().await.unwrap();
+    assert_eq!(
+        rx.try_recv().unwrap(),
+        ("cancelled", term),
+        "release returned after the work stopped"
+    );
+    e.shutdown().await.unwrap();
+    runner.await.unwrap().unwrap();
+}
+
+macro_rules! suite {
+    ($module:ident, $kind:expr) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn one_leader_among_several() {
+                super::one_leader_among_several($kind).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn takeover_after_the_leader_stops_renewing() {
+                super::takeover_after_the_leader_stops_renewing($kind).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn release_hands_over_and_the_node_stays_a_candidate() {
+                super::release_hands_over_and_the_node_stays_a_candidate($kind).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn same_instance_id_never_gives_two_leaders() {
+                super::same_instance_id_never_gives_two_leaders($kind).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn leadership_moves_on_shutdown_with_growing_terms() {
+                super::leadership_moves_on_shutdown_with_growing_terms($kind).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn work_token_is_cancelled_when_leadership_is_released() {
+                super::work_token_is_cancelled_when_leadership_is_released($kind).await
+            }
+        }
+    };
+}
+
+suite!(postgres, Kind::Postgres);
+#[cfg(feature = "nats")]
+suite!(nats, Kind::Nats);
