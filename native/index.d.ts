@@ -79,6 +79,9 @@ export interface ElectorOptions {
   operationTimeout?: number
 }
 
+/** Every error code the native layer can put on an error (`ERR_INVALID_CONFIG`, ...). */
+export declare function errorCodes(): Array<string>
+
 /** The leader this node last observed (itself while it leads). */
 export interface LeaderInfo {
   /** The leader's instance id. */

@@ -837,5 +837,6 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.Elector = nativeBinding.Elector
 module.exports.downSql = nativeBinding.downSql
+module.exports.errorCodes = nativeBinding.errorCodes
 module.exports.LeaderState = nativeBinding.LeaderState
 module.exports.upSql = nativeBinding.upSql

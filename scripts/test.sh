@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every Rust test: formatting and lints, then the unit and integration tests against a real
-# PostgreSQL and a real NATS server (all features, so the NATS backend runs the shared suite too).
+# Runs every test: formatting and lints, the Rust unit and integration tests against a real
+# PostgreSQL and a real NATS server (all features, so the NATS backend runs the shared suite too), then
+# the Node tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/pg-env.sh
@@ -8,3 +9,5 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features
+# The Node package: the addon, the TypeScript API and its tests (npm install, build, node --test).
+bash scripts/test-node.sh

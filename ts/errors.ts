@@ -13,6 +13,8 @@ export type LeaderElectionErrorCode =
   | 'ERR_PERMISSION_DENIED'
   | 'ERR_TIMEOUT'
   | 'ERR_DATABASE'
+  | 'ERR_STORE'
+  | 'ERR_INVALID_BUCKET'
   | 'ERR_SHUT_DOWN'
   | 'ERR_INTERNAL';
 
@@ -69,6 +71,20 @@ export class DatabaseError extends LeaderElectionError {
   }
 }
 
+/** A store other than PostgreSQL (NATS) answered with an error. */
+export class StoreError extends LeaderElectionError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_STORE', message, options);
+  }
+}
+
+/** A NATS KV bucket cannot hold leases as configured (no `max_age`, or another lease duration). */
+export class InvalidBucketError extends LeaderElectionError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_INVALID_BUCKET', message, options);
+  }
+}
+
 /** The elector has been shut down. */
 export class ElectorShutDownError extends LeaderElectionError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -83,6 +99,8 @@ const BY_CODE: Record<string, new (message: string, options?: { cause?: unknown 
   ERR_PERMISSION_DENIED: PermissionDeniedError,
   ERR_TIMEOUT: LeaderElectionTimeoutError,
   ERR_DATABASE: DatabaseError,
+  ERR_STORE: StoreError,
+  ERR_INVALID_BUCKET: InvalidBucketError,
   ERR_SHUT_DOWN: ElectorShutDownError,
 };
 

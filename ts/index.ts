@@ -12,12 +12,14 @@ export {
   DatabaseError,
   DatabaseUnreachableError,
   ElectorShutDownError,
+  InvalidBucketError,
   LeaderElectionConfigError,
   LeaderElectionError,
   LeaderElectionTimeoutError,
   PermissionDeniedError,
+  StoreError,
   TableMissingError,
   fromNative,
   type LeaderElectionErrorCode,
 } from './errors.js';
-export { upSql, downSql } from '../native/index.js';
+export { upSql, downSql, errorCodes } from '../native/index.js';

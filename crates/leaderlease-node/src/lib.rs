@@ -47,9 +47,9 @@ fn with_js_names(e: ConfigError) -> ConfigError {
         .iter()
         .find(|(rust, _)| *rust == e.field)
         .map_or(e.field, |(_, js)| *js);
-    let rule = JS_FIELDS
-        .iter()
-        .fold(e.rule, |rule, (rust, js)| rule.replace(rust, js));
+    let rule = JS_FIELDS.iter().fold(e.rule, |rule, (rust, js)| {
+        rule.replace(&format!("`{rust}`"), &format!("`{js}`"))
+    });
     ConfigError::new(field, rule)
 }
 
@@ -313,4 +313,13 @@ pub fn up_sql(schema: Option<String>) -> String {
 #[napi(catch_unwind)]
 pub fn down_sql(schema: Option<String>) -> String {
     leaderlease::schema::down_sql(schema.as_deref().unwrap_or(leaderlease::DEFAULT_SCHEMA))
+}
+
+/// Every error code the native layer can put on an error (`ERR_INVALID_CONFIG`, ...).
+#[napi(catch_unwind)]
+pub fn error_codes() -> Vec<String> {
+    leaderlease::Error::CODES
+        .iter()
+        .map(|c| (*c).to_owned())
+        .collect()
 }

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --example cluster -- [--rounds N]
+//! cargo run --features nats --example cluster -- --nats nats://127.0.0.1:4222 [--rounds N]
 //! ```
 //!
 //! The same binary is the candidate process (`--candidate ID --schema NAME`): it reports every change of
@@ -53,14 +54,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// One candidate process.
 async fn candidate(id: String, schema: String) -> Result<(), Box<dyn std::error::Error>> {
-    let elector = Elector::builder()
+    let builder = Elector::builder()
         .with_instance_id(id.clone())
         .with_schema(schema)
         .with_lease_duration(LEASE)
         .with_renewal_interval(RENEWAL)
-        .with_jitter_range(JITTER)
-        .connect(&database_url())
-        .await?;
+        .with_jitter_range(JITTER);
+    let elector = match arg("--nats") {
+        #[cfg(feature = "nats")]
+        Some(url) => {
+            builder
+                .connect_nats(&url, &arg("--bucket").unwrap_or_default())
+                .await?
+        }
+        #[cfg(not(feature = "nats"))]
+        Some(_) => return Err("built without the `nats` feature".into()),
+        None => builder.connect(&database_url()).await?,
+    };
     let base = Instant::now();
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut was = None;
@@ -103,15 +113,23 @@ async fn conductor(rounds: usize) -> Result<(), Box<dyn std::error::Error>> {
         "leaderlease demo: 3 candidates, lease {LEASE:?}, renewal {RENEWAL:?} ± {:?}",
         JITTER / 2
     );
-    println!("database {} , schema {schema}\n", database_url());
+    let nats = arg("--nats");
+    match &nats {
+        Some(url) => println!("NATS {url}, bucket {schema}\n"),
+        None => println!("PostgreSQL {}, schema {schema}\n", database_url()),
+    }
     let (tx, mut rx) = mpsc::unbounded_channel::<(String, Option<bool>, u64, Instant)>();
     let mut nodes = BTreeMap::new();
     let mut next_id = 1;
     let mut spawn = |tx: mpsc::UnboundedSender<_>| -> Result<(String, Node), std::io::Error> {
         let id = format!("node-{next_id}");
         next_id += 1;
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(["--candidate", &id, "--schema", &schema])
+        let mut command = Command::new(std::env::current_exe()?);
+        command.args(["--candidate", &id, "--schema", &schema]);
+        if let Some(url) = &nats {
+            command.args(["--nats", url, "--bucket", &schema]);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -219,7 +237,19 @@ async fn conductor(rounds: usize) -> Result<(), Box<dyn std::error::Error>> {
         let _ = node.stdin.write_all(b"shutdown\n").await;
         let _ = tokio::time::timeout(Duration::from_secs(5), node.child.wait()).await;
     }
-    drop_schema(&schema).await;
+    match &nats {
+        #[cfg(feature = "nats")]
+        Some(url) => {
+            if let Ok(client) = async_nats::connect(url.as_str()).await {
+                let _ = async_nats::jetstream::new(client)
+                    .delete_key_value(&schema)
+                    .await;
+            }
+        }
+        #[cfg(not(feature = "nats"))]
+        Some(_) => {}
+        None => drop_schema(&schema).await,
+    }
 
     let stats = |v: &mut Vec<Duration>| {
         v.sort();

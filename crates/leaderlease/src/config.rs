@@ -30,7 +30,9 @@ pub const MAX_INSTANCE_ID_LEN: usize = 255;
 /// Longest schema name PostgreSQL keeps (NAMEDATALEN - 1), in bytes.
 pub const MAX_SCHEMA_LEN: usize = 63;
 
-/// A configuration value that breaks a rule. `field` names the setting, `rule` says what it must be.
+/// A configuration value that breaks a rule. `field` names the setting, `rule` says what it must be;
+/// other settings named in `rule` are written in backticks (`` `lease_duration` ``), so a binding can
+/// rename them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// The setting, by its Rust name (`lease_duration`, `lock_id`, ...).
@@ -281,7 +283,7 @@ impl ElectorBuilder {
             return Err(ConfigError::new(
                 "renewal_interval",
                 format!(
-                    "must be below lease_duration (got {} ms, lease_duration is {} ms)",
+                    "must be below `lease_duration` (got {} ms, `lease_duration` is {} ms)",
                     ms(self.renewal_interval),
                     ms(self.lease_duration)
                 ),
@@ -291,7 +293,7 @@ impl ElectorBuilder {
             return Err(ConfigError::new(
                 "jitter_range",
                 format!(
-                    "must be below renewal_interval (got {} ms, renewal_interval is {} ms)",
+                    "must be below `renewal_interval` (got {} ms, `renewal_interval` is {} ms)",
                     ms(self.jitter_range),
                     ms(self.renewal_interval)
                 ),
@@ -309,7 +311,7 @@ impl ElectorBuilder {
             return Err(ConfigError::new(
                 "safety_margin",
                 format!(
-                    "plus renewal_interval and half of jitter_range must stay below lease_duration \
+                    "plus `renewal_interval` and half of `jitter_range` must stay below `lease_duration` \
                      (got {} + {} + {} ms >= {} ms)",
                     ms(safety_margin),
                     ms(self.renewal_interval),
@@ -325,7 +327,7 @@ impl ElectorBuilder {
             return Err(ConfigError::new(
                 "operation_timeout",
                 format!(
-                    "must be below renewal_interval (got {} ms, renewal_interval is {} ms)",
+                    "must be below `renewal_interval` (got {} ms, `renewal_interval` is {} ms)",
                     ms(operation_timeout),
                     ms(self.renewal_interval)
                 ),
@@ -491,22 +493,22 @@ mod tests {
             (
                 b().with_renewal_interval(Duration::from_secs(10)),
                 "renewal_interval",
-                "below lease_duration",
+                "below `lease_duration`",
             ),
             (
                 b().with_jitter_range(Duration::from_secs(3)),
                 "jitter_range",
-                "below renewal_interval",
+                "below `renewal_interval`",
             ),
             (
                 b().with_safety_margin(Duration::from_secs(6)),
                 "safety_margin",
-                "below lease_duration",
+                "below `lease_duration`",
             ),
             (
                 b().with_operation_timeout(Duration::from_secs(3)),
                 "operation_timeout",
-                "below renewal_interval",
+                "below `renewal_interval`",
             ),
             (
                 b().with_lock_id(i64::from(i32::MAX) + 1),

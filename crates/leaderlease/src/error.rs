@@ -81,6 +81,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every code [`code`](Self::code) can return.
+    pub const CODES: &'static [&'static str] = &[
+        "ERR_INVALID_CONFIG",
+        "ERR_DATABASE_UNREACHABLE",
+        "ERR_TABLE_MISSING",
+        "ERR_PERMISSION_DENIED",
+        "ERR_TIMEOUT",
+        "ERR_DATABASE",
+        "ERR_STORE",
+        "ERR_INVALID_BUCKET",
+        "ERR_SHUT_DOWN",
+    ];
+
     /// A stable code for this kind of error, as the Node binding exposes it (`ERR_INVALID_CONFIG`, ...).
     pub fn code(&self) -> &'static str {
         match self {
@@ -94,5 +107,48 @@ impl Error {
             Error::InvalidBucket { .. } => "ERR_INVALID_BUCKET",
             Error::Shutdown => "ERR_SHUT_DOWN",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_has_a_listed_code() {
+        let all = [
+            Error::Config(ConfigError::new("lock_id", "x")),
+            Error::Unreachable {
+                message: String::new(),
+                source: None,
+            },
+            Error::TableMissing {
+                table: String::new(),
+                problem: String::new(),
+            },
+            Error::PermissionDenied {
+                object: String::new(),
+                needs: String::new(),
+            },
+            Error::Timeout {
+                operation: "x",
+                after: Duration::ZERO,
+            },
+            Error::Database {
+                operation: "x",
+                source: sqlx::Error::PoolClosed,
+            },
+            Error::Store {
+                operation: "x",
+                message: String::new(),
+            },
+            Error::InvalidBucket {
+                bucket: String::new(),
+                problem: String::new(),
+            },
+            Error::Shutdown,
+        ];
+        let codes: Vec<_> = all.iter().map(Error::code).collect();
+        assert_eq!(codes, Error::CODES);
     }
 }
