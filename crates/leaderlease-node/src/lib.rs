@@ -224,6 +224,31 @@ impl Elector {
         })
     }
 
+    /// Connects to NATS at `url` (e.g. `nats://127.0.0.1:4222`) and campaigns in the JetStream KV
+    /// bucket `bucket` (default `leaderlease`; created with `max_age` = leaseDuration if missing, refused
+    /// if it exists with another `max_age`). The key is `lock-<lockId>`.
+    #[napi(factory)]
+    pub async fn connect_nats(
+        url: String,
+        bucket: Option<String>,
+        options: Option<ElectorOptions>,
+    ) -> Result<Self> {
+        let config = options
+            .unwrap_or_default()
+            .into_config()
+            .map_err(|e| to_js(e.into()))?;
+        let bucket = bucket.unwrap_or_else(|| leaderlease::nats::DEFAULT_BUCKET.to_owned());
+        let backend = leaderlease::NatsBackend::connect(&url, &bucket, &config)
+            .await
+            .map_err(to_js)?;
+        let inner = leaderlease::Elector::start(backend, config)
+            .await
+            .map_err(to_js)?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
     /// True only while this node holds an unexpired lease (local deadline included). No database
     /// access, no allocation.
     #[napi(catch_unwind)]
