@@ -16,6 +16,7 @@ export type LeaderElectionErrorCode =
   | 'ERR_STORE'
   | 'ERR_INVALID_BUCKET'
   | 'ERR_SHUT_DOWN'
+  | 'ERR_MISSING_DEPENDENCY'
   | 'ERR_INTERNAL';
 
 /** Base class of every error leaderlease throws or rejects with. */
@@ -89,6 +90,16 @@ export class InvalidBucketError extends LeaderElectionError {
 export class ElectorShutDownError extends LeaderElectionError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('ERR_SHUT_DOWN', message, options);
+  }
+}
+
+/**
+ * A feature needs an optional peer dependency that is not installed (`typeorm`, `@nestjs/common`, ...);
+ * the message names the package to install. Raised by this package itself, never by the native layer.
+ */
+export class MissingPeerDependencyError extends LeaderElectionError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_MISSING_DEPENDENCY', message, options);
   }
 }
 

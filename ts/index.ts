@@ -16,6 +16,7 @@ export {
   LeaderElectionConfigError,
   LeaderElectionError,
   LeaderElectionTimeoutError,
+  MissingPeerDependencyError,
   PermissionDeniedError,
   StoreError,
   TableMissingError,
@@ -23,3 +24,10 @@ export {
   type LeaderElectionErrorCode,
 } from './errors.js';
 export { upSql, downSql, errorCodes } from '../native/index.js';
+export {
+  LeaderLease,
+  createLeaderLeaseEntity,
+  createLeaderLeaseTable,
+  LEADER_LEASE_TABLE,
+} from './leader-lease.entity.js';
+export { LeaderElectionMigrationBase } from './leader-election.migration.js';

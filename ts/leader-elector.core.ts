@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 
 import { Elector, type ElectorOptions, type StatusInfo } from '../native/index.js';
-import { LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
+import { ElectorShutDownError, LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
 
 /**
  * Settings of one election, with the field names of nest-leader-election. Every field is optional; the
@@ -60,18 +60,24 @@ export interface LeaderElectorEvents {
   error: [LeaderElectionError];
 }
 
-/** The part of a TypeORM `DataSource` that is read: its connection options. */
+/**
+ * A TypeORM `DataSource` (any `DataSourceOptions` type-checks; only a `postgres` one is accepted at run
+ * time). Only its connection options are read.
+ */
 export interface DataSourceLike {
-  options: {
-    type?: string;
-    url?: string;
-    host?: string;
-    port?: number;
-    username?: string;
-    password?: string | (() => string) | (() => Promise<string>);
-    database?: string;
-    ssl?: boolean | { rejectUnauthorized?: boolean };
-  };
+  options: object;
+}
+
+/** The connection options of a PostgreSQL DataSource that are read. */
+interface PostgresOptionsLike {
+  type?: string;
+  url?: string;
+  host?: string;
+  port?: number;
+  username?: string;
+  password?: string | (() => string) | (() => Promise<string>);
+  database?: string;
+  ssl?: boolean | { rejectUnauthorized?: boolean };
 }
 
 const NUMBER_FIELDS = [
@@ -137,7 +143,7 @@ function toNativeOptions(config: LeaderElectorConfig | undefined): ElectorOption
  * host/port/username/password/database/ssl.
  */
 export async function connectionStringFromDataSource(dataSource: DataSourceLike): Promise<string> {
-  const o = dataSource?.options;
+  const o = dataSource?.options as PostgresOptionsLike | undefined;
   if (!o || typeof o !== 'object') {
     throw new LeaderElectionConfigError(
       'invalid leader election config: `dataSource` must be a TypeORM DataSource (it has no `options`)',
@@ -172,6 +178,8 @@ export async function connectionStringFromDataSource(dataSource: DataSourceLike)
 /** `repository.manager.dataSource` (TypeORM 0.3+) or `repository.manager.connection`. */
 export interface RepositoryLike {
   manager: { dataSource?: DataSourceLike; connection?: DataSourceLike };
+  /** The entity's table: its schema is used when the config sets none. */
+  metadata?: { schema?: string };
 }
 
 function toStatus(s: StatusInfo): LeaderStatus {
@@ -189,24 +197,50 @@ function toStatus(s: StatusInfo): LeaderStatus {
 export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   #native: Elector | null = null;
   #stopped = false;
-  #started: Promise<Elector>;
+  #source: string | RepositoryLike;
+  #config: LeaderElectorConfig;
+  /** Set by the first {@link start}; null while a deferred start has not happened. */
+  #started: Promise<Elector> | null = null;
   #last: LeaderStatus = { state: 'candidate', leaderId: null, term: null };
   /** Holds the event loop open while the elector runs (the native status stream does not). */
-  #keepAlive: NodeJS.Timeout | null = setInterval(() => undefined, 2 ** 30);
+  #keepAlive: NodeJS.Timeout | null = null;
 
   /**
    * Starts campaigning in the background on `source`: a connection string, or a TypeORM repository
-   * whose DataSource settings are used. Failures to start reject {@link ready} and are emitted as
-   * `error` when a listener exists; they are never left unhandled.
+   * whose DataSource settings (and, when `config.schema` is unset, whose table schema) are used.
+   * Failures to start reject {@link ready} and are emitted as `error` when a listener exists; they are
+   * never left unhandled. With `{ start: false }` nothing happens until {@link start} (used by
+   * `LeaderElectorService`, which starts with the Nest application).
    */
-  constructor(source: string | RepositoryLike, config: LeaderElectorConfig = {}) {
+  constructor(source: string | RepositoryLike, config: LeaderElectorConfig = {}, options: { start?: boolean } = {}) {
     super();
-    this.#started = this.#start(source, config);
-    // Kept handled: a failure is reported through ready(), release(), shutdown() and 'error'.
-    this.#started.catch((err: LeaderElectionError) => {
-      this.#releaseKeepAlive();
-      if (this.listenerCount('error') > 0) this.emit('error', err);
-    });
+    this.#source = source;
+    this.#config = config;
+    if (options.start !== false) this.#begin();
+  }
+
+  #begin(): Promise<Elector> {
+    if (this.#started === null) {
+      this.#keepAlive = setInterval(() => undefined, 2 ** 30);
+      this.#started = this.#start(this.#source, this.#config);
+      // Kept handled: a failure is reported through ready(), release(), shutdown() and 'error'.
+      this.#started.catch((err: LeaderElectionError) => {
+        this.#releaseKeepAlive();
+        if (this.listenerCount('error') > 0) this.emit('error', err);
+      });
+    }
+    return this.#started;
+  }
+
+  /**
+   * Starts campaigning if not started yet (the constructor does unless told not to) and resolves once
+   * campaigning; rejects with the named error if the start failed, or after {@link shutdown}.
+   */
+  async start(): Promise<void> {
+    if (this.#started === null && this.#stopped) {
+      throw new ElectorShutDownError('the elector has been shut down');
+    }
+    await this.#begin();
   }
 
   async #start(source: string | RepositoryLike, config: LeaderElectorConfig): Promise<Elector> {
@@ -224,6 +258,10 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
           );
         }
         url = await connectionStringFromDataSource(ds);
+        const tableSchema = source.metadata?.schema;
+        if (options.schema === undefined && typeof tableSchema === 'string' && tableSchema !== '') {
+          options.schema = tableSchema;
+        }
       }
       native = await Elector.connect(url, options);
     } catch (err) {
@@ -277,9 +315,12 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     }
   }
 
-  /** Resolves once the elector campaigns; rejects with the named error if it could not start. */
+  /**
+   * Resolves once the elector campaigns (starting it if its start was deferred); rejects with the named
+   * error if it could not start.
+   */
   async ready(): Promise<void> {
-    await this.#started;
+    await this.start();
   }
 
   /**
@@ -317,6 +358,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
    * Does nothing on a follower or after shutdown.
    */
   async release(): Promise<void> {
+    if (this.#started === null) return;
     const native = await this.#started;
     if (this.#stopped) return;
     try {
@@ -335,6 +377,10 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   async shutdown(): Promise<void> {
     this.#stopped = true;
     this.#releaseKeepAlive();
+    if (this.#started === null) {
+      this.#onStatus({ state: 'stopped' });
+      return;
+    }
     let native: Elector;
     try {
       native = await this.#started;
