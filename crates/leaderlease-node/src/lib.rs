@@ -200,6 +200,33 @@ pub struct LeaderInfo {
     pub expires_in: f64,
 }
 
+/// This node's lease, as `onLeaseChange` reports it.
+#[napi(object)]
+pub struct LeaseUpdate {
+    /// The fencing term.
+    pub term: f64,
+    /// The local lease deadline: CLOCK_MONOTONIC milliseconds (`Number(process.hrtime.bigint()) / 1e6`).
+    pub deadline: f64,
+}
+
+/// `at` as CLOCK_MONOTONIC milliseconds. `Instant` reads CLOCK_MONOTONIC on Linux but hides the value, so
+/// one pair of readings taken together maps one to the other.
+fn monotonic_ms(at: Instant) -> f64 {
+    static BASE: std::sync::OnceLock<(Instant, f64)> = std::sync::OnceLock::new();
+    let (base, base_ms) = *BASE.get_or_init(|| {
+        // The raw clock first: the instant read after it is a little later, so a converted deadline comes
+        // out a little early, never late.
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let instant = Instant::now();
+        (instant, ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1e6)
+    });
+    if at >= base {
+        base_ms + (at - base).as_secs_f64() * 1000.0
+    } else {
+        base_ms - (base - at).as_secs_f64() * 1000.0
+    }
+}
+
 /// A running election. Create it with `Elector.connect(url, options)`.
 #[napi]
 pub struct Elector {
@@ -309,6 +336,45 @@ impl Elector {
                 callback.call(info, ThreadsafeFunctionCallMode::NonBlocking);
                 if stopped {
                     break;
+                }
+            }
+        });
+    }
+
+    /// Calls `callback` with this node's lease now and after every change: `{ term, deadline }` after each
+    /// confirmed acquire or renew, where `deadline` is the local lease deadline on the CLOCK_MONOTONIC
+    /// clock in milliseconds (the clock of `process.hrtime`), and `null` the moment it steps down. Lets
+    /// the TypeScript layer answer `amILeader()` without crossing into native code. Weak, like
+    /// `onStatusChange`; ends when the elector stops.
+    #[napi(catch_unwind)]
+    pub fn on_lease_change(
+        &self,
+        callback: ThreadsafeFunction<
+            Option<LeaseUpdate>,
+            (),
+            Option<LeaseUpdate>,
+            NapiStatus,
+            false,
+            true,
+        >,
+    ) {
+        let mut lease = self.inner.subscribe_lease();
+        let mut status = self.inner.subscribe();
+        spawn(async move {
+            loop {
+                let update = lease.borrow_and_update().map(|l| LeaseUpdate {
+                    term: l.term as f64,
+                    deadline: monotonic_ms(l.deadline),
+                });
+                callback.call(update, ThreadsafeFunctionCallMode::NonBlocking);
+                tokio::select! {
+                    changed = lease.changed() => if changed.is_err() { break },
+                    stopped = status.wait_for(|s| *s == leaderlease::Status::Stopped) => {
+                        if stopped.is_ok() {
+                            callback.call(None, ThreadsafeFunctionCallMode::NonBlocking);
+                        }
+                        break;
+                    }
                 }
             }
         });

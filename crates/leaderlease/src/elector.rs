@@ -36,6 +36,15 @@ pub struct LeaderInfo {
     pub expires_at: Instant,
 }
 
+/// This node's lease: its term and the local monotonic deadline until which it may act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The fencing term.
+    pub term: u64,
+    /// `send time + lease duration - safety margin` of the last confirmed acquire or renew.
+    pub deadline: Instant,
+}
+
 /// Leadership state of this node, as published on [`Elector::subscribe`].
 ///
 /// Changes are published when this node is elected, steps down, or sees another leader (a new leader id
@@ -73,6 +82,7 @@ struct Shared {
     config: ElectorConfig,
     clock: LeaseClock,
     status: watch::Sender<Status>,
+    lease: watch::Sender<Option<Lease>>,
     leader: Mutex<Option<LeaderInfo>>,
     /// Token of the current leadership, cancelled when it ends.
     work: Mutex<Option<CancellationToken>>,
@@ -194,6 +204,7 @@ impl Elector {
         let shared = Arc::new(Shared {
             clock: LeaseClock::new(),
             status,
+            lease: watch::channel(None).0,
             leader: Mutex::new(None),
             work: Mutex::new(None),
             active_work,
@@ -247,6 +258,14 @@ impl Elector {
     /// Current status (see [`Status`] for how it relates to [`is_leader`](Self::is_leader)).
     pub fn status(&self) -> Status {
         self.shared.status.borrow().clone()
+    }
+
+    /// A stream of this node's lease as the local deadline rule sees it: `Some` with the term and the
+    /// local deadline after every confirmed acquire or renew, `None` the moment it steps down. For
+    /// bindings that keep their own copy of the deadline (a copy that lags behind only ever holds an
+    /// earlier deadline, so it errs on the side of "not leader").
+    pub fn subscribe_lease(&self) -> watch::Receiver<Option<Lease>> {
+        self.shared.lease.subscribe()
     }
 
     /// A stream of status changes: elected, stepped down, another leader seen, stopped.
@@ -556,6 +575,9 @@ impl Campaign {
             return;
         }
         self.shared.clock.set(term, deadline);
+        self.shared
+            .lease
+            .send_replace(Some(Lease { term, deadline }));
         if !self.leading {
             self.leading = true;
             *lock(&self.shared.work) = Some(CancellationToken::new());
@@ -566,6 +588,7 @@ impl Campaign {
 
     fn step_down(&mut self, reason: &str) {
         self.shared.clock.clear();
+        self.shared.lease.send_if_modified(|l| l.take().is_some());
         if let Some(token) = lock(&self.shared.work).take() {
             token.cancel();
         }

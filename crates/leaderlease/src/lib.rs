@@ -68,7 +68,7 @@ pub mod schema;
 
 pub use backend::{AcquireOutcome, Backend, ObservedLease};
 pub use config::*;
-pub use elector::{ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LeaderInfo, Status};
+pub use elector::{ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LeaderInfo, Lease, Status};
 pub use error::{Error, Result};
 #[cfg(feature = "nats")]
 pub use nats::NatsBackend;

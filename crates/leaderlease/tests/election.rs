@@ -152,8 +152,21 @@ async fn release_hands_over_and_terms_grow() {
     let term_a = a.term().unwrap();
     assert!(!b.is_leader());
 
+    let lease = *a.subscribe_lease().borrow();
+    let lease = lease.expect("the lease stream holds the current lease");
+    assert_eq!(Some(lease.term), a.term());
+    assert!(
+        lease.deadline > Instant::now()
+            && lease.deadline < Instant::now() + Duration::from_millis(1500)
+    );
+
     a.release().await.unwrap();
     assert!(!a.is_leader(), "release steps down at once");
+    assert_eq!(
+        *a.subscribe_lease().borrow(),
+        None,
+        "the lease stream is cleared at once"
+    );
     assert_eq!(a.term(), None);
     // b polls every 400 ± 100 ms: it takes over within one poll, and a stands back meanwhile.
     let took = wait_until(Duration::from_secs(2), "b to take over", || {
