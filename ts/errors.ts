@@ -17,6 +17,7 @@ export type LeaderElectionErrorCode =
   | 'ERR_INVALID_BUCKET'
   | 'ERR_SHUT_DOWN'
   | 'ERR_MISSING_DEPENDENCY'
+  | 'ERR_NOT_LEADER'
   | 'ERR_INTERNAL';
 
 /** Base class of every error leaderlease throws or rejects with. */
@@ -100,6 +101,21 @@ export class ElectorShutDownError extends LeaderElectionError {
 export class MissingPeerDependencyError extends LeaderElectionError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('ERR_MISSING_DEPENDENCY', message, options);
+  }
+}
+
+/**
+ * A `@LeaderOnly({ onFollower: 'throw' })` method was called on an instance that does not lead. Carries
+ * the leader this instance last saw, where known. Raised by this package itself, never by the native layer.
+ */
+export class NotLeaderError extends LeaderElectionError {
+  readonly leaderId: string | null;
+  readonly term: number | null;
+
+  constructor(message: string, leader: { leaderId: string; term: number } | null = null) {
+    super('ERR_NOT_LEADER', message);
+    this.leaderId = leader?.leaderId ?? null;
+    this.term = leader?.term ?? null;
   }
 }
 

@@ -17,6 +17,7 @@ export {
   LeaderElectionError,
   LeaderElectionTimeoutError,
   MissingPeerDependencyError,
+  NotLeaderError,
   PermissionDeniedError,
   StoreError,
   TableMissingError,
@@ -31,3 +32,13 @@ export {
   LEADER_LEASE_TABLE,
 } from './leader-lease.entity.js';
 export { LeaderElectionMigrationBase } from './leader-election.migration.js';
+export {
+  LeaderElectorModule,
+  type LeaderElectorModuleAsyncOptions,
+  type LeaderElectorModuleOptions,
+  type LeaderElectorOptionsFactory,
+} from './leader-elector.module.js';
+export { LeaderElectorService } from './leader-elector.service.js';
+export { LeaderOnly, type LeaderOnlyOptions } from './leader-only.decorator.js';
+export { LeaderGuard, type NotLeaderResponseBody } from './leader.guard.js';
+export { LEADER_ELECTOR_MODULE_OPTIONS, LEADER_ONLY_METADATA } from './leader-elector.constants.js';

@@ -396,6 +396,70 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     this.#onStatus({ state: 'stopped' });
   }
 
+  /**
+   * Runs `fn(signal)` once this node leads, and aborts `signal` the moment leadership is lost (revoked,
+   * released, expired by the local deadline, or shut down). Resolves with what `fn` returns; `fn` should
+   * stop its work when the signal aborts. Waits for leadership first; rejects with
+   * {@link ElectorShutDownError} if the elector stops before that, or with `options.signal`'s reason when
+   * that aborts first.
+   */
+  async runWhileLeader<T>(
+    fn: (signal: AbortSignal) => T | Promise<T>,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<T> {
+    await this.ready();
+    await this.#untilLeader(options.signal);
+    const controller = new AbortController();
+    const lost = () => {
+      if (!controller.signal.aborted) {
+        controller.abort(new DOMException('leaderlease: leadership lost', 'AbortError'));
+      }
+    };
+    const onStatus = (s: LeaderStatus) => {
+      if (s.state !== 'leader' || !this.amILeader()) lost();
+    };
+    const onOuterAbort = () => controller.abort(options.signal?.reason);
+    this.on('status', onStatus);
+    options.signal?.addEventListener('abort', onOuterAbort, { once: true });
+    // The status stream reports a lost lease; this also catches the local deadline passing between two
+    // events (amILeader() is a cheap local read).
+    const watch = setInterval(() => {
+      if (!this.amILeader()) lost();
+    }, 50);
+    watch.unref();
+    try {
+      if (!this.amILeader()) lost();
+      return await fn(controller.signal);
+    } finally {
+      clearInterval(watch);
+      this.off('status', onStatus);
+      options.signal?.removeEventListener('abort', onOuterAbort);
+      lost();
+    }
+  }
+
+  /** Resolves when this node leads; rejects when it stops first or `signal` aborts. */
+  #untilLeader(signal?: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const check = () => {
+        if (signal?.aborted) return done(signal.reason ?? new DOMException('aborted', 'AbortError'));
+        if (this.amILeader()) return done();
+        if (this.#stopped || this.status().state === 'stopped') {
+          return done(new ElectorShutDownError('the elector has been shut down'));
+        }
+      };
+      const done = (err?: unknown) => {
+        this.off('status', check);
+        signal?.removeEventListener('abort', check);
+        if (err === undefined) resolve();
+        else reject(err);
+      };
+      this.on('status', check);
+      signal?.addEventListener('abort', check);
+      check();
+    });
+  }
+
   #onStatus(info: StatusInfo): void {
     const next = toStatus(info);
     const prev = this.#last;

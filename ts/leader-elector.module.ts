@@ -1,0 +1,187 @@
+import type * as NestCommon from '@nestjs/common';
+import type * as NestCore from '@nestjs/core';
+import type * as NestTypeOrm from '@nestjs/typeorm';
+
+import { LeaderElectionConfigError } from './errors.js';
+import { LEADER_ELECTOR_MODULE_OPTIONS } from './leader-elector.constants.js';
+import type { DataSourceLike, LeaderElectorConfig, RepositoryLike } from './leader-elector.core.js';
+import { LeaderElectorService } from './leader-elector.service.js';
+import { createLeaderLeaseEntity } from './leader-lease.entity.js';
+import { LeaderOnlyExplorer } from './leader-only.explorer.js';
+import { loadOptional, requirePeer } from './optional-deps.js';
+
+/** `LeaderElectorModule` settings: the election's, plus where its database is. */
+export interface LeaderElectorModuleOptions extends LeaderElectorConfig {
+  /**
+   * The PostgreSQL URL to run on. Without it, the settings of the app's TypeORM DataSource are used
+   * (its url, or host/port/username/password/database/ssl), which needs `@nestjs/typeorm`.
+   */
+  connectionString?: string;
+}
+
+/** For `forRootAsync({ useClass })` / `useExisting`: a provider that makes the options. */
+export interface LeaderElectorOptionsFactory {
+  createLeaderElectorOptions(): LeaderElectorModuleOptions | Promise<LeaderElectorModuleOptions>;
+}
+
+/** `LeaderElectorModule.forRootAsync` settings, as `TypeOrmModule.forRootAsync` takes them. */
+export interface LeaderElectorModuleAsyncOptions extends Pick<NestCommon.ModuleMetadata, 'imports'> {
+  useFactory?: (...args: any[]) => LeaderElectorModuleOptions | Promise<LeaderElectorModuleOptions>;
+  inject?: (NestCommon.InjectionToken | NestCommon.OptionalFactoryDependency)[];
+  useClass?: NestCommon.Type<LeaderElectorOptionsFactory>;
+  useExisting?: NestCommon.Type<LeaderElectorOptionsFactory>;
+  /** The TypeORM DataSource to take connection settings from, by name (default: the default one). */
+  dataSourceName?: string;
+}
+
+/** What the module registers besides the options: the service, the explorer, and their imports. */
+interface Registration {
+  imports: NonNullable<NestCommon.ModuleMetadata['imports']>;
+  providers: NestCommon.Provider[];
+}
+
+const ELECTOR_FIELDS = new Set([
+  'leaseDuration',
+  'renewalInterval',
+  'baseCleanInterval',
+  'jitterRange',
+  'lockId',
+  'instanceId',
+  'schema',
+  'createTableOnInit',
+  'safetyMargin',
+  'operationTimeout',
+]);
+
+/** The election settings among the module's options. */
+function electorConfig(options: LeaderElectorModuleOptions): LeaderElectorConfig {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(options ?? {})) if (ELECTOR_FIELDS.has(k)) out[k] = v;
+  return out as LeaderElectorConfig;
+}
+
+function createService(options: LeaderElectorModuleOptions, dataSource: DataSourceLike | undefined): LeaderElectorService {
+  if (options === null || typeof options !== 'object') {
+    throw new LeaderElectionConfigError(
+      `invalid leader election config: LeaderElectorModule options must be an object (got ${options === null ? 'null' : typeof options})`,
+    );
+  }
+  const { connectionString } = options;
+  if (connectionString !== undefined) {
+    if (typeof connectionString !== 'string' || connectionString === '') {
+      throw new LeaderElectionConfigError(
+        'invalid leader election config: `connectionString` must be a non-empty string',
+      );
+    }
+    return new LeaderElectorService(connectionString, electorConfig(options));
+  }
+  if (dataSource === undefined || dataSource === null) {
+    throw new LeaderElectionConfigError(
+      'invalid leader election config: LeaderElectorModule has no database: set `connectionString`, or import ' +
+        'TypeOrmModule.forRoot(...) (a PostgreSQL DataSource) in the application',
+    );
+  }
+  const source: RepositoryLike = { manager: { dataSource } };
+  return new LeaderElectorService(source, electorConfig(options));
+}
+
+function registration(
+  optionsProvider: NestCommon.Provider,
+  dataSourceName: string | undefined,
+  typeOrmImports: NonNullable<NestCommon.ModuleMetadata['imports']>,
+  needsTypeOrm: boolean,
+): Registration {
+  const core = requirePeer<typeof NestCore>('@nestjs/core', 'LeaderElectorModule');
+  const nestTypeOrm = needsTypeOrm
+    ? requirePeer<typeof NestTypeOrm>('@nestjs/typeorm', 'LeaderElectorModule without `connectionString`')
+    : loadOptional<typeof NestTypeOrm>('@nestjs/typeorm');
+  const dataSourceToken = nestTypeOrm?.getDataSourceToken(dataSourceName);
+  return {
+    imports: [core.DiscoveryModule, ...typeOrmImports],
+    providers: [
+      optionsProvider,
+      {
+        provide: LeaderElectorService,
+        useFactory: (options: LeaderElectorModuleOptions, dataSource?: DataSourceLike) =>
+          createService(options, dataSource),
+        inject: [
+          LEADER_ELECTOR_MODULE_OPTIONS,
+          ...(dataSourceToken !== undefined ? [{ token: dataSourceToken, optional: true }] : []),
+        ],
+      },
+      {
+        provide: LeaderOnlyExplorer,
+        useFactory: (
+          discovery: NestCore.DiscoveryService,
+          scanner: NestCore.MetadataScanner,
+          reflector: NestCore.Reflector,
+          elector: LeaderElectorService,
+        ) => new LeaderOnlyExplorer(discovery, scanner, reflector, elector),
+        inject: [core.DiscoveryService, core.MetadataScanner, core.Reflector, LeaderElectorService],
+      },
+    ],
+  };
+}
+
+/**
+ * The election as a global NestJS module (nest-leader-election's module of the same name).
+ *
+ * `forRoot(config)`: with `@nestjs/typeorm`, it registers the `LeaderLease` entity of `config.schema` on the
+ * app's DataSource and runs on that DataSource's server (the original Quick Start, unchanged); with
+ * `connectionString`, it needs no TypeORM. `forRootAsync({ imports, inject, useFactory })`, `useClass` or
+ * `useExisting` take the options from other providers (`ConfigService`, ...).
+ * Exports `LeaderElectorService`; `@LeaderOnly()` methods and `LeaderGuard` follow its election.
+ */
+export class LeaderElectorModule {
+  static forRoot(config: LeaderElectorModuleOptions = {}): NestCommon.DynamicModule {
+    const usesTypeOrm = config?.connectionString === undefined;
+    const typeOrmImports: NonNullable<NestCommon.ModuleMetadata['imports']> = [];
+    if (usesTypeOrm) {
+      const { TypeOrmModule } = requirePeer<typeof NestTypeOrm>(
+        '@nestjs/typeorm',
+        'LeaderElectorModule.forRoot() without `connectionString`',
+      );
+      typeOrmImports.push(TypeOrmModule.forFeature([createLeaderLeaseEntity(config?.schema ?? 'public')]));
+    }
+    const { imports, providers } = registration(
+      { provide: LEADER_ELECTOR_MODULE_OPTIONS, useValue: config },
+      undefined,
+      typeOrmImports,
+      usesTypeOrm,
+    );
+    return { module: LeaderElectorModule, global: true, imports, providers, exports: [LeaderElectorService] };
+  }
+
+  static forRootAsync(options: LeaderElectorModuleAsyncOptions): NestCommon.DynamicModule {
+    let optionsProvider: NestCommon.Provider;
+    const extraProviders: NestCommon.Provider[] = [];
+    if (options.useFactory) {
+      optionsProvider = {
+        provide: LEADER_ELECTOR_MODULE_OPTIONS,
+        useFactory: options.useFactory,
+        inject: options.inject ?? [],
+      };
+    } else {
+      const factoryClass = options.useClass ?? options.useExisting;
+      if (!factoryClass) {
+        throw new LeaderElectionConfigError(
+          'invalid leader election config: LeaderElectorModule.forRootAsync needs `useFactory`, `useClass` or `useExisting`',
+        );
+      }
+      if (options.useClass) extraProviders.push({ provide: options.useClass, useClass: options.useClass });
+      optionsProvider = {
+        provide: LEADER_ELECTOR_MODULE_OPTIONS,
+        useFactory: (factory: LeaderElectorOptionsFactory) => factory.createLeaderElectorOptions(),
+        inject: [factoryClass],
+      };
+    }
+    const { imports, providers } = registration(optionsProvider, options.dataSourceName, [], false);
+    return {
+      module: LeaderElectorModule,
+      global: true,
+      imports: [...imports, ...(options.imports ?? [])],
+      providers: [...extraProviders, ...providers],
+      exports: [LeaderElectorService],
+    };
+  }
+}
