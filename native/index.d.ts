@@ -17,6 +17,12 @@ export declare class Elector {
    */
   static connect(url: string, options?: ElectorOptions | undefined | null): Promise<Elector>
   /**
+   * Connects to NATS at `url` (e.g. `nats://127.0.0.1:4222`) and campaigns in the JetStream KV
+   * bucket `bucket` (default `leaderlease`; created with `max_age` = leaseDuration if missing, refused
+   * if it exists with another `max_age`). The key is `lock-<lockId>`.
+   */
+  static connectNats(url: string, bucket?: string | undefined | null, options?: ElectorOptions | undefined | null): Promise<Elector>
+  /**
    * True only while this node holds an unexpired lease (local deadline included). No database
    * access, no allocation.
    */
@@ -37,6 +43,14 @@ export declare class Elector {
    * Node process alive.
    */
   onStatusChange(callback: ((arg: StatusInfo) => void)): void
+  /**
+   * Calls `callback` with this node's lease now and after every change: `{ term, deadline }` after each
+   * confirmed acquire or renew, where `deadline` is the local lease deadline on the CLOCK_MONOTONIC
+   * clock in milliseconds (the clock of `process.hrtime`), and `null` the moment it steps down. Lets
+   * the TypeScript layer answer `amILeader()` without crossing into native code. Weak, like
+   * `onStatusChange`; ends when the elector stops.
+   */
+  onLeaseChange(callback: ((arg: LeaseUpdate | undefined | null) => void)): void
   /**
    * Gives up leadership now, if held, and stays a candidate (standing back briefly so another node
    * takes over). Does nothing on a follower.
@@ -94,6 +108,14 @@ export interface LeaderInfo {
 
 /** Leadership state of this node. */
 export type LeaderState = 'candidate' | 'leader' | 'stopped'
+
+/** This node's lease, as `onLeaseChange` reports it. */
+export interface LeaseUpdate {
+  /** The fencing term. */
+  term: number
+  /** The local lease deadline: CLOCK_MONOTONIC milliseconds (`Number(process.hrtime.bigint()) / 1e6`). */
+  deadline: number
+}
 
 /** A status change: the state, and the leader with its term where known. */
 export interface StatusInfo {

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
 
-import { Elector, type ElectorOptions, type StatusInfo } from '../native/index.js';
+import { Elector, type ElectorOptions, type LeaseUpdate, type StatusInfo } from '../native/index.js';
 import { ElectorShutDownError, LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
 
 /**
@@ -30,7 +31,21 @@ export interface LeaderElectorConfig {
   safetyMargin?: number;
   /** New: upper bound of one database operation, in ms (default renewalInterval / 2, at most 2000). */
   operationTimeout?: number;
+  /**
+   * New: where the lease lives. Default PostgreSQL (the connection string or DataSource given). With
+   * `{ nats: { servers, bucket } }` the lease is a key in a NATS JetStream KV bucket whose `max_age` is
+   * `leaseDuration` (created if missing; a bucket with another `max_age`, or none, is refused).
+   */
+  backend?: { nats: { servers: string; bucket?: string } };
 }
+
+/**
+ * `performance.now()` and the native lease deadline read the same CLOCK_MONOTONIC clock (libuv's hrtime);
+ * this is the hrtime, in ms, at which `performance.now()` is 0. The two readings are microseconds apart.
+ */
+const PERFORMANCE_ORIGIN_MS = Number(process.hrtime.bigint()) / 1e6 - performance.now();
+/** Taken off every deadline copied from the native layer, to cover the origin's rounding. */
+const DEADLINE_SLACK_MS = 1;
 
 /** The leader as this node last saw it (itself while it leads). */
 export interface LeaderIdentity {
@@ -202,6 +217,11 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   /** Set by the first {@link start}; null while a deferred start has not happened. */
   #started: Promise<Elector> | null = null;
   #last: LeaderStatus = { state: 'candidate', leaderId: null, term: null };
+  /** This node's lease as the native layer last reported it: term, and deadline on performance.now(). */
+  #leaseTerm = 0;
+  #leaseDeadline = -Infinity;
+  /** Lease reports of this term or older are ignored (set by release and shutdown). */
+  #fencedTerm = 0;
   /** Holds the event loop open while the elector runs (the native status stream does not). */
   #keepAlive: NodeJS.Timeout | null = null;
 
@@ -247,8 +267,11 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     let native: Elector;
     try {
       const options = toNativeOptions(config);
-      let url: string;
-      if (typeof source === 'string') {
+      const nats = config?.backend?.nats;
+      let url = '';
+      if (nats) {
+        // The lease lives in NATS: the source is not used.
+      } else if (typeof source === 'string') {
         url = source;
       } else {
         const ds = source?.manager?.dataSource ?? source?.manager?.connection;
@@ -263,10 +286,13 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
           options.schema = tableSchema;
         }
       }
-      native = await Elector.connect(url, options);
+      native = nats
+        ? await Elector.connectNats(nats.servers, nats.bucket ?? null, options)
+        : await Elector.connect(url, options);
     } catch (err) {
       throw fromNative(err);
     }
+    native.onLeaseChange((lease) => this.#onLease(lease));
     native.onStatusChange((s) => this.#onStatus(s));
     if (this.#stopped) {
       // shutdown() was called while connecting.
@@ -278,11 +304,44 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     return native;
   }
 
+  /**
+   * Keeps a copy of the native lease so that {@link amILeader} needs no native call. A report that
+   * arrives late only ever carries an earlier deadline than the native one, so the copy errs on the
+   * side of "not leader"; reports of a released term are ignored.
+   */
+  #onLease(lease: LeaseUpdate | null | undefined): void {
+    if (lease == null) {
+      this.#leaseDeadline = -Infinity;
+    } else if (!this.#stopped && lease.term > this.#fencedTerm) {
+      this.#leaseTerm = lease.term;
+      this.#leaseDeadline = lease.deadline - PERFORMANCE_ORIGIN_MS - DEADLINE_SLACK_MS;
+    }
+  }
+
+  /** Stops leading locally at once (release and shutdown), before the native layer confirms it. */
+  #fence(): void {
+    this.#fencedTerm = Math.max(this.#fencedTerm, this.#leaseTerm);
+    this.#leaseDeadline = -Infinity;
+  }
+
   /** Starts on the PostgreSQL server at `url` and resolves once campaigning. */
   static async connect(url: string, config: LeaderElectorConfig = {}): Promise<LeaderElectorCore> {
     const elector = new LeaderElectorCore(url, config);
     await elector.ready();
     return elector;
+  }
+
+  /**
+   * Starts on NATS (`servers`, e.g. `nats://127.0.0.1:4222`), with the lease as a key in the JetStream
+   * KV bucket `bucket` (default `leaderlease`), and resolves once campaigning. Same as `connect` with
+   * `backend: { nats: { servers, bucket } }`.
+   */
+  static async connectNats(
+    servers: string,
+    config: LeaderElectorConfig & { bucket?: string } = {},
+  ): Promise<LeaderElectorCore> {
+    const { bucket, ...rest } = config;
+    return LeaderElectorCore.connect('', { ...rest, backend: { nats: { servers, bucket } } });
   }
 
   /** Starts on the server of a TypeORM DataSource (its url, or host/port/user/password/database/ssl). */
@@ -328,13 +387,12 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
    * no database access. False before the start completed and after shutdown.
    */
   amILeader(): boolean {
-    const native = this.#native;
-    return native !== null && native.isLeader();
+    return performance.now() < this.#leaseDeadline;
   }
 
   /** The fencing term of the current leadership, or null when not leading. */
   term(): number | null {
-    return this.#native?.term() ?? null;
+    return this.amILeader() ? this.#leaseTerm : null;
   }
 
   /** The leader this node last observed (itself while leading), or null. */
@@ -358,6 +416,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
    * Does nothing on a follower or after shutdown.
    */
   async release(): Promise<void> {
+    this.#fence();
     if (this.#started === null) return;
     const native = await this.#started;
     if (this.#stopped) return;
@@ -376,6 +435,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
    */
   async shutdown(): Promise<void> {
     this.#stopped = true;
+    this.#fence();
     this.#releaseKeepAlive();
     if (this.#started === null) {
       this.#onStatus({ state: 'stopped' });

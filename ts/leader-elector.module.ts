@@ -51,6 +51,7 @@ const ELECTOR_FIELDS = new Set([
   'createTableOnInit',
   'safetyMargin',
   'operationTimeout',
+  'backend',
 ]);
 
 /** The election settings among the module's options. */
@@ -67,6 +68,10 @@ function createService(options: LeaderElectorModuleOptions, dataSource: DataSour
     );
   }
   const { connectionString } = options;
+  if (options.backend?.nats) {
+    // The lease lives in NATS: no PostgreSQL connection is used.
+    return new LeaderElectorService('', electorConfig(options));
+  }
   if (connectionString !== undefined) {
     if (typeof connectionString !== 'string' || connectionString === '') {
       throw new LeaderElectionConfigError(
@@ -134,7 +139,7 @@ function registration(
  */
 export class LeaderElectorModule {
   static forRoot(config: LeaderElectorModuleOptions = {}): NestCommon.DynamicModule {
-    const usesTypeOrm = config?.connectionString === undefined;
+    const usesTypeOrm = config?.connectionString === undefined && !config?.backend?.nats;
     const typeOrmImports: NonNullable<NestCommon.ModuleMetadata['imports']> = [];
     if (usesTypeOrm) {
       const { TypeOrmModule } = requirePeer<typeof NestTypeOrm>(

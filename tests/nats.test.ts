@@ -1,0 +1,69 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, test } from 'node:test';
+
+import { Module } from '@nestjs/common';
+import { Test } from '@nestjs/testing';
+import { connect } from 'nats';
+
+import { LeaderElectorCore, LeaderElectorModule, LeaderElectorService } from '../dist/index.js';
+import { FAST, waitFor } from './helpers.js';
+
+const NATS_URL = process.env['NATS_URL'] ?? 'nats://127.0.0.1:4222';
+const buckets: string[] = [];
+
+function randomBucket(): string {
+  const b = `ll_node_${randomBytes(5).toString('hex')}`;
+  buckets.push(b);
+  return b;
+}
+
+after(async () => {
+  const nc = await connect({ servers: NATS_URL });
+  const jsm = await nc.jetstreamManager();
+  for (const b of buckets) await jsm.streams.delete(`KV_${b}`).catch(() => undefined);
+  await nc.close();
+});
+
+test('on NATS: one leader, release handed over through the watch, terms grow', async () => {
+  const bucket = randomBucket();
+  const a = await LeaderElectorCore.connectNats(NATS_URL, { ...FAST, bucket, instanceId: 'a' });
+  assert.ok(await waitFor(() => a.amILeader(), 3000), 'a leads');
+  const b = await LeaderElectorCore.connectNats(NATS_URL, { ...FAST, bucket, instanceId: 'b' });
+  assert.ok(await waitFor(() => b.leader() !== null, 3000), 'b sees a');
+  assert.equal(b.amILeader(), false);
+  const termA = a.term()!;
+
+  const released = performance.now();
+  await a.release();
+  assert.ok(await waitFor(() => b.amILeader(), 2000), 'b takes over');
+  const took = performance.now() - released;
+  assert.ok(took < 1000, `handover took ${took} ms`);
+  assert.ok(b.term()! > termA);
+  assert.equal(a.amILeader(), false);
+  await a.shutdown();
+  await b.shutdown();
+});
+
+test('on NATS: a bucket with another lease duration is refused with InvalidBucketError', async () => {
+  const bucket = randomBucket();
+  const a = await LeaderElectorCore.connectNats(NATS_URL, { ...FAST, bucket });
+  await assert.rejects(
+    LeaderElectorCore.connectNats(NATS_URL, { leaseDuration: 3000, renewalInterval: 1000, jitterRange: 200, bucket }),
+    (err: Error & { code?: string }) => err.name === 'InvalidBucketError' && err.code === 'ERR_INVALID_BUCKET',
+  );
+  await a.shutdown();
+});
+
+test('LeaderElectorModule.forRoot({ backend: { nats } }) runs without TypeORM or PostgreSQL', async () => {
+  const bucket = randomBucket();
+  @Module({ imports: [LeaderElectorModule.forRoot({ ...FAST, backend: { nats: { servers: NATS_URL, bucket } } })] })
+  class AppModule {}
+  const moduleRef = await Test.createTestingModule({ imports: [AppModule] }).compile();
+  const app = moduleRef.createNestApplication();
+  await app.init();
+  const elector = app.get(LeaderElectorService);
+  assert.ok(await waitFor(() => elector.amILeader(), 3000), 'the app leads');
+  await app.close();
+  assert.equal(elector.amILeader(), false);
+});
