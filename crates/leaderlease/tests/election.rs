@@ -126,6 +126,7 @@ async fn expired_lease_is_taken_over_right_after_expiry_without_cleanup() {
         "takeover takes a new, larger term"
     );
     let delay = takeover_delay_ms(&s, expires).await;
+    eprintln!("takeover {delay:.1} ms after the expiry, by the database clock");
     assert!(delay >= 0.0, "took over {delay} ms before the expiry");
     // The follower's poll is 4 s; it woke at the expiry it had observed.
     assert!(delay < 500.0, "took over {delay} ms after the expiry");
@@ -720,6 +721,7 @@ async fn crashed_leader_process_is_replaced_right_after_expiry() {
     wait_until(Duration::from_secs(6), "takeover", || follower.is_leader()).await;
     assert!(follower.term().unwrap() > child_term);
     let delay = takeover_delay_ms(&s, expires).await;
+    eprintln!("takeover {delay:.1} ms after the expiry, by the database clock");
     assert!(
         (0.0..500.0).contains(&delay),
         "took over {delay} ms after the dead leader's expiry"
