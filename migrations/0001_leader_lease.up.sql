@@ -9,9 +9,6 @@
 -- (id, leader_id, expires_at, created_at, the CHECK and the leader_lease_expires index) is upgraded in place.
 -- Runs as one transaction (a multi-statement simple query, or inside a TypeORM migration).
 
--- Never queue the election's own statements behind a long transaction holding the table: give up instead.
-SET LOCAL lock_timeout = '10s';
-
 SELECT pg_advisory_xact_lock({{ddl_lock}});
 
 CREATE SCHEMA IF NOT EXISTS {{schema}};

@@ -61,3 +61,36 @@ test('release() makes amILeader() false before it even returns', async () => {
     await dropSchema(schema);
   }
 });
+
+// The status and the lease copy arrive through two native callbacks in no fixed order: an `elected`
+// listener, and runWhileLeader, must still see amILeader() true.
+test('elected listeners and runWhileLeader see amILeader() true, on many elections at once', async () => {
+  const schema = randomSchema();
+  const electors = await Promise.all(
+    Array.from({ length: 20 }, (_, i) => LeaderElectorCore.connect(DATABASE_URL, { ...FAST, schema, lockId: i + 1 })),
+  );
+  try {
+    const seen = await Promise.all(
+      electors.map(
+        (e) =>
+          new Promise<boolean>((resolve) => {
+            if (e.amILeader()) return resolve(true);
+            e.once('elected', () => resolve(e.amILeader()));
+          }),
+      ),
+    );
+    assert.deepEqual(seen, seen.map(() => true), 'amILeader() inside every elected listener');
+    const ran = await Promise.all(
+      electors.map((e) =>
+        Promise.race([
+          e.runWhileLeader(() => e.amILeader()),
+          new Promise<string>((r) => setTimeout(() => r('timed out'), 3000).unref()),
+        ]),
+      ),
+    );
+    assert.deepEqual(ran, ran.map(() => true), 'every runWhileLeader ran while leading');
+  } finally {
+    await Promise.all(electors.map((e) => e.shutdown()));
+    await dropSchema(schema);
+  }
+});

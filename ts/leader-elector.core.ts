@@ -222,6 +222,8 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   #leaseDeadline = -Infinity;
   /** Lease reports of this term or older are ignored (set by release and shutdown). */
   #fencedTerm = 0;
+  /** A `leader` status whose lease report has not arrived yet. */
+  #pendingLeader: StatusInfo | null = null;
   /** Holds the event loop open while the elector runs (the native status stream does not). */
   #keepAlive: NodeJS.Timeout | null = null;
 
@@ -315,6 +317,8 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     } else if (!this.#stopped && lease.term > this.#fencedTerm) {
       this.#leaseTerm = lease.term;
       this.#leaseDeadline = lease.deadline - PERFORMANCE_ORIGIN_MS - DEADLINE_SLACK_MS;
+      const pending = this.#pendingLeader;
+      if (pending !== null && pending.term === lease.term) this.#onStatus(pending);
     }
   }
 
@@ -470,7 +474,9 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     await this.ready();
     await this.#untilLeader(options.signal);
     const controller = new AbortController();
+    let watch: NodeJS.Timeout | undefined;
     const lost = () => {
+      clearInterval(watch);
       if (!controller.signal.aborted) {
         controller.abort(new DOMException('leaderlease: leadership lost', 'AbortError'));
       }
@@ -483,7 +489,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     options.signal?.addEventListener('abort', onOuterAbort, { once: true });
     // The status stream reports a lost lease; this also catches the local deadline passing between two
     // events (amILeader() is a cheap local read).
-    const watch = setInterval(() => {
+    watch = setInterval(() => {
       if (!this.amILeader()) lost();
     }, 50);
     watch.unref();
@@ -521,6 +527,14 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   }
 
   #onStatus(info: StatusInfo): void {
+    // The lease copy and the status come through two native callbacks with no order between them: a
+    // `leader` status waits until the copy holds its term, so that `elected` listeners and waiters of
+    // runWhileLeader see amILeader() true.
+    if (info.state === 'leader' && !(this.#leaseTerm === info.term && this.amILeader())) {
+      this.#pendingLeader = info;
+      return;
+    }
+    this.#pendingLeader = null;
     const next = toStatus(info);
     const prev = this.#last;
     if (next.state === prev.state && next.leaderId === prev.leaderId && next.term === prev.term) return;

@@ -55,7 +55,10 @@ export function LeaderOnly(options: LeaderOnlyOptions = {}): MethodDecorator {
     const method = original as (...args: unknown[]) => unknown;
     const where = `${(target as { constructor?: { name?: string } }).constructor?.name ?? 'object'}.${String(key)}`;
     // An async method rejects (and a skipped one resolves) rather than throwing synchronously.
-    const isAsync = method.constructor?.name === 'AsyncFunction';
+    // Also a method declared to return a Promise without `async` (TypeScript records the return type).
+    const meta = Reflect as unknown as { getMetadata?: (k: string, t: object, p: string | symbol) => unknown };
+    const isAsync =
+      method.constructor?.name === 'AsyncFunction' || meta.getMetadata?.('design:returntype', target, key) === Promise;
     const checked = function (this: object, ...args: unknown[]): unknown {
       const elector = electorOf.get(this);
       if (elector?.amILeader()) return method.apply(this, args);
