@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The Node tests: installs the npm dependencies, builds the addon (debug profile) and the TypeScript,
-# then runs `node --test` on the compiled tests against a real PostgreSQL (see scripts/pg-env.sh).
+# The Node tests: installs the npm dependencies, builds the addon (`release-fast` profile: optimised, no
+# fat LTO) and the TypeScript, then runs `node --test` on the compiled tests against a real PostgreSQL
+# (see scripts/pg-env.sh). tests/pack.test.ts packs this build and installs the tarball into a fresh app.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/pg-env.sh
 # `npm install`, not `npm ci`: npm 11 writes this lock file without the other platforms' optional
 # packages of @napi-rs/cli's dependencies, which `npm ci` then rejects as out of sync. The lock file
-# still pins every version that is installed.
-npm install --no-audit --no-fund
-npm run build:debug
+# still pins every version that is installed. LEADERLEASE_SKIP_BUILD=1: the `prepare` step builds
+# nothing, since the addon and the TypeScript are built right below.
+LEADERLEASE_SKIP_BUILD=1 npm install --no-audit --no-fund
+npm run build:fast
 npm run build:ts
 node --test dist-tests/*.test.js
