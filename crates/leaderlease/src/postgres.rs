@@ -281,7 +281,10 @@ impl PgBackend {
     async fn migrate(&self) -> Result<()> {
         // A bounded wait for the table's lock, so the election's own statements never queue behind a
         // long transaction holding it (SET LOCAL: only for this run of the script).
-        let sql = format!("SET LOCAL lock_timeout = '10s';\n{}", schema::up_sql(&self.schema));
+        let sql = format!(
+            "SET LOCAL lock_timeout = '10s';\n{}",
+            schema::up_sql(&self.schema)
+        );
         // The DDL may wait on the DDL advisory lock of a concurrent starter, so it gets a longer bound.
         let bound = self.timeout.max(Duration::from_secs(30));
         with_conn!(self, "migrate", bound, |c| sqlx::raw_sql(AssertSqlSafe(
