@@ -24,11 +24,6 @@ struct Env {
     bucket: String,
 }
 
-#[cfg(feature = "nats")]
-pub fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
-
 impl Env {
     async fn new(kind: Kind, name: &str) -> Self {
         Self {

@@ -16,44 +16,6 @@ async fn one_leader_within(electors: &[&Elector], limit: Duration) -> usize {
     electors.iter().position(|e| e.is_leader()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_one_leader_among_several_candidates() {
-    let s = TestSchema::new("one").await;
-    let mut electors = Vec::new();
-    for i in 0..6 {
-        let e = s
-            .builder()
-            .with_instance_id(format!("node-{i}"))
-            .connect(&database_url())
-            .await
-            .unwrap();
-        electors.push(e);
-    }
-    let refs: Vec<&Elector> = electors.iter().collect();
-    let leader = one_leader_within(&refs, Duration::from_secs(5)).await;
-    assert_never_two_leaders(&refs, Duration::from_secs(3)).await;
-    assert!(
-        electors[leader].is_leader(),
-        "the leader kept its lease across renewals"
-    );
-    let term = electors[leader].term().unwrap();
-    // Followers see the same leader and term.
-    wait_until(
-        Duration::from_secs(3),
-        "followers to observe the leader",
-        || {
-            electors.iter().all(|e| {
-                e.leader()
-                    .is_some_and(|l| l.leader_id == format!("node-{leader}") && l.term == term)
-            })
-        },
-    )
-    .await;
-    for e in &electors {
-        e.shutdown().await.unwrap();
-    }
-}
-
 /// Settings of a follower that polls rarely (every 4 s): a takeover sooner than that can only come from
 /// waking at the observed expiry.
 fn slow_poller(s: &TestSchema) -> leaderlease::ElectorBuilder {

@@ -12,10 +12,6 @@ use async_nats::jetstream::{self, kv};
 use common::*;
 use leaderlease::{Elector, ElectorBuilder, Error, NatsBackend};
 
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
-
 /// A bucket of the test's own, deleted on drop.
 struct Bucket {
     name: String,

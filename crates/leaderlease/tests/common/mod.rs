@@ -17,6 +17,11 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
+/// `NATS_URL`, or the machine's NATS server on 127.0.0.1:4222.
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
 /// `url` with `application_name` set, so a test can find (and terminate) its elector's connections.
 pub fn url_with_app(url: &str, app: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
