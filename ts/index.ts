@@ -6,6 +6,7 @@ export {
   type LeaderElectorEvents,
   type LeaderIdentity,
   type LeaderStatus,
+  type LeadershipEvent,
   type RepositoryLike,
 } from './leader-elector.core.js';
 export {

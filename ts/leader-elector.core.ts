@@ -1,8 +1,11 @@
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 
+import type * as Rx from 'rxjs';
+
 import { Elector, type ElectorOptions, type LeaseUpdate, type StatusInfo } from '../native/index.js';
 import { ElectorShutDownError, LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
+import { requirePeer } from './optional-deps.js';
 
 /**
  * Settings of one election, with the field names of nest-leader-election. Every field is optional; the
@@ -74,6 +77,15 @@ export interface LeaderElectorEvents {
   /** The start failed (only emitted when someone listens; `ready()` rejects with it as well). */
   error: [LeaderElectionError];
 }
+
+/**
+ * One leadership event of {@link LeaderElectorCore.events$}: the `elected`, `revoked` and `leaderChanged`
+ * events of the EventEmitter, as values tagged by `type`.
+ */
+export type LeadershipEvent =
+  | { type: 'elected'; term: number }
+  | { type: 'revoked' }
+  | { type: 'leaderChanged'; leaderId: string; term: number };
 
 /**
  * A TypeORM `DataSource` (any `DataSourceOptions` type-checks; only a `postgres` one is accepted at run
@@ -226,6 +238,11 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   #pendingLeader: StatusInfo | null = null;
   /** Holds the event loop open while the elector runs (the native status stream does not). */
   #keepAlive: NodeJS.Timeout | null = null;
+  /** Called once when the elector stops for good (shutdown, or a failed start). */
+  readonly #onStop = new Set<() => void>();
+  #events$: Rx.Observable<LeadershipEvent> | undefined;
+  /** Stopped for good: shut down, or the start failed. */
+  #ended = false;
 
   /**
    * Starts campaigning in the background on `source`: a connection string, or a TypeORM repository
@@ -249,6 +266,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
       this.#started.catch((err: LeaderElectionError) => {
         this.#releaseKeepAlive();
         if (this.listenerCount('error') > 0) this.emit('error', err);
+        this.#stoppedForGood();
       });
     }
     return this.#started;
@@ -357,6 +375,71 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
       throw fromNative(err);
     }
     return LeaderElectorCore.connect(url, config);
+  }
+
+  /**
+   * The leadership events as an RxJS `Observable`:
+   * - `{ type: 'elected', term }` when this node becomes leader,
+   * - `{ type: 'revoked' }` when it stops leading (lease lost, {@link release}, {@link shutdown}),
+   * - `{ type: 'leaderChanged', leaderId, term }` when another leader or a new term is observed (also
+   *   when this node is elected).
+   *
+   * The same events, in the same order, as the EventEmitter's `elected`, `revoked` and `leaderChanged`.
+   * It is hot: a subscriber sees the events from the moment it subscribes ({@link status} and
+   * {@link amILeader} tell the state before). It completes when the elector stops for good
+   * ({@link shutdown}, or a start that failed: {@link ready} rejects with the reason); subscribing after
+   * that completes at once. Each subscription adds one listener per event, and unsubscribing removes
+   * them. Also on `LeaderElectorService`, which is a `LeaderElectorCore`.
+   *
+   * rxjs is an optional peer dependency, loaded on first access: without it, reading `events$` throws a
+   * `MissingPeerDependencyError` (`ERR_MISSING_DEPENDENCY`) that names `rxjs`.
+   *
+   * ```ts
+   * elector.events$
+   *   .pipe(filter((e) => e.type === 'elected'))
+   *   .subscribe(({ term }) => startWorkers(term));
+   * ```
+   */
+  get events$(): Rx.Observable<LeadershipEvent> {
+    if (this.#events$ === undefined) {
+      const rx = requirePeer<typeof Rx>('rxjs', 'LeaderElectorCore.events$');
+      this.#events$ = new rx.Observable<LeadershipEvent>((subscriber) => {
+        if (this.#ended) {
+          subscriber.complete();
+          return undefined;
+        }
+        const onElected = ({ term }: { term: number }) => subscriber.next({ type: 'elected', term });
+        const onRevoked = () => subscriber.next({ type: 'revoked' });
+        const onChanged = ({ leaderId, term }: LeaderIdentity) =>
+          subscriber.next({ type: 'leaderChanged', leaderId, term });
+        const onStop = () => subscriber.complete();
+        this.on('elected', onElected);
+        this.on('revoked', onRevoked);
+        this.on('leaderChanged', onChanged);
+        this.#onStop.add(onStop);
+        return () => {
+          this.off('elected', onElected);
+          this.off('revoked', onRevoked);
+          this.off('leaderChanged', onChanged);
+          this.#onStop.delete(onStop);
+        };
+      });
+    }
+    return this.#events$;
+  }
+
+  /** Completes the observers of {@link events$}: the elector stopped for good. */
+  #stoppedForGood(): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    for (const f of [...this.#onStop]) {
+      try {
+        f();
+      } catch (err) {
+        process.emitWarning(`leaderlease: an events$ observer threw on completion: ${String(err)}`);
+      }
+    }
+    this.#onStop.clear();
   }
 
   /** Lets the process exit while this elector still runs (as `server.unref()` does). */
@@ -561,5 +644,6 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
       safeEmit('leaderChanged', { leaderId: next.leaderId, term: next.term });
     }
     safeEmit('status', next);
+    if (next.state === 'stopped') this.#stoppedForGood();
   }
 }

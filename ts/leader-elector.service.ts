@@ -19,7 +19,9 @@ function createLogger(): Logger {
  * The election as a NestJS provider (nest-leader-election's class of the same name): campaigning starts
  * when the module initialises, the lease is released before the application shuts down, and the
  * connections are closed on shutdown. Shutdown logs its failures and never throws.
- * `LeaderElectorModule` creates it; inject it where leadership matters.
+ * `LeaderElectorModule` creates it; inject it where leadership matters. Everything of
+ * {@link LeaderElectorCore} is here too: the events, and `events$`, the same events as an RxJS Observable
+ * (rxjs is an optional peer dependency), e.g. `this.elector.events$.pipe(filter((e) => e.type === 'elected'))`.
  */
 export class LeaderElectorService
   extends LeaderElectorCore

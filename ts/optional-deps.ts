@@ -1,8 +1,8 @@
 import { MissingPeerDependencyError } from './errors.js';
 
 /**
- * The optional peer dependencies (TypeORM, NestJS) are loaded here, on first use, so that an app using only
- * `LeaderElectorCore.connect(url)` needs neither of them installed.
+ * The optional peer dependencies (TypeORM, NestJS, rxjs, reflect-metadata) are loaded here, on first use,
+ * so that an app using only `LeaderElectorCore.connect(url)` needs none of them installed.
  */
 
 const cache = new Map<string, unknown>();
