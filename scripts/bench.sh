@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# npm run bench [-- flags]: leaderlease against nest-leader-election 1.1.2, side by side, on a throwaway
+# PostgreSQL that logs every statement (so statements are counted exactly), removed at the end.
+#
+#   --quick      short settings only, fewer rounds (a few minutes)
+#   --build      rebuild leaderlease first (npm run build:fast && npm run build:ts); without it, it is
+#                built only if dist/ or native/*.node is missing
+#   --release    measure the shipped build (release profile, fat LTO): built into bench/.addon and
+#                loaded through NAPI_RS_NATIVE_LIBRARY_PATH, so native/ is left as it is
+#   everything else goes to bench/run.mjs: --settings short|default|both, --only <package>,
+#   --takeovers N, --handovers N, --pauses N, --elections N, --window S, --json FILE, --markdown FILE
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { echo "bench: $*" >&2; }
+
+build=false
+release=false
+pass=()
+for a in "$@"; do
+  case "$a" in
+    --build) build=true ;;
+    --release) release=true ;;
+    *) pass+=("$a") ;;
+  esac
+done
+
+# leaderlease, from this checkout.
+addon_file() { compgen -G 'native/leaderlease.*.node' | head -n 1; }
+if $build || [ ! -f dist/index.js ] || [ -z "$(addon_file)" ]; then
+  say "building leaderlease (npm run build:fast && npm run build:ts)"
+  npm run build:fast >&2
+  npm run build:ts >&2
+fi
+triple=x86_64-unknown-linux-gnu
+if $release; then
+  say "building the release addon (fat LTO) into bench/.addon"
+  cargo build --quiet --release --target "$triple" -p leaderlease-node
+  mkdir -p bench/.addon
+  cp "target/$triple/release/libleaderlease_node.so" bench/.addon/leaderlease.node
+  export NAPI_RS_NATIVE_LIBRARY_PATH="$PWD/bench/.addon/leaderlease.node"
+  export BENCH_ADDON="release profile (fat LTO)"
+else
+  f=$(addon_file)
+  profile="unknown profile"
+  for p in release-fast release debug; do
+    if cmp -s "$f" "target/$triple/$p/libleaderlease_node.so"; then
+      profile="$p profile"
+      break
+    fi
+  done
+  export BENCH_ADDON="$f ($profile)"
+fi
+
+# nest-leader-election 1.1.2 and its peers, in bench/'s own install (they conflict with the root's).
+npm install --prefix bench --no-audit --no-fund --loglevel=error >&2
+
+# A throwaway PostgreSQL: own port, own data directory, every statement logged with its application_name.
+pg_bin=""
+for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && pg_bin="$d"; done
+if [ -z "$pg_bin" ] && command -v initdb >/dev/null 2>&1; then pg_bin=$(dirname "$(command -v initdb)"); fi
+if [ -z "$pg_bin" ]; then
+  say "PostgreSQL's server binaries (initdb, pg_ctl) are not installed (apt-get install postgresql)"
+  exit 1
+fi
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pg_dir=$(mktemp -d /tmp/leaderlease-bench-pg.XXXXXX)
+cleanup() {
+  as_postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+  rm -rf "$pg_dir"
+}
+trap cleanup EXIT
+chmod 755 "$pg_dir"
+[ "$(id -u)" = 0 ] && chown postgres:postgres "$pg_dir"
+for _ in $(seq 1 50); do
+  port=$((20000 + RANDOM % 20000))
+  port_open "$port" || break
+done
+as_postgres "$pg_bin/initdb" -D "$pg_dir/data" -U postgres -A trust --no-sync >/dev/null
+cat >>"$pg_dir/data/postgresql.conf" <<EOF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$pg_dir'
+fsync = off
+max_connections = 2600
+log_statement = 'all'
+log_line_prefix = '%n|%a|%p| '
+EOF
+as_postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w start >/dev/null
+say "throwaway PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port ($pg_dir)"
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+export BENCH_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+export BENCH_PG_LOG="$pg_dir/log"
+node bench/run.mjs "${pass[@]}"
