@@ -74,7 +74,10 @@ export interface LeaderElectorEvents {
   leaderChanged: [LeaderIdentity];
   /** Every status change. */
   status: [LeaderStatus];
-  /** The start failed (only emitted when someone listens; `ready()` rejects with it as well). */
+  /**
+   * The start failed (only emitted when someone listens; `ready()` rejects with it as well). Without a
+   * listener, and with nobody awaiting `ready()`, a process warning `LEADERLEASE_START_FAILED` reports it.
+   */
   error: [LeaderElectionError];
 }
 
@@ -243,13 +246,17 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   #events$: Rx.Observable<LeadershipEvent> | undefined;
   /** Stopped for good: shut down, or the start failed. */
   #ended = false;
+  /** Someone awaits the start (start(), ready(), connect()): a failure reaches them as a rejection. */
+  #startAwaited = false;
 
   /**
    * Starts campaigning in the background on `source`: a connection string, or a TypeORM repository
    * whose DataSource settings (and, when `config.schema` is unset, whose table schema) are used.
    * Failures to start reject {@link ready} and are emitted as `error` when a listener exists; they are
-   * never left unhandled. With `{ start: false }` nothing happens until {@link start} (used by
-   * `LeaderElectorService`, which starts with the Nest application).
+   * never left unhandled. When nobody hears of a failure that way (no `error` listener, and neither
+   * `ready()` nor `start()` called before it), it is emitted as a process warning with code
+   * `LEADERLEASE_START_FAILED` rather than lost. With `{ start: false }` nothing happens until
+   * {@link start} (used by `LeaderElectorService`, which starts with the Nest application).
    */
   constructor(source: string | RepositoryLike, config: LeaderElectorConfig = {}, options: { start?: boolean } = {}) {
     super();
@@ -262,10 +269,20 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     if (this.#started === null) {
       this.#keepAlive = setInterval(() => undefined, 2 ** 30);
       this.#started = this.#start(this.#source, this.#config);
-      // Kept handled: a failure is reported through ready(), release(), shutdown() and 'error'.
-      this.#started.catch((err: LeaderElectionError) => {
+      // Kept handled: a failure is reported through ready(), release(), shutdown() and 'error', and, when
+      // none of them is listening, as a process warning.
+      this.#started.catch((reason: unknown) => {
+        const err = fromNative(reason);
         this.#releaseKeepAlive();
-        if (this.listenerCount('error') > 0) this.emit('error', err);
+        if (this.listenerCount('error') > 0) {
+          this.emit('error', err);
+        } else if (!this.#startAwaited) {
+          process.emitWarning(`leaderlease: the elector could not start: ${err.name} [${err.code}]: ${err.message}`, {
+            type: 'LeaderElectionWarning',
+            code: 'LEADERLEASE_START_FAILED',
+            detail: "Await ready() (or use LeaderElectorCore.connect) or listen for the 'error' event to handle it.",
+          });
+        }
         this.#stoppedForGood();
       });
     }
@@ -277,6 +294,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
    * campaigning; rejects with the named error if the start failed, or after {@link shutdown}.
    */
   async start(): Promise<void> {
+    this.#startAwaited = true;
     if (this.#started === null && this.#stopped) {
       throw new ElectorShutDownError('the elector has been shut down');
     }
@@ -570,6 +588,8 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     const onOuterAbort = () => controller.abort(options.signal?.reason);
     this.on('status', onStatus);
     options.signal?.addEventListener('abort', onOuterAbort, { once: true });
+    // Aborted after leadership came and before the listener was added: 'abort' will not fire again.
+    if (options.signal?.aborted) onOuterAbort();
     // The status stream reports a lost lease; this also catches the local deadline passing between two
     // events (amILeader() is a cheap local read).
     watch = setInterval(() => {

@@ -1,5 +1,6 @@
 import { NotLeaderError } from './errors.js';
 import { LEADER_ONLY_METADATA } from './leader-elector.constants.js';
+import { loadOptional } from './optional-deps.js';
 
 /** What a `@LeaderOnly()` method does when called on an instance that does not lead. */
 export interface LeaderOnlyOptions {
@@ -25,18 +26,56 @@ export function bindLeaderOnly(instance: object, elector: LeadershipSource): voi
   electorOf.set(instance, elector);
 }
 
+/**
+ * The checked methods `@LeaderOnly()` made. The explorer finds them here as well as by their metadata,
+ * so that they are bound even where the metadata could not be set (reflect-metadata missing).
+ */
+const leaderOnlyMethods = new WeakSet<object>();
+
+/** Whether `fn` is a method made by `@LeaderOnly()`. */
+export function isLeaderOnlyMethod(fn: unknown): boolean {
+  return typeof fn === 'function' && leaderOnlyMethods.has(fn);
+}
+
+/** Codes of the process warnings `@LeaderOnly()` emits (`process.on('warning', w => w.code)`). */
+export const LEADER_ONLY_WARNINGS = {
+  /** A `@LeaderOnly()` method was called on an instance no elector is bound to: skipped (or thrown). */
+  unbound: 'LEADERLEASE_LEADER_ONLY_UNBOUND',
+  /** `@LeaderOnly()` was applied while the `Reflect` metadata API (reflect-metadata) was missing. */
+  noReflectMetadata: 'LEADERLEASE_NO_REFLECT_METADATA',
+} as const;
+
+let warnedNoReflectMetadata = false;
+
 type ReflectWithMetadata = typeof Reflect & {
   getMetadataKeys?: (target: object) => unknown[];
   getMetadata?: (key: unknown, target: object) => unknown;
   defineMetadata?: (key: unknown, value: unknown, target: object) => void;
 };
 
+/** The `Reflect` metadata API, loading reflect-metadata if nothing has yet; null when it is not installed. */
+function metadataApi(): Required<Pick<ReflectWithMetadata, 'getMetadataKeys' | 'getMetadata' | 'defineMetadata'>> | null {
+  const has = () => {
+    const r = Reflect as ReflectWithMetadata;
+    return typeof r.getMetadataKeys === 'function' && typeof r.defineMetadata === 'function' && typeof r.getMetadata === 'function';
+  };
+  if (!has()) loadOptional('reflect-metadata'); // a polyfill: it installs the API on the global Reflect
+  return has() ? (Reflect as ReturnType<typeof metadataApi> & object) : null;
+}
+
 /**
  * Runs the method only on the leader, typically an `@Cron` / `@Interval` handler: on other instances the
  * call is skipped (returns `undefined`, or a Promise of it for an `async` method), or throws
  * `NotLeaderError` (rejects, for an `async` method) with `{ onFollower: 'throw' }`.
  * The instance must be a provider or controller of an application that imports `LeaderElectorModule`;
- * until the application has initialised, the method counts as not leading.
+ * until the application has initialised, the method counts as not leading. Called on an instance that no
+ * elector is bound to (created with `new`, or in an app without `LeaderElectorModule`), the method is
+ * skipped (or throws) like on a follower, and a process warning with code
+ * `LEADERLEASE_LEADER_ONLY_UNBOUND` is emitted, once per method.
+ *
+ * The metadata needs the `Reflect` metadata API: if nothing has loaded reflect-metadata yet, the decorator
+ * loads it; if it is not installed, the check still works (the module finds the method without metadata),
+ * but the metadata is not set and a warning with code `LEADERLEASE_NO_REFLECT_METADATA` is emitted, once.
  *
  * Sets the `LEADER_ONLY_METADATA` metadata, and puts a check in front of the method on the prototype
  * itself (not on the instance later), so that schedulers which capture the method while the app
@@ -59,9 +98,20 @@ export function LeaderOnly(options: LeaderOnlyOptions = {}): MethodDecorator {
     const meta = Reflect as unknown as { getMetadata?: (k: string, t: object, p: string | symbol) => unknown };
     const isAsync =
       method.constructor?.name === 'AsyncFunction' || meta.getMetadata?.('design:returntype', target, key) === Promise;
+    let warnedUnbound = false;
     const checked = function (this: object, ...args: unknown[]): unknown {
       const elector = electorOf.get(this);
       if (elector?.amILeader()) return method.apply(this, args);
+      if (elector === undefined && !warnedUnbound) {
+        warnedUnbound = true;
+        process.emitWarning(
+          `${where} is @LeaderOnly() but no leader elector is bound to this instance, so the call is ` +
+            `${onFollower === 'throw' ? 'refused' : 'skipped'}: the instance must be a provider or controller of an ` +
+            'initialised NestJS application that imports LeaderElectorModule (not created with `new`). ' +
+            'Warned once per method.',
+          { type: 'LeaderElectionWarning', code: LEADER_ONLY_WARNINGS.unbound },
+        );
+      }
       if (onFollower === 'throw') {
         const err = new NotLeaderError(
           `${where} runs on the leader only; this instance does not lead`,
@@ -73,12 +123,21 @@ export function LeaderOnly(options: LeaderOnlyOptions = {}): MethodDecorator {
       return isAsync ? Promise.resolve(undefined) : undefined;
     };
     Object.defineProperty(checked, 'name', { value: method.name });
-    const reflect = Reflect as ReflectWithMetadata;
-    if (reflect.getMetadataKeys && reflect.getMetadata && reflect.defineMetadata) {
+    leaderOnlyMethods.add(checked);
+    const reflect = metadataApi();
+    if (reflect !== null) {
       for (const k of reflect.getMetadataKeys(method)) {
         reflect.defineMetadata(k, reflect.getMetadata(k, method), checked);
       }
       reflect.defineMetadata(LEADER_ONLY_METADATA, { onFollower }, checked);
+    } else if (!warnedNoReflectMetadata) {
+      warnedNoReflectMetadata = true;
+      process.emitWarning(
+        `@LeaderOnly() on ${where}: the Reflect metadata API is missing (reflect-metadata is not installed), ` +
+          `so the ${LEADER_ONLY_METADATA} metadata is not set and other decorators' metadata on the method is not ` +
+          'kept. The leader check itself works. NestJS needs reflect-metadata: npm install reflect-metadata.',
+        { type: 'LeaderElectionWarning', code: LEADER_ONLY_WARNINGS.noReflectMetadata },
+      );
     }
     descriptor.value = checked;
     return descriptor;

@@ -2,7 +2,7 @@ import type * as NestCore from '@nestjs/core';
 
 import { LEADER_ONLY_METADATA } from './leader-elector.constants.js';
 import type { LeaderElectorService } from './leader-elector.service.js';
-import { bindLeaderOnly } from './leader-only.decorator.js';
+import { bindLeaderOnly, isLeaderOnlyMethod } from './leader-only.decorator.js';
 
 /**
  * Finds the providers and controllers with `@LeaderOnly()` methods (through `DiscoveryService` and
@@ -24,7 +24,10 @@ export class LeaderOnlyExplorer {
       if (proto === null) continue;
       const marked = this.scanner.getAllMethodNames(proto).some((name) => {
         const method = (instance as Record<string, unknown>)[name];
-        return typeof method === 'function' && this.reflector.get(LEADER_ONLY_METADATA, method) !== undefined;
+        return (
+          typeof method === 'function' &&
+          (isLeaderOnlyMethod(method) || this.reflector.get(LEADER_ONLY_METADATA, method) !== undefined)
+        );
       });
       if (marked) bindLeaderOnly(instance, this.elector);
     }
