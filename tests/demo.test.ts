@@ -91,9 +91,9 @@ describe('npm run demo', () => {
     assert.match(summary, /handover after SIGTERM +median \d+ ms, max \d+ ms \(1 run\)/);
     assert.match(summary, /never two leaders +ok: \d+ leaderships/);
     assert.match(summary, /result +ok/);
-    // A crashed leader's lease runs out at most one lease after the kill; the followers then take it
-    // within their wake margin and a round trip.
-    assert.ok(Number(takeover[2]) < 1500 + 1000, `takeover within lease + 1 s (${takeover[2]} ms)`);
+    // A crashed leader's lease runs out at most one lease (1500 ms) after the kill, and the followers take
+    // it over right then, not after the cleanup (6 leases); the bound leaves room for a busy machine.
+    assert.ok(Number(takeover[2]) < 3 * 1500, `takeover within 3 leases (${takeover[2]} ms)`);
     // The live view showed a leader with its term.
     assert.match(run.out, /node-\d LEADER \(term \d+\)/);
     const schema = demoSchema(run.out);
