@@ -235,15 +235,17 @@ pub struct Elector {
 
 #[napi]
 impl Elector {
-    /// Connects to PostgreSQL at `url` with a small pool of its own, prepares the table (unless
-    /// `createTableOnInit` is false) and starts campaigning.
+    /// Connects to PostgreSQL at `url`, prepares the table (unless `createTableOnInit` is false) and
+    /// starts campaigning. All elections of the process on the same URL and operation timeout share one
+    /// small pool, one `LISTEN` connection (a release wakes the waiting candidates at once) and batched
+    /// renewals; the connections close when the last of them shuts down.
     #[napi(factory)]
     pub async fn connect(url: String, options: Option<ElectorOptions>) -> Result<Self> {
         let config = options
             .unwrap_or_default()
             .into_config()
             .map_err(|e| to_js(e.into()))?;
-        let inner = leaderlease::Elector::connect(&url, config)
+        let inner = leaderlease::Elector::connect_shared(&url, config)
             .await
             .map_err(to_js)?;
         Ok(Self {

@@ -60,6 +60,12 @@ pub trait Backend: Send + Sync + 'static {
     fn released(&self) -> BoxFuture<'_, ()> {
         Box::pin(std::future::pending())
     }
+    /// True while [`released`](Self::released) is known to work (e.g. the PostgreSQL backend's `LISTEN`
+    /// connection is up): followers then sleep until the observed lease's expiry instead of polling at
+    /// the renewal interval. The default is `false`.
+    fn wakes_on_release(&self) -> bool {
+        false
+    }
     /// Frees connections the backend owns. Called once, when the elector stops.
     fn close(&self) -> BoxFuture<'_, ()>;
 }

@@ -14,6 +14,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::backend::{AcquireOutcome, Backend, ObservedLease};
 use crate::clock::LeaseClock;
 use crate::config::{ElectorBuilder, ElectorConfig};
+use crate::hub::PgHub;
 use crate::postgres::PgBackend;
 use crate::{Error, Result};
 
@@ -153,6 +154,15 @@ impl ElectorBuilder {
     pub async fn connect(self, url: &str) -> Result<Elector> {
         Elector::connect(url, self.build()?).await
     }
+    /// Builds the config and starts campaigning on `hub`, with the other elections of the process on it.
+    pub async fn start_with_hub(self, hub: &PgHub) -> Result<Elector> {
+        Elector::with_hub(hub, self.build()?).await
+    }
+    /// Builds the config and starts campaigning on the process's shared hub for `url` (see
+    /// [`Elector::connect_shared`]).
+    pub async fn connect_shared(self, url: &str) -> Result<Elector> {
+        Elector::connect_shared(url, self.build()?).await
+    }
     /// Builds the config and starts campaigning on an application's pool.
     pub async fn start_with_pool(self, pool: PgPool) -> Result<Elector> {
         Elector::with_pool(pool, self.build()?).await
@@ -184,6 +194,21 @@ impl Elector {
     /// Connects to PostgreSQL at `url` with a pool of its own, prepares the table and starts campaigning.
     pub async fn connect(url: &str, config: ElectorConfig) -> Result<Self> {
         let backend = PgBackend::connect(url, &config).await?;
+        Self::start(backend, config).await
+    }
+
+    /// Like [`connect`](Self::connect), on the process's shared [`PgHub`] for `url` and the operation
+    /// timeout: all elections of the process on that URL share one pool, one `LISTEN` connection and
+    /// batched renewals, and the hub closes with the last of them. All must run on one Tokio runtime.
+    pub async fn connect_shared(url: &str, config: ElectorConfig) -> Result<Self> {
+        let backend = PgBackend::connect_shared(url, &config).await?;
+        Self::start(backend, config).await
+    }
+
+    /// Starts an election on `hub` (shared with the process's other elections on it): prepares the table
+    /// and starts. The hub stays open after this election's shutdown.
+    pub async fn with_hub(hub: &PgHub, config: ElectorConfig) -> Result<Self> {
+        let backend = PgBackend::with_hub(hub, &config);
         Self::start(backend, config).await
     }
 
@@ -386,6 +411,8 @@ struct Campaign {
     failures: u32,
     acquire_outcome_unknown: bool,
     warned_same_id: bool,
+    /// A release was announced: the next poll tries to acquire without reading the lease first.
+    announced: bool,
 }
 
 impl Campaign {
@@ -405,6 +432,7 @@ impl Campaign {
             failures: 0,
             acquire_outcome_unknown: false,
             warned_same_id: false,
+            announced: false,
         }
     }
 
@@ -438,6 +466,7 @@ impl Campaign {
                 _ = released.released(), if self.held.is_none() => {
                     debug!("the lease was released; trying at once");
                     self.next_poll = Instant::now();
+                    self.announced = true;
                 }
             }
         }
@@ -610,6 +639,10 @@ impl Campaign {
             }
             self.stand_back_until = None;
         }
+        if std::mem::take(&mut self.announced) {
+            self.acquire().await;
+            return;
+        }
         match self.backend.observe().await {
             Ok(Some(lease)) if lease.expires_in.is_some() => {
                 self.failures = 0;
@@ -654,8 +687,9 @@ impl Campaign {
         }
     }
 
-    /// Notes a live lease held by someone else and schedules the next look: at the next jittered poll, or
-    /// just after the lease's expiry if that comes sooner.
+    /// Notes a live lease held by someone else and schedules the next look: just after the lease's
+    /// expiry when the backend announces releases (its `LISTEN` connection is up), otherwise at the next
+    /// jittered poll or just after the expiry, whichever comes first.
     fn observed(&mut self, lease: &ObservedLease) {
         let now = Instant::now();
         let expires_in = lease.expires_in.unwrap_or_default();
@@ -674,8 +708,12 @@ impl Campaign {
         } else {
             self.acquire_outcome_unknown = false;
         }
-        let poll = now + jittered(c.renewal_interval(), c.jitter_range());
-        self.next_poll = poll.min(expires_at + EXPIRY_WAKE_MARGIN);
+        let at_expiry = expires_at + EXPIRY_WAKE_MARGIN;
+        self.next_poll = if self.backend.wakes_on_release() {
+            at_expiry
+        } else {
+            at_expiry.min(now + jittered(c.renewal_interval(), c.jitter_range()))
+        };
         let changed = lock(&self.shared.leader)
             .as_ref()
             .is_none_or(|l| l.leader_id != lease.leader_id || l.term != lease.term);

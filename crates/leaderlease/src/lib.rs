@@ -61,6 +61,8 @@ mod clock;
 mod config;
 mod elector;
 mod error;
+#[macro_use]
+mod hub;
 #[cfg(feature = "nats")]
 pub mod nats;
 mod postgres;
@@ -70,8 +72,12 @@ pub use backend::{AcquireOutcome, Backend, ObservedLease};
 pub use config::*;
 pub use elector::{ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LeaderInfo, Lease, Status};
 pub use error::{Error, Result};
+pub use hub::{
+    BatchStats, MAX_BATCH_WINDOW, OWNED_POOL_MAX_CONNECTIONS, PgHub, RELEASE_CHANNEL,
+    START_CONNECT_TIMEOUT,
+};
 #[cfg(feature = "nats")]
 pub use nats::NatsBackend;
-pub use postgres::{OWNED_POOL_MAX_CONNECTIONS, PgBackend, START_CONNECT_TIMEOUT};
+pub use postgres::PgBackend;
 pub use sqlx::PgPool;
 pub use tokio_util::sync::CancellationToken;

@@ -7,25 +7,18 @@
 //! the row lock; it ends with the statement, whatever happens to the connection, so no lock is ever
 //! stranded on a pooled connection.
 
-use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{AssertSqlSafe, PgPool, Row};
 use tokio::time::{Instant, timeout_at};
 
 use crate::backend::{AcquireOutcome, Backend, BoxFuture, ObservedLease};
 use crate::config::{CLEANUP_GRACE, ElectorConfig};
+use crate::hub::{self, MAX_BATCH_WINDOW, Member, PgHub, RELEASE_CHANNEL, START_CONNECT_TIMEOUT};
 use crate::schema::{self, quote_ident};
 use crate::{Error, Result};
-
-/// Connections a pool opened by [`PgBackend::connect`] may hold: one for the election loop, one spare for
-/// a release or cleanup racing with it.
-pub const OWNED_POOL_MAX_CONNECTIONS: u32 = 2;
-
-/// How long the first connection at start may take (the operation timeout applies if it is longer).
-pub const START_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// SQL of one election, rendered once for its schema.
 #[derive(Debug)]
@@ -75,7 +68,12 @@ impl Statements {
                  WHERE id = $1 AND leader_id = $2 AND term = $3 AND expires_at > clock_timestamp()"
             )
             .into(),
-            release: format!("DELETE FROM {t} WHERE id = $1 AND leader_id = $2 AND term = $3").into(),
+            // The notification goes out when the statement commits, and only if a row was deleted.
+            release: format!(
+                "WITH d AS (DELETE FROM {t} WHERE id = $1 AND leader_id = $2 AND term = $3 RETURNING id) \
+                 SELECT pg_notify($4, $5)::text FROM d"
+            )
+            .into(),
             cleanup: format!(
                 "DELETE FROM {t} WHERE expires_at < clock_timestamp() - {grace_ms} * interval '1 millisecond'"
             )
@@ -84,139 +82,93 @@ impl Statements {
     }
 }
 
-/// Lease storage in PostgreSQL. Build it from a connection string ([`PgBackend::connect`]) or from a
-/// pool the application already has ([`PgBackend::with_pool`]); many elections may share one pool.
+/// Lease storage in PostgreSQL. Build it from a connection string ([`PgBackend::connect`]), from a
+/// pool the application already has ([`PgBackend::with_pool`]), or on a [`PgHub`] that many elections
+/// of the process share ([`PgBackend::with_hub`]).
 #[derive(Debug)]
 pub struct PgBackend {
     pool: PgPool,
-    owns_pool: bool,
+    hub: PgHub,
+    member: OnceLock<Member>,
     schema: String,
     lock_id: i32,
     namespace: i32,
-    instance_id: String,
+    instance_id: Arc<str>,
     lease_ms: f64,
     timeout: Duration,
+    batch_window: Duration,
     create_table_on_init: bool,
     sql: Statements,
 }
 
-/// Runs `$body` (which uses the connection bound to `$c`) within the operation timeout, the wait for a
-/// connection included. A connection whose statement timed out or broke is closed, not pooled again, so
-/// a half-finished exchange is never reused.
-macro_rules! with_conn {
-    ($self:ident, $op:literal, |$c:ident| $body:expr) => {
-        with_conn!($self, $op, $self.timeout, |$c| $body)
-    };
-    ($self:ident, $op:literal, $timeout:expr, |$c:ident| $body:expr) => {{
-        let timeout: Duration = $timeout;
-        let deadline = Instant::now() + timeout;
-        let mut conn = match timeout_at(deadline, $self.pool.acquire()).await {
-            Err(_) => {
-                return Err(Error::Timeout {
-                    operation: $op,
-                    after: timeout,
-                });
-            }
-            Ok(Err(source)) => {
-                return Err(Error::Database {
-                    operation: $op,
-                    source,
-                });
-            }
-            Ok(Ok(conn)) => conn,
-        };
-        let outcome = {
-            let $c = &mut *conn;
-            timeout_at(deadline, $body).await
-        };
-        match outcome {
-            Err(_) => {
-                conn.close_on_drop();
-                Err(Error::Timeout {
-                    operation: $op,
-                    after: timeout,
-                })
-            }
-            Ok(Err(source)) => {
-                if !matches!(source, sqlx::Error::Database(_)) {
-                    conn.close_on_drop();
-                }
-                Err(Error::Database {
-                    operation: $op,
-                    source,
-                })
-            }
-            Ok(Ok(v)) => Ok(v),
-        }
-    }};
-}
-
 impl PgBackend {
-    /// Opens a small pool of its own (at most [`OWNED_POOL_MAX_CONNECTIONS`]) to `url` and checks that the
-    /// database answers. Its sessions get `statement_timeout` and `idle_in_transaction_session_timeout`
-    /// from the operation timeout, and `application_name` `leaderlease` unless the URL sets one.
+    /// Opens a hub of its own for this election (a pool of at most
+    /// [`OWNED_POOL_MAX_CONNECTIONS`](crate::OWNED_POOL_MAX_CONNECTIONS) connections plus one `LISTEN`
+    /// connection) to `url` and checks that the database answers; both close with the election. See
+    /// [`PgHub::connect`] for the session settings.
     pub async fn connect(url: &str, config: &ElectorConfig) -> Result<Self> {
-        let mut options = PgConnectOptions::from_str(url).map_err(|e| Error::Unreachable {
-            message: format!("invalid connection string: {e}"),
-            source: Some(e),
-        })?;
-        if options.get_application_name().is_none() {
-            options = options.application_name("leaderlease");
-        }
-        let timeout_ms = config.operation_timeout().as_millis().to_string();
-        options = options.options([
-            ("statement_timeout", timeout_ms.as_str()),
-            ("idle_in_transaction_session_timeout", timeout_ms.as_str()),
-        ]);
-        Self::connect_with(options, config).await
+        let hub = PgHub::open(url, config.operation_timeout(), true, None).await?;
+        Ok(Self::on_hub(hub, config, false))
+    }
+
+    /// Like [`connect`](Self::connect), on the process's shared hub for `url` and the operation timeout
+    /// ([`PgHub::shared`]): every election of the process on the same URL shares one pool, one `LISTEN`
+    /// connection and batched renewals; the hub closes when the last of them stops.
+    pub async fn connect_shared(url: &str, config: &ElectorConfig) -> Result<Self> {
+        let hub = PgHub::shared(url, config.operation_timeout()).await?;
+        Ok(Self::on_hub(hub, config, true))
     }
 
     /// Like [`connect`](Self::connect), from parsed options (used as given).
     pub async fn connect_with(options: PgConnectOptions, config: &ElectorConfig) -> Result<Self> {
-        let target = match options.get_socket() {
-            Some(dir) => format!("socket in {}", dir.display()),
-            None => format!("{}:{}", options.get_host(), options.get_port()),
-        };
-        // One direct connection first: a pool only reports "timed out" when the server refuses, while this
-        // says why (refused, unknown host, authentication, no such database).
-        let wait = config.operation_timeout().max(START_CONNECT_TIMEOUT);
-        match tokio::time::timeout(wait, PgConnection::connect_with(&options)).await {
-            Err(_) => return Err(unreachable_error(sqlx::Error::PoolTimedOut, &target, wait)),
-            Ok(Err(e)) => return Err(unreachable_error(e, &target, wait)),
-            Ok(Ok(conn)) => {
-                let _ = conn.close().await;
-            }
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(OWNED_POOL_MAX_CONNECTIONS)
-            .min_connections(0)
-            // Every runtime operation is bounded by `with_conn!`; this only bounds opening a connection,
-            // which may take longer than one operation on a loaded machine.
-            .acquire_timeout(START_CONNECT_TIMEOUT)
-            .idle_timeout(Some(config.lease_duration() * 6))
-            .test_before_acquire(false)
-            .connect_lazy_with(options);
-        let mut backend = Self::with_pool(pool, config);
-        backend.owns_pool = true;
-        Ok(backend)
+        let hub = PgHub::open_with(options, config.operation_timeout(), true, None).await?;
+        Ok(Self::on_hub(hub, config, false))
     }
 
-    /// Uses a pool the application owns; [`Backend::close`] leaves it open. Statement timeouts then rest on
-    /// the client side (the operation timeout); set `statement_timeout` on the pool's sessions to bound them
-    /// on the server too.
+    /// Uses a pool the application owns (which may serve many elections); [`Backend::close`] leaves it
+    /// open. All elections on the same pool (and operation timeout) share one hub: one `LISTEN`
+    /// connection, opened with the pool's settings, and batched renewals. Statement timeouts then rest on
+    /// the client side (the operation timeout); set `statement_timeout` on the pool's sessions to bound
+    /// them on the server too.
     pub fn with_pool(pool: PgPool, config: &ElectorConfig) -> Self {
+        let hub = PgHub::shared_for_pool(pool, config.operation_timeout());
+        Self::on_hub(hub, config, true)
+    }
+
+    /// Runs on `hub`, with the other elections on it. The hub stays open when the election stops.
+    pub fn with_hub(hub: &PgHub, config: &ElectorConfig) -> Self {
+        Self::on_hub(hub.clone(), config, false)
+    }
+
+    /// `counted`: the hub already counts this election as a user (a reservation of [`PgHub::shared`]).
+    fn on_hub(hub: PgHub, config: &ElectorConfig, counted: bool) -> Self {
+        if !counted {
+            hub.enter();
+        }
         Self {
-            pool,
-            owns_pool: false,
+            pool: hub.pool().clone(),
+            hub,
+            member: OnceLock::new(),
             schema: config.schema().to_owned(),
             lock_id: config.lock_id(),
             namespace: schema::lock_namespace(config.schema()),
-            instance_id: config.instance_id().to_owned(),
+            instance_id: config.instance_id().into(),
             lease_ms: config.lease_duration().as_secs_f64() * 1000.0,
             timeout: config.operation_timeout(),
+            batch_window: (config.renewal_interval() / 10).min(MAX_BATCH_WINDOW),
             create_table_on_init: config.create_table_on_init(),
             sql: Statements::new(config.schema()),
         }
+    }
+
+    /// The hub this backend runs on.
+    pub fn hub(&self) -> &PgHub {
+        &self.hub
+    }
+
+    /// The member registration, when batching pays off (other elections share the hub's batcher).
+    fn batched(&self) -> Option<&Member> {
+        self.member.get().filter(|m| m.batched())
     }
 
     /// The pool this backend uses.
@@ -306,25 +258,11 @@ impl PgBackend {
     }
 }
 
-fn unreachable_error(e: sqlx::Error, target: &str, timeout: Duration) -> Error {
-    let message = match &e {
-        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-            format!("connection refused by {target}: is PostgreSQL running there?")
-        }
-        sqlx::Error::PoolTimedOut => format!(
-            "no connection to {target} within {timeout:?} (server down, unreachable or too slow)"
-        ),
-        other => format!("cannot connect to {target}: {other}"),
-    };
-    Error::Unreachable {
-        message,
-        source: Some(e),
-    }
-}
-
 impl Backend for PgBackend {
     fn prepare(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
+            self.member
+                .get_or_init(|| self.hub.join(&self.schema, self.lock_id));
             let Some(problem) = self.missing_parts().await? else {
                 return self.check_privileges().await;
             };
@@ -347,21 +285,15 @@ impl Backend for PgBackend {
 
     fn observe(&self) -> BoxFuture<'_, Result<Option<ObservedLease>>> {
         Box::pin(async move {
+            if let Some(member) = self.batched() {
+                return member.observe(self.batch_window).await;
+            }
             let row = with_conn!(self, "observe", |c| sqlx::query(AssertSqlSafe(
                 self.sql.observe.clone()
             ))
             .bind(self.lock_id)
             .fetch_optional(c))?;
-            Ok(row.map(|row| {
-                let remaining_ms: f64 = row.get(2);
-                ObservedLease {
-                    leader_id: row.get(0),
-                    term: u64::try_from(row.get::<i64, _>(1)).unwrap_or(0),
-                    expires_in: (remaining_ms > 0.0)
-                        .then(|| Duration::try_from_secs_f64(remaining_ms / 1000.0).ok())
-                        .flatten(),
-                }
-            }))
+            Ok(row.map(|row| hub::observed_from(&row, 0)))
         })
     }
 
@@ -371,7 +303,7 @@ impl Backend for PgBackend {
                 self.sql.acquire.clone()
             ))
             .bind(self.lock_id)
-            .bind(&self.instance_id)
+            .bind(&*self.instance_id)
             .bind(self.lease_ms)
             .bind(self.namespace)
             .bind(&self.sql.sequence)
@@ -389,11 +321,21 @@ impl Backend for PgBackend {
 
     fn renew(&self, term: u64) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
+            if let Some(member) = self.batched() {
+                return member
+                    .renew(
+                        self.instance_id.clone(),
+                        term_param(term),
+                        self.lease_ms,
+                        self.batch_window,
+                    )
+                    .await;
+            }
             let done = with_conn!(self, "renew", |c| sqlx::query(AssertSqlSafe(
                 self.sql.renew.clone()
             ))
             .bind(self.lock_id)
-            .bind(&self.instance_id)
+            .bind(&*self.instance_id)
             .bind(term_param(term))
             .bind(self.lease_ms)
             .execute(c))?;
@@ -403,14 +345,17 @@ impl Backend for PgBackend {
 
     fn release(&self, term: u64) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
-            let done = with_conn!(self, "release", |c| sqlx::query(AssertSqlSafe(
+            let payload = hub::payload(self.namespace, self.lock_id);
+            let rows = with_conn!(self, "release", |c| sqlx::query(AssertSqlSafe(
                 self.sql.release.clone()
             ))
             .bind(self.lock_id)
-            .bind(&self.instance_id)
+            .bind(&*self.instance_id)
             .bind(term_param(term))
-            .execute(c))?;
-            Ok(done.rows_affected() == 1)
+            .bind(RELEASE_CHANNEL)
+            .bind(&payload)
+            .fetch_all(c))?;
+            Ok(rows.len() == 1)
         })
     }
 
@@ -424,12 +369,25 @@ impl Backend for PgBackend {
         })
     }
 
+    fn released(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            match self.member.get() {
+                Some(member) => member.released().await,
+                None => std::future::pending().await,
+            }
+        })
+    }
+
+    fn wakes_on_release(&self) -> bool {
+        self.hub.listening()
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if self.owns_pool {
-                // Waits for checked-out connections; bounded so a hung socket cannot hold shutdown.
-                let _ = tokio::time::timeout(self.timeout, self.pool.close()).await;
+            if let Some(member) = self.member.get() {
+                member.unregister();
             }
+            self.hub.leave().await;
         })
     }
 }

@@ -1,0 +1,900 @@
+//! What the PostgreSQL elections of one process share: one pool, one `LISTEN` connection that wakes
+//! waiting candidates the moment a lease is released, and a batcher that folds the renewals and lease
+//! reads of many elections into one statement each.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::{Instant, timeout_at};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::backend::ObservedLease;
+use crate::schema;
+use crate::{Error, Result};
+
+/// Connections a pool opened by [`PgHub::connect`] (or [`crate::PgBackend::connect`]) may hold, besides
+/// the one `LISTEN` connection: enough for the election loops, a release or cleanup racing with them,
+/// and the batched statements of many elections.
+pub const OWNED_POOL_MAX_CONNECTIONS: u32 = 4;
+
+/// How long the first connection at start may take (the operation timeout applies if it is longer).
+pub const START_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `NOTIFY` channel on which a release is announced. The payload is `<namespace>:<lock id>`, where
+/// the namespace is the schema's advisory-lock namespace ([`schema::lock_namespace`]).
+pub const RELEASE_CHANNEL: &str = "leaderlease_release";
+
+/// Longest a renewal or lease read waits to be batched with those of other elections of the same hub
+/// (it is also at most a tenth of the election's renewal interval). A lone election never waits.
+pub const MAX_BATCH_WINDOW: Duration = Duration::from_millis(100);
+
+/// Most rows one batched statement carries.
+const MAX_BATCH: usize = 1000;
+
+/// Runs `$body` (which uses the connection bound to `$c`) within the operation timeout, the wait for a
+/// connection included. A connection whose statement timed out or broke is closed, not pooled again, so
+/// a half-finished exchange is never reused. `$self` needs `pool` and `timeout` fields.
+macro_rules! with_conn {
+    ($self:ident, $op:literal, |$c:ident| $body:expr) => {
+        with_conn!($self, $op, $self.timeout, |$c| $body)
+    };
+    ($self:ident, $op:literal, $timeout:expr, |$c:ident| $body:expr) => {{
+        let timeout: Duration = $timeout;
+        let deadline = Instant::now() + timeout;
+        let mut conn = match timeout_at(deadline, $self.pool.acquire()).await {
+            Err(_) => {
+                return Err(Error::Timeout {
+                    operation: $op,
+                    after: timeout,
+                });
+            }
+            Ok(Err(source)) => {
+                return Err(Error::Database {
+                    operation: $op,
+                    source,
+                });
+            }
+            Ok(Ok(conn)) => conn,
+        };
+        let outcome = {
+            let $c = &mut *conn;
+            timeout_at(deadline, $body).await
+        };
+        match outcome {
+            Err(_) => {
+                conn.close_on_drop();
+                Err(Error::Timeout {
+                    operation: $op,
+                    after: timeout,
+                })
+            }
+            Ok(Err(source)) => {
+                if !matches!(source, sqlx::Error::Database(_)) {
+                    conn.close_on_drop();
+                }
+                Err(Error::Database {
+                    operation: $op,
+                    source,
+                })
+            }
+            Ok(Ok(v)) => Ok(v),
+        }
+    }};
+}
+
+/// The wake-up of each election of a hub, by `(namespace, lock id)`.
+type Waiters = Arc<Mutex<HashMap<(i32, i32), Weak<Notify>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A connection to PostgreSQL that many elections of one process share: one pool, one `LISTEN`
+/// connection for release notifications, and batched renewals and lease reads, so that the database
+/// load of a process stays nearly flat as its elections grow.
+///
+/// Build one with [`PgHub::connect`] or [`PgHub::with_pool`] and start elections on it with
+/// [`crate::Elector::with_hub`]; close it with [`PgHub::close`] after their shutdown. Everything that
+/// uses a hub must run on the Tokio runtime it was created on. [`crate::Elector::connect`] and
+/// [`crate::Elector::with_pool`] give each election a hub of its own.
+///
+/// ```no_run
+/// # async fn demo() -> leaderlease::Result<()> {
+/// use std::time::Duration;
+/// use leaderlease::{Elector, PgHub};
+///
+/// let hub = PgHub::connect("postgres://postgres@127.0.0.1/test", Duration::from_secs(2)).await?;
+/// let mut electors = Vec::new();
+/// for lock_id in 1..=100 {
+///     electors.push(Elector::builder().with_lock_id(lock_id).start_with_hub(&hub).await?);
+/// }
+/// for e in &electors {
+///     e.shutdown().await?;
+/// }
+/// hub.close().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PgHub {
+    inner: Arc<HubInner>,
+}
+
+pub(crate) struct HubInner {
+    pub(crate) pool: PgPool,
+    owns_pool: bool,
+    /// Operation timeout of the batched statements.
+    pub(crate) timeout: Duration,
+    /// Closed by the last election that leaves it (hubs made for one election, and shared ones).
+    close_when_unused: bool,
+    users: AtomicUsize,
+    closed: AtomicBool,
+    listening: Arc<AtomicBool>,
+    waiters: Waiters,
+    batchers: Mutex<HashMap<String, Batcher>>,
+    stats: Arc<Counters>,
+    stop: CancellationToken,
+    /// Where the `LISTEN` task connects; taken when it starts (at the first election's start).
+    listen_options: Mutex<Option<PgConnectOptions>>,
+    /// Key in the process-wide registry of [`PgHub::shared`].
+    shared_key: Option<String>,
+}
+
+impl std::fmt::Debug for HubInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgHub")
+            .field("users", &self.users.load(Ordering::Relaxed))
+            .field("listening", &self.listening.load(Ordering::Relaxed))
+            .field("owns_pool", &self.owns_pool)
+            .finish()
+    }
+}
+
+impl Drop for HubInner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+static SHARED: LazyLock<Mutex<HashMap<String, Weak<HubInner>>>> = LazyLock::new(Default::default);
+
+impl PgHub {
+    /// Opens a pool of its own (at most [`OWNED_POOL_MAX_CONNECTIONS`] connections, plus one for `LISTEN`)
+    /// to `url`, after checking with one direct connection that the database answers (so that the error
+    /// says why it does not: refused, unknown host, authentication, no such database). Its sessions get
+    /// `statement_timeout` and `idle_in_transaction_session_timeout` = `operation_timeout`, and
+    /// `application_name` `leaderlease` unless the URL sets one.
+    pub async fn connect(url: &str, operation_timeout: Duration) -> Result<Self> {
+        Self::open(url, operation_timeout, false, None).await
+    }
+
+    /// The hub of this process for `url` and `operation_timeout`, opened on first use and closed when the
+    /// last election on it has stopped. Every election of the process that asks for the same URL and
+    /// timeout shares its pool, its `LISTEN` connection and its batches. All must run on one Tokio
+    /// runtime (as in a Node.js process, or an application with one runtime).
+    pub async fn shared(url: &str, operation_timeout: Duration) -> Result<Self> {
+        let key = format!("{}\n{url}", operation_timeout.as_millis());
+        if let Some(hub) = Self::lookup(&key) {
+            return Ok(hub);
+        }
+        let hub = Self::open(url, operation_timeout, true, Some(key.clone())).await?;
+        // Another caller may have opened one meanwhile: use the first, close ours.
+        let existing = {
+            let mut map = lock(&SHARED);
+            match map.get(&key).and_then(Weak::upgrade) {
+                Some(existing) if !existing.closed.load(Ordering::Acquire) => {
+                    existing.users.fetch_add(1, Ordering::AcqRel);
+                    Some(existing)
+                }
+                _ => {
+                    hub.inner.users.fetch_add(1, Ordering::AcqRel);
+                    map.insert(key, Arc::downgrade(&hub.inner));
+                    None
+                }
+            }
+        };
+        match existing {
+            Some(inner) => {
+                hub.close().await;
+                Ok(Self { inner })
+            }
+            None => Ok(hub),
+        }
+    }
+
+    fn lookup(key: &str) -> Option<Self> {
+        let mut map = lock(&SHARED);
+        map.retain(|_, w| w.strong_count() > 0);
+        let inner = map.get(key).and_then(Weak::upgrade)?;
+        if inner.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        inner.users.fetch_add(1, Ordering::AcqRel);
+        Some(Self { inner })
+    }
+
+    pub(crate) async fn open(
+        url: &str,
+        timeout: Duration,
+        close_when_unused: bool,
+        shared_key: Option<String>,
+    ) -> Result<Self> {
+        let mut options = PgConnectOptions::from_str(url).map_err(|e| Error::Unreachable {
+            message: format!("invalid connection string: {e}"),
+            source: Some(e),
+        })?;
+        if options.get_application_name().is_none() {
+            options = options.application_name("leaderlease");
+        }
+        let timeout_ms = timeout.as_millis().to_string();
+        options = options.options([
+            ("statement_timeout", timeout_ms.as_str()),
+            ("idle_in_transaction_session_timeout", timeout_ms.as_str()),
+        ]);
+        Self::open_with(options, timeout, close_when_unused, shared_key).await
+    }
+
+    /// Like [`connect`](Self::connect), from parsed options (used as given).
+    pub async fn connect_with(
+        options: PgConnectOptions,
+        operation_timeout: Duration,
+    ) -> Result<Self> {
+        Self::open_with(options, operation_timeout, false, None).await
+    }
+
+    pub(crate) async fn open_with(
+        options: PgConnectOptions,
+        timeout: Duration,
+        close_when_unused: bool,
+        shared_key: Option<String>,
+    ) -> Result<Self> {
+        let target = match options.get_socket() {
+            Some(dir) => format!("socket in {}", dir.display()),
+            None => format!("{}:{}", options.get_host(), options.get_port()),
+        };
+        let wait = timeout.max(START_CONNECT_TIMEOUT);
+        match tokio::time::timeout(wait, PgConnection::connect_with(&options)).await {
+            Err(_) => return Err(unreachable_error(sqlx::Error::PoolTimedOut, &target, wait)),
+            Ok(Err(e)) => return Err(unreachable_error(e, &target, wait)),
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+            }
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(OWNED_POOL_MAX_CONNECTIONS)
+            .min_connections(0)
+            // Every runtime operation is bounded by the operation timeout; this only bounds opening a
+            // connection, which may take longer than one operation on a loaded machine.
+            .acquire_timeout(START_CONNECT_TIMEOUT)
+            .idle_timeout(Some(Duration::from_secs(60)))
+            .test_before_acquire(false)
+            .connect_lazy_with(options.clone());
+        Ok(Self::build(
+            pool,
+            true,
+            options,
+            timeout,
+            close_when_unused,
+            shared_key,
+        ))
+    }
+
+    /// A hub on a pool the application owns: its batched statements use that pool, and one extra
+    /// connection (opened with the pool's settings) listens for releases. [`close`](Self::close) leaves
+    /// the pool open. Statement timeouts rest on the client side (`operation_timeout`).
+    pub fn with_pool(pool: PgPool, operation_timeout: Duration) -> Self {
+        let options = (*pool.connect_options()).clone();
+        Self::build(pool, false, options, operation_timeout, false, None)
+    }
+
+    /// The process's hub for an application pool (keyed by the pool's identity and the timeout), with
+    /// one user reserved for the caller; it closes (leaving the pool open) with its last election.
+    pub(crate) fn shared_for_pool(pool: PgPool, timeout: Duration) -> Self {
+        let options = pool.connect_options();
+        let key = format!("{}\npool:{:p}", timeout.as_millis(), Arc::as_ptr(&options));
+        let mut map = lock(&SHARED);
+        map.retain(|_, w| w.strong_count() > 0);
+        if let Some(inner) = map.get(&key).and_then(Weak::upgrade)
+            && !inner.closed.load(Ordering::Acquire)
+        {
+            inner.users.fetch_add(1, Ordering::AcqRel);
+            return Self { inner };
+        }
+        let hub = Self::build(
+            pool,
+            false,
+            (*options).clone(),
+            timeout,
+            true,
+            Some(key.clone()),
+        );
+        hub.inner.users.fetch_add(1, Ordering::AcqRel);
+        map.insert(key, Arc::downgrade(&hub.inner));
+        hub
+    }
+
+    fn build(
+        pool: PgPool,
+        owns_pool: bool,
+        options: PgConnectOptions,
+        timeout: Duration,
+        close_when_unused: bool,
+        shared_key: Option<String>,
+    ) -> Self {
+        let inner = Arc::new(HubInner {
+            pool,
+            owns_pool,
+            timeout,
+            close_when_unused,
+            users: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            listening: Arc::new(AtomicBool::new(false)),
+            waiters: Arc::default(),
+            batchers: Mutex::default(),
+            stats: Arc::default(),
+            stop: CancellationToken::new(),
+            listen_options: Mutex::new(Some(options)),
+            shared_key,
+        });
+        Self { inner }
+    }
+
+    /// The pool the hub's elections use.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// True while the `LISTEN` connection is up: a release then wakes this hub's waiting candidates at
+    /// once, and they sleep until the observed lease's expiry instead of polling. While it is down (or
+    /// where `LISTEN` is not available, e.g. behind PgBouncer in transaction mode), they poll.
+    pub fn listening(&self) -> bool {
+        self.inner.listening.load(Ordering::Acquire)
+    }
+
+    /// How much batching has saved so far: statements run by the batchers and the renewals and lease
+    /// reads they carried.
+    pub fn batch_stats(&self) -> BatchStats {
+        BatchStats {
+            statements: self.inner.stats.statements.load(Ordering::Relaxed),
+            requests: self.inner.stats.requests.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the `LISTEN` connection and the batchers, and closes the pool if the hub opened it. Call
+    /// it after the elections on it have shut down.
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.shutdown_now().await;
+    }
+
+    async fn shutdown_now(&self) {
+        self.inner.stop.cancel();
+        self.inner.listening.store(false, Ordering::Release);
+        lock(&self.inner.batchers).clear();
+        if self.inner.owns_pool {
+            // Waits for checked-out connections; bounded so a hung socket cannot hold shutdown.
+            let _ = tokio::time::timeout(self.inner.timeout, self.inner.pool.close()).await;
+        }
+    }
+
+    /// Registers an election of `lock_id` in `schema`: its wake-up on release, and its place in the
+    /// batches.
+    /// Must be called within the hub's Tokio runtime.
+    pub(crate) fn join(&self, schema: &str, lock_id: i32) -> Member {
+        if let Some(options) = lock(&self.inner.listen_options).take() {
+            let listener = listen(
+                options,
+                self.inner.waiters.clone(),
+                self.inner.listening.clone(),
+                self.inner.stop.clone(),
+            );
+            tokio::spawn(listener.instrument(info_span!("leaderlease_listener")));
+        }
+        let namespace = schema::lock_namespace(schema);
+        let released = Arc::new(Notify::new());
+        lock(&self.inner.waiters).insert((namespace, lock_id), Arc::downgrade(&released));
+        let batcher = {
+            let mut batchers = lock(&self.inner.batchers);
+            batchers
+                .entry(schema.to_owned())
+                .or_insert_with(|| Batcher::spawn(&self.inner, schema))
+                .clone()
+        };
+        batcher.members.fetch_add(1, Ordering::AcqRel);
+        Member {
+            hub: self.clone(),
+            key: (namespace, lock_id),
+            released,
+            batcher,
+        }
+    }
+
+    /// One more election uses the hub (until its [`leave`](Self::leave)).
+    pub(crate) fn enter(&self) {
+        self.inner.users.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One election has stopped: closes the hub when it was the last and the hub closes when unused.
+    pub(crate) async fn leave(&self) {
+        let last = {
+            let mut map = lock(&SHARED);
+            let left = self.inner.users.fetch_sub(1, Ordering::AcqRel) - 1;
+            let last = left == 0 && self.inner.close_when_unused;
+            if last {
+                self.inner.closed.store(true, Ordering::Release);
+                if let Some(key) = &self.inner.shared_key
+                    && map
+                        .get(key)
+                        .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.inner)))
+                {
+                    map.remove(key);
+                }
+            }
+            last
+        };
+        if last {
+            self.shutdown_now().await;
+        }
+    }
+}
+
+/// Counts of a hub's batchers (see [`PgHub::batch_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Batched statements run.
+    pub statements: u64,
+    /// Renewals and lease reads they carried.
+    pub requests: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    statements: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// One election's membership in a hub.
+#[derive(Debug)]
+pub(crate) struct Member {
+    hub: PgHub,
+    key: (i32, i32),
+    released: Arc<Notify>,
+    batcher: Batcher,
+}
+
+impl Member {
+    /// Resolves when this election's lease is announced as released (or the `LISTEN` connection came
+    /// back after an outage, when a release may have been missed).
+    pub(crate) async fn released(&self) {
+        self.released.notified().await;
+    }
+
+    /// True when other elections share the batcher, so that waiting a moment for a batch pays off.
+    pub(crate) fn batched(&self) -> bool {
+        self.batcher.members.load(Ordering::Acquire) > 1
+    }
+
+    pub(crate) async fn renew(
+        &self,
+        leader_id: Arc<str>,
+        term: i64,
+        lease_ms: f64,
+        window: Duration,
+    ) -> Result<bool> {
+        let (reply, rx) = oneshot::channel();
+        self.batcher.send(Request::Renew {
+            lock_id: self.key.1,
+            leader_id,
+            term,
+            lease_ms,
+            window,
+            reply,
+        })?;
+        rx.await.unwrap_or(Err(Error::Shutdown))
+    }
+
+    pub(crate) async fn observe(&self, window: Duration) -> Result<Option<ObservedLease>> {
+        let (reply, rx) = oneshot::channel();
+        self.batcher.send(Request::Observe {
+            lock_id: self.key.1,
+            window,
+            reply,
+        })?;
+        rx.await.unwrap_or(Err(Error::Shutdown))
+    }
+
+    /// Unregisters the election (the hub itself is left by its backend).
+    pub(crate) fn unregister(&self) {
+        {
+            let mut waiters = lock(&self.hub.inner.waiters);
+            if waiters
+                .get(&self.key)
+                .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.released)))
+            {
+                waiters.remove(&self.key);
+            }
+        }
+        self.batcher.members.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Keeps one `LISTEN` connection up while the hub lives, and wakes the election named by each release
+/// notification. After every (re)connection all elections of the hub are woken once, since a release
+/// may have been missed while the connection was down.
+async fn listen(
+    options: PgConnectOptions,
+    waiters: Waiters,
+    listening: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(START_CONNECT_TIMEOUT)
+        .connect_lazy_with(options);
+    let wake_all = || {
+        for w in lock(&waiters).values() {
+            if let Some(n) = w.upgrade() {
+                n.notify_one();
+            }
+        }
+    };
+    let mut backoff = Duration::from_millis(100);
+    let mut warned = false;
+    'connect: while !stop.is_cancelled() {
+        let connected = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = async {
+                let mut l = PgListener::connect_with(&pool).await?;
+                l.listen(RELEASE_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            } => r,
+        };
+        let mut listener = match connected {
+            Ok(l) => l,
+            Err(e) => {
+                if !warned {
+                    warn!(error = %e, "cannot LISTEN for releases; candidates poll until it works");
+                    warned = true;
+                } else {
+                    debug!(error = %e, "LISTEN connection failed; retrying");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        debug!("listening for releases");
+        warned = false;
+        backoff = Duration::from_millis(100);
+        listening.store(true, Ordering::Release);
+        wake_all();
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => break 'connect,
+                n = listener.try_recv() => n,
+            };
+            match next {
+                Ok(Some(n)) => {
+                    if let Some(key) = parse_payload(n.payload())
+                        && let Some(w) = lock(&waiters).get(&key).and_then(Weak::upgrade)
+                    {
+                        w.notify_one();
+                    }
+                }
+                // The connection was lost and has been opened again.
+                Ok(None) => {
+                    debug!("LISTEN connection reopened");
+                    wake_all();
+                }
+                Err(e) => {
+                    debug!(error = %e, "LISTEN connection lost");
+                    listening.store(false, Ordering::Release);
+                    continue 'connect;
+                }
+            }
+        }
+    }
+    listening.store(false, Ordering::Release);
+    pool.close().await;
+}
+
+/// The payload of a release notification for `lock_id` in the schema of `namespace`.
+pub(crate) fn payload(namespace: i32, lock_id: i32) -> String {
+    format!("{namespace}:{lock_id}")
+}
+
+fn parse_payload(p: &str) -> Option<(i32, i32)> {
+    let (ns, id) = p.split_once(':')?;
+    Some((ns.parse().ok()?, id.parse().ok()?))
+}
+
+enum Request {
+    Renew {
+        lock_id: i32,
+        leader_id: Arc<str>,
+        term: i64,
+        lease_ms: f64,
+        window: Duration,
+        reply: oneshot::Sender<Result<bool>>,
+    },
+    Observe {
+        lock_id: i32,
+        window: Duration,
+        reply: oneshot::Sender<Result<Option<ObservedLease>>>,
+    },
+}
+
+impl Request {
+    fn window(&self) -> Duration {
+        match self {
+            Request::Renew { window, .. } | Request::Observe { window, .. } => *window,
+        }
+    }
+}
+
+/// The batcher of one schema in a hub: a task that collects requests for up to the smallest window
+/// among them, then runs one renewal statement and one read statement for all.
+#[derive(Clone, Debug)]
+struct Batcher {
+    tx: mpsc::UnboundedSender<Request>,
+    members: Arc<AtomicUsize>,
+}
+
+impl Batcher {
+    fn spawn(hub: &Arc<HubInner>, schema: &str) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let runner = BatchRunner {
+            pool: hub.pool.clone(),
+            timeout: hub.timeout,
+            renew: renew_batch_sql(schema),
+            observe: observe_batch_sql(schema),
+            stats: hub.stats.clone(),
+        };
+        let stop = hub.stop.clone();
+        tokio::spawn(
+            runner
+                .run(rx, stop)
+                .instrument(info_span!("leaderlease_batcher")),
+        );
+        Self {
+            tx,
+            members: Arc::default(),
+        }
+    }
+
+    fn send(&self, request: Request) -> Result<()> {
+        self.tx.send(request).map_err(|_| Error::Shutdown)
+    }
+}
+
+fn renew_batch_sql(schema: &str) -> String {
+    let t = schema::qualified_table(schema);
+    format!(
+        "UPDATE {t} AS l SET expires_at = clock_timestamp() + r.ms * interval '1 millisecond', \
+         renewed_at = clock_timestamp() \
+         FROM unnest($1::int4[], $2::text[], $3::int8[], $4::float8[]) AS r(id, leader_id, term, ms) \
+         WHERE l.id = r.id AND l.leader_id = r.leader_id AND l.term = r.term \
+           AND l.expires_at > clock_timestamp() \
+         RETURNING l.id, l.leader_id"
+    )
+}
+
+fn observe_batch_sql(schema: &str) -> String {
+    let t = schema::qualified_table(schema);
+    format!(
+        "SELECT id, leader_id, term, (EXTRACT(EPOCH FROM (LEAST(GREATEST(expires_at, \
+           clock_timestamp() - interval '1 day'), clock_timestamp() + interval '1 day') \
+           - clock_timestamp())) * 1000)::float8 AS remaining_ms \
+         FROM {t} WHERE id = ANY($1::int4[])"
+    )
+}
+
+struct BatchRunner {
+    pool: PgPool,
+    timeout: Duration,
+    renew: String,
+    observe: String,
+    stats: Arc<Counters>,
+}
+
+type RenewReply = (i32, Arc<str>, oneshot::Sender<Result<bool>>);
+type ObserveReply = (i32, oneshot::Sender<Result<Option<ObservedLease>>>);
+
+impl BatchRunner {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Request>, stop: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = rx.recv() => match r { Some(r) => r, None => return },
+            };
+            let mut until = Instant::now() + first.window();
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                tokio::select! {
+                    biased;
+                    r = rx.recv() => match r {
+                        Some(r) => {
+                            until = until.min(Instant::now() + r.window());
+                            batch.push(r);
+                        }
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(until) => break,
+                }
+            }
+            let mut renews = Vec::new();
+            let mut observes = Vec::new();
+            let (mut ids, mut leaders, mut terms, mut ms) = (vec![], vec![], vec![], vec![]);
+            for r in batch {
+                match r {
+                    Request::Renew {
+                        lock_id,
+                        leader_id,
+                        term,
+                        lease_ms,
+                        reply,
+                        ..
+                    } => {
+                        ids.push(lock_id);
+                        leaders.push(leader_id.to_string());
+                        terms.push(term);
+                        ms.push(lease_ms);
+                        renews.push((lock_id, leader_id, reply));
+                    }
+                    Request::Observe { lock_id, reply, .. } => observes.push((lock_id, reply)),
+                }
+            }
+            let statements = u64::from(!renews.is_empty()) + u64::from(!observes.is_empty());
+            let requests = (renews.len() + observes.len()) as u64;
+            self.stats
+                .statements
+                .fetch_add(statements, Ordering::Relaxed);
+            self.stats.requests.fetch_add(requests, Ordering::Relaxed);
+            let renewed = async {
+                if !renews.is_empty() {
+                    let out = self.renew_all(&ids, &leaders, &terms, &ms).await;
+                    answer_renewals(renews, out);
+                }
+            };
+            let read = async {
+                if !observes.is_empty() {
+                    let wanted: Vec<i32> = observes.iter().map(|(id, _)| *id).collect();
+                    let out = self.observe_all(&wanted).await;
+                    answer_reads(observes, out);
+                }
+            };
+            tokio::join!(renewed, read);
+        }
+    }
+
+    async fn renew_all(
+        &self,
+        ids: &[i32],
+        leaders: &[String],
+        terms: &[i64],
+        ms: &[f64],
+    ) -> Result<Vec<(i32, String)>> {
+        let rows = with_conn!(self, "renew", |c| sqlx::query(AssertSqlSafe(
+            self.renew.as_str()
+        ))
+        .bind(ids)
+        .bind(leaders)
+        .bind(terms)
+        .bind(ms)
+        .fetch_all(c))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn observe_all(&self, ids: &[i32]) -> Result<Vec<(i32, ObservedLease)>> {
+        let rows = with_conn!(self, "observe", |c| sqlx::query(AssertSqlSafe(
+            self.observe.as_str()
+        ))
+        .bind(ids)
+        .fetch_all(c))?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get(0), observed_from(row, 1)))
+            .collect())
+    }
+}
+
+fn answer_renewals(renews: Vec<RenewReply>, out: Result<Vec<(i32, String)>>) {
+    match out {
+        Ok(done) => {
+            for (id, leader, reply) in renews {
+                let ok = done.iter().any(|(i, l)| *i == id && **l == *leader);
+                let _ = reply.send(Ok(ok));
+            }
+        }
+        Err(e) => {
+            for (_, _, reply) in renews {
+                let _ = reply.send(Err(copy_error(&e)));
+            }
+        }
+    }
+}
+
+fn answer_reads(observes: Vec<ObserveReply>, out: Result<Vec<(i32, ObservedLease)>>) {
+    match out {
+        Ok(rows) => {
+            for (id, reply) in observes {
+                let lease = rows.iter().find(|(i, _)| *i == id).map(|(_, l)| l.clone());
+                let _ = reply.send(Ok(lease));
+            }
+        }
+        Err(e) => {
+            for (_, reply) in observes {
+                let _ = reply.send(Err(copy_error(&e)));
+            }
+        }
+    }
+}
+
+/// An error of a batched statement, for each election in the batch (the driver's error cannot be
+/// cloned: its message is kept).
+fn copy_error(e: &Error) -> Error {
+    match e {
+        Error::Timeout { operation, after } => Error::Timeout {
+            operation,
+            after: *after,
+        },
+        Error::Database { operation, source } => Error::Database {
+            operation,
+            source: sqlx::Error::Protocol(format!("batched statement failed: {source}")),
+        },
+        other => Error::Store {
+            operation: "batch",
+            message: other.to_string(),
+        },
+    }
+}
+
+/// A lease from a row whose columns from `at` on are `leader_id, term, remaining_ms`.
+pub(crate) fn observed_from(row: &sqlx::postgres::PgRow, at: usize) -> ObservedLease {
+    let remaining_ms: f64 = row.get(at + 2);
+    ObservedLease {
+        leader_id: row.get(at),
+        term: u64::try_from(row.get::<i64, _>(at + 1)).unwrap_or(0),
+        expires_in: (remaining_ms > 0.0)
+            .then(|| Duration::try_from_secs_f64(remaining_ms / 1000.0).ok())
+            .flatten(),
+    }
+}
+
+pub(crate) fn unreachable_error(e: sqlx::Error, target: &str, timeout: Duration) -> Error {
+    let message = match &e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("connection refused by {target}: is PostgreSQL running there?")
+        }
+        sqlx::Error::PoolTimedOut => format!(
+            "no connection to {target} within {timeout:?} (server down, unreachable or too slow)"
+        ),
+        other => format!("cannot connect to {target}: {other}"),
+    };
+    Error::Unreachable {
+        message,
+        source: Some(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trips() {
+        assert_eq!(parse_payload(&payload(-5, 42)), Some((-5, 42)));
+        assert_eq!(parse_payload("x:1"), None);
+        assert_eq!(parse_payload("1"), None);
+    }
+}
