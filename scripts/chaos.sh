@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The chaos checker (docs/chaos.md): Node and Rust candidate processes for one lock id on a throwaway
+# PostgreSQL of its own, faults injected at random (SIGKILL, SIGSTOP, pg_terminate_backend, a PostgreSQL
+# restart, latency, partitions, graceful restarts), then a check of every leadership the candidates saw.
+#
+#   bash scripts/chaos.sh [--minutes N] [--seed S] [more options of tests/chaos/harness.mjs]
+#   npm run chaos -- --minutes 30
+#
+# Builds what it needs first: the Rust candidate (release-fast profile), and the addon and the TypeScript
+# when they are missing or older than their sources. Exit status 0 only when the checker finds nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Newer than $1 is any file under the other arguments (directories or files).
+newer_source() {
+  local out=$1; shift
+  [ -n "$(find "$@" -type f -newer "$out" -print -quit 2>/dev/null)" ]
+}
+
+addon=$(ls native/*.node 2>/dev/null | head -n 1 || true)
+if [ -z "$addon" ] || newer_source "$addon" crates/leaderlease/src crates/leaderlease-node/src \
+    crates/leaderlease/Cargo.toml crates/leaderlease-node/Cargo.toml Cargo.lock migrations; then
+  echo "chaos: building the addon (npm run build:fast)" >&2
+  npm run --silent build:fast
+fi
+if [ ! -f dist/index.js ] || newer_source dist/index.js ts; then
+  echo "chaos: compiling the TypeScript (npm run build:ts)" >&2
+  npm run --silent build:ts
+fi
+echo "chaos: building the Rust candidate (cargo build --profile release-fast --example chaos_candidate)" >&2
+cargo build --quiet --profile release-fast --example chaos_candidate
+
+exec node tests/chaos/harness.mjs "$@"
