@@ -90,7 +90,7 @@ macro_rules! with_conn {
 }
 
 /// The wake-up of each election of a hub, by `(namespace, lock id)`.
-type Waiters = Arc<Mutex<HashMap<(i32, i32), Weak<Notify>>>>;
+type Waiters = Arc<Mutex<HashMap<(i32, i32), Vec<Weak<Notify>>>>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -398,7 +398,10 @@ impl PgHub {
         }
         let namespace = schema::lock_namespace(schema);
         let released = Arc::new(Notify::new());
-        lock(&self.inner.waiters).insert((namespace, lock_id), Arc::downgrade(&released));
+        lock(&self.inner.waiters)
+            .entry((namespace, lock_id))
+            .or_default()
+            .push(Arc::downgrade(&released));
         let batcher = {
             let mut batchers = lock(&self.inner.batchers);
             batchers
@@ -513,11 +516,13 @@ impl Member {
     pub(crate) fn unregister(&self) {
         {
             let mut waiters = lock(&self.hub.inner.waiters);
-            if waiters
-                .get(&self.key)
-                .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.released)))
-            {
-                waiters.remove(&self.key);
+            if let Some(list) = waiters.get_mut(&self.key) {
+                list.retain(|w| {
+                    w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.released))
+                });
+                if list.is_empty() {
+                    waiters.remove(&self.key);
+                }
             }
         }
         self.batcher.members.fetch_sub(1, Ordering::AcqRel);
@@ -539,7 +544,7 @@ async fn listen(
         .acquire_timeout(START_CONNECT_TIMEOUT)
         .connect_lazy_with(options);
     let wake_all = || {
-        for w in lock(&waiters).values() {
+        for w in lock(&waiters).values().flatten() {
             if let Some(n) = w.upgrade() {
                 n.notify_one();
             }
@@ -586,9 +591,11 @@ async fn listen(
             match next {
                 Ok(Some(n)) => {
                     if let Some(key) = parse_payload(n.payload())
-                        && let Some(w) = lock(&waiters).get(&key).and_then(Weak::upgrade)
+                        && let Some(list) = lock(&waiters).get(&key)
                     {
-                        w.notify_one();
+                        for n in list.iter().filter_map(Weak::upgrade) {
+                            n.notify_one();
+                        }
                     }
                 }
                 // The connection was lost and has been opened again.
