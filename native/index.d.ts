@@ -12,8 +12,10 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 /** A running election. Create it with `Elector.connect(url, options)`. */
 export declare class Elector {
   /**
-   * Connects to PostgreSQL at `url` with a small pool of its own, prepares the table (unless
-   * `createTableOnInit` is false) and starts campaigning.
+   * Connects to PostgreSQL at `url`, prepares the table (unless `createTableOnInit` is false) and
+   * starts campaigning. All elections of the process on the same URL and operation timeout share one
+   * small pool, one `LISTEN` connection (a release wakes the waiting candidates at once) and batched
+   * renewals; the connections close when the last of them shuts down.
    */
   static connect(url: string, options?: ElectorOptions | undefined | null): Promise<Elector>
   /**
