@@ -150,7 +150,8 @@ impl std::fmt::Debug for Elector {
 }
 
 impl ElectorBuilder {
-    /// Builds the config, connects to `url` with a small pool of its own and starts campaigning.
+    /// Builds the config, connects to `url` with a hub of its own (see [`Elector::connect`]) and starts
+    /// campaigning.
     pub async fn connect(self, url: &str) -> Result<Elector> {
         Elector::connect(url, self.build()?).await
     }
@@ -191,7 +192,8 @@ impl Elector {
         ElectorConfig::builder()
     }
 
-    /// Connects to PostgreSQL at `url` with a pool of its own, prepares the table and starts campaigning.
+    /// Connects to PostgreSQL at `url` with a [`PgHub`] of its own (a small pool and a `LISTEN`
+    /// connection, closed at shutdown), prepares the table and starts campaigning.
     pub async fn connect(url: &str, config: ElectorConfig) -> Result<Self> {
         let backend = PgBackend::connect(url, &config).await?;
         Self::start(backend, config).await

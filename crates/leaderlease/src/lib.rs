@@ -13,7 +13,10 @@
 //! - **A fencing token.** Each leadership gets a term from a sequence: it only grows for a lock id, even
 //!   after the row is deleted. [`Elector::term`] returns it while leading.
 //! - **Bounded failover.** Followers wake just after the lease they saw is due to expire and take an
-//!   expired lease over directly (no cleanup needed); a released lease is taken at the next poll.
+//!   expired lease over directly (no cleanup needed). A release is announced with `NOTIFY` and waiting
+//!   candidates (one `LISTEN` connection per [`PgHub`]) try at once; without `LISTEN` they poll.
+//! - **Many elections, one process.** Elections on one [`PgHub`] share its pool and batch their
+//!   renewals and lease reads, so the database load stays nearly flat as they grow.
 //! - **Errors are not loss.** A failed renewal is retried quickly; leadership is kept until the local
 //!   deadline and no longer. A database outage means "not leader", then recovery.
 //!
