@@ -205,7 +205,8 @@ export function check(dir) {
       if (f.inject_ns <= g.g0 + 50e6) cause = f;
     }
     const s = Math.max(g.g0, ref);
-    const recovery = g.g1 - s;
+    // Zero when a leader was back before the fault's reference time (e.g. before a latency fault ended).
+    const recovery = Math.max(0, g.g1 - s);
     maxRecoveryNs = Math.max(maxRecoveryNs, recovery);
     const len = g.g1 - g.g0;
     const explained = cause !== null && g.g0 <= Math.max(cause.heal_ns ?? cause.inject_ns, cause.ref_ns ?? cause.inject_ns) + boundNs;
@@ -239,9 +240,11 @@ export function check(dir) {
   for (const l of leaderships) byLang[l.lang] = (byLang[l.lang] ?? 0) + 1;
   let maxSampleGapNs = 0;
   let termless = 0;
-  for (const { exit } of perProcess.values()) {
+  const stopped = new Set(faults.filter((f) => f.kind === 'stop').map((f) => f.target));
+  for (const [candidate, { exit }] of perProcess.entries()) {
     if (exit) {
-      maxSampleGapNs = Math.max(maxSampleGapNs, exit.max_sample_gap_ns ?? 0);
+      // A SIGSTOPped process's pause is the fault itself, not the machine's load.
+      if (!stopped.has(candidate)) maxSampleGapNs = Math.max(maxSampleGapNs, exit.max_sample_gap_ns ?? 0);
       termless += exit.termless_true_samples ?? 0;
     }
   }
@@ -300,7 +303,9 @@ export function summarize({ violations, report, run }) {
   }
   lines.push(`  max recovery ${fmt(report.maxRecoveryNs)} (bound ${run.bound_ms} ms); gaps with no fault before them: ${report.spontaneous}`);
   lines.push(`  overlaps: ${report.overlaps}${report.overlaps ? ` (max ${fmt(report.maxOverlapNs)})` : ''}`);
-  lines.push(`  longest pause between two samples of one candidate: ${fmt(report.maxSampleGapNs)}; true answers of unknown term: ${report.termless}`);
+  lines.push(
+    `  longest pause between two samples of a candidate that was not SIGSTOPped: ${fmt(report.maxSampleGapNs)}; true answers of unknown term: ${report.termless}`,
+  );
   const byKind = {};
   for (const v of violations) byKind[v.kind] = (byKind[v.kind] ?? 0) + 1;
   lines.push(

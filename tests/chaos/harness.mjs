@@ -6,6 +6,14 @@
 //   node tests/chaos/harness.mjs [--minutes 2] [--seed S] [--node 3] [--rust 3] [--lease 2000]
 //       [--renewal 600] [--jitter 200] [--safety-margin MS] [--operation-timeout MS] [--slack 500]
 //       [--faults kill,stop,terminate,pg-restart,latency,partition,graceful] [--out DIR] [--quiet]
+//       [--node-answer status]
+//
+// The candidates run from a copy of the package (package.json, dist/, native/) and of the Rust candidate
+// taken into the run directory at the start, so that a rebuild in the working tree during a long run does
+// not mix versions. Even-numbered Rust candidates start with connect_shared, the others with connect.
+// --node-answer status makes the Node candidates answer from the last status event instead of amILeader()
+// (a stored boolean, as nest-leader-election 1.1.2 does): a check that the checker catches the overlaps
+// that answer causes.
 //
 // Exit status 0 when the checker finds no violation, 1 when it does, 2 on bad arguments or a harness error.
 
@@ -56,7 +64,7 @@ function parseArgs(argv) {
   };
   const known = new Set([
     'minutes', 'seed', 'node', 'rust', 'lease', 'renewal', 'jitter', 'safety-margin', 'operation-timeout',
-    'slack', 'faults', 'out', 'quiet', 'rust-bin',
+    'slack', 'faults', 'out', 'quiet', 'rust-bin', 'node-answer',
   ]);
   for (const k of Object.keys(opts)) if (!known.has(k)) throw new Error(`unknown option --${k}`);
   const lease = num('lease', 2000);
@@ -78,7 +86,9 @@ function parseArgs(argv) {
     quiet: Boolean(opts.quiet),
     rustBin: opts['rust-bin'] ?? path.join(ROOT, 'target/release-fast/examples/chaos_candidate'),
     lockId: LOCK_ID,
+    nodeAnswer: opts['node-answer'] ?? 'amILeader',
   };
+  if (!['amILeader', 'status'].includes(s.nodeAnswer)) throw new Error(`--node-answer: amILeader or status`);
   for (const f of s.faults) if (!ALL_FAULTS.includes(f)) throw new Error(`unknown fault kind ${f} (known: ${ALL_FAULTS.join(', ')})`);
   if (s.node + s.rust < 2) throw new Error('at least two candidates are needed');
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
@@ -154,6 +164,7 @@ class Harness {
         slack: s.slack,
         faults: s.faults,
         lockId: s.lockId,
+        nodeAnswer: s.nodeAnswer,
         schema: SCHEMA,
       },
       bound_ms: this.bound,
@@ -165,6 +176,31 @@ class Harness {
     };
     this.runExtra = { ...this.runExtra, ...extra };
     fs.writeFileSync(path.join(this.dir, 'run.json'), `${JSON.stringify(run, null, 2)}\n`);
+  }
+
+  /** Copies what the candidates run into the run directory. */
+  snapshot() {
+    const s = this.s;
+    this.pkgDir = path.join(this.dir, 'pkg');
+    if (s.node > 0) {
+      const addons = fs.existsSync(path.join(ROOT, 'native')) ? fs.readdirSync(path.join(ROOT, 'native')).filter((f) => f.endsWith('.node')) : [];
+      if (!fs.existsSync(path.join(ROOT, 'dist/index.js')) || addons.length === 0) {
+        throw new Error('dist/ or native/*.node is missing: build them with scripts/chaos.sh');
+      }
+      fs.mkdirSync(path.join(this.pkgDir, 'native'), { recursive: true });
+      fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(this.pkgDir, 'package.json'));
+      fs.cpSync(path.join(ROOT, 'dist'), path.join(this.pkgDir, 'dist'), { recursive: true });
+      for (const f of ['index.js', 'index.d.ts', ...addons]) {
+        fs.copyFileSync(path.join(ROOT, 'native', f), path.join(this.pkgDir, 'native', f));
+      }
+    }
+    this.rustBin = path.join(this.dir, 'bin', 'chaos_candidate');
+    if (s.rust > 0) {
+      if (!fs.existsSync(s.rustBin)) throw new Error(`${s.rustBin} is missing: build it with scripts/chaos.sh`);
+      fs.mkdirSync(path.dirname(this.rustBin), { recursive: true });
+      fs.copyFileSync(s.rustBin, this.rustBin);
+      fs.chmodSync(this.rustBin, 0o755);
+    }
   }
 
   // --- candidates
@@ -179,8 +215,10 @@ class Harness {
       '--schema', SCHEMA, '--lease', String(s.lease), '--renewal', String(s.renewal), '--jitter', String(s.jitter),
       '--safety-margin', String(s.safetyMargin), '--operation-timeout', String(s.operationTimeout),
     ];
+    if (slot.lang === 'node') args.push('--package', this.pkgDir, '--answer', s.nodeAnswer);
+    else if (slot.shared) args.push('--shared');
     const [cmd, argv] =
-      slot.lang === 'node' ? [process.execPath, [path.join(HERE, 'node-candidate.mjs'), ...args]] : [s.rustBin, args];
+      slot.lang === 'node' ? [process.execPath, [path.join(HERE, 'node-candidate.mjs'), ...args]] : [this.rustBin, args];
     const stderr = fs.openSync(path.join(this.dir, `${id}.stderr`), 'a');
     const child = spawn(cmd, argv, {
       stdio: ['pipe', 'pipe', stderr],
@@ -423,11 +461,11 @@ class Harness {
     fs.mkdirSync(this.dir, { recursive: true });
     for (const f of ['faults.jsonl', 'processes.jsonl']) fs.writeFileSync(path.join(this.dir, f), '');
     this.writeRun({ t0_clock_monotonic_ns: String(T0) });
-    if (s.rust > 0 && !fs.existsSync(s.rustBin)) throw new Error(`${s.rustBin} is missing: build it with scripts/chaos.sh`);
+    this.snapshot();
     this.pg = await new ThrowawayPostgres().start();
     this.log(`throwaway PostgreSQL on 127.0.0.1:${this.pg.port} (${this.pg.dir}); records in ${this.dir}`);
     for (let i = 1; i <= s.node; i++) this.slots.push({ name: `n${i}`, lang: 'node', gen: 0 });
-    for (let i = 1; i <= s.rust; i++) this.slots.push({ name: `r${i}`, lang: 'rust', gen: 0 });
+    for (let i = 1; i <= s.rust; i++) this.slots.push({ name: `r${i}`, lang: 'rust', gen: 0, shared: i % 2 === 0 });
     for (const slot of this.slots) slot.proxy = await new Proxy(this.pg.port).listen();
     this.writeRun({ candidates_started_ns: now() });
     for (const slot of this.slots) this.spawnCandidate(slot);
@@ -483,7 +521,13 @@ class Harness {
     const text = summarize(result);
     fs.writeFileSync(path.join(this.dir, 'summary.txt'), `${text}\n`);
     process.stdout.write(`\n${text}\nrecords: ${this.dir}\n`);
-    return result.violations.length === 0 ? 0 : 1;
+    if (result.violations.length === 0) {
+      // The copies of the package and the binary are only worth keeping to replay a failure.
+      fs.rmSync(path.join(this.dir, 'pkg'), { recursive: true, force: true });
+      fs.rmSync(path.join(this.dir, 'bin'), { recursive: true, force: true });
+      return 0;
+    }
+    return 1;
   }
 
   /** Ctrl-C, SIGTERM or a harness error: everything it started is stopped and removed. */

@@ -4,7 +4,11 @@
 //
 //   node tests/chaos/node-candidate.mjs --id n1-g1 --url postgres://... --dir RUN_DIR --t0 NS
 //       [--lock-id 7] [--schema chaos] [--lease 2000] [--renewal 600] [--jitter 200]
-//       [--safety-margin MS] [--operation-timeout MS]
+//       [--safety-margin MS] [--operation-timeout MS] [--package DIR] [--answer status]
+//
+// --package: the package directory to load (default: the repository root; the harness passes a copy taken
+// at the start of the run). --answer status: sample the last status event instead of amILeader(), the
+// stored-boolean answer of nest-leader-election 1.1.2; only for showing that the checker catches it.
 //
 // Records (the same as crates/leaderlease/examples/chaos_candidate.rs writes):
 //   <id>.jsonl  one JSON line per closed leadership interval
@@ -21,7 +25,6 @@ import path from 'node:path';
 import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
-const { LeaderElectorCore } = require('../..');
 
 const SLOT_LEN = 192;
 const START_DEADLINE_MS = 120_000;
@@ -56,6 +59,8 @@ function parseArgs(argv) {
     jitter: num('--jitter', 200),
     safetyMargin: num('--safety-margin', undefined),
     operationTimeout: num('--operation-timeout', undefined),
+    packageDir: get('--package') ?? '../..',
+    answer: get('--answer') ?? 'amILeader',
   };
 }
 
@@ -67,6 +72,7 @@ try {
   process.exit(2);
 }
 
+const { LeaderElectorCore } = require(args.packageDir === '../..' ? '../..' : path.resolve(args.packageDir));
 const id = args.id;
 const logFd = fs.openSync(path.join(args.dir, `${id}.jsonl`), 'a');
 const slotFd = fs.openSync(path.join(args.dir, `${id}.slot`), 'w');
@@ -123,13 +129,15 @@ function close() {
 }
 
 let elector = null;
+const staleAnswer = args.answer === 'status';
+let lastStatus = { state: 'candidate', term: null };
 
 function sample() {
   if (elector === null) return;
   // The clock first: a pause between the two reads can only make the recorded time of a true answer
   // earlier than the answer, never later.
   const t = now();
-  const leads = elector.amILeader();
+  const leads = staleAnswer ? lastStatus.state === 'leader' : elector.amILeader();
   stats.samples += 1;
   if (stats.lastSample !== null) stats.maxGap = Math.max(stats.maxGap, t - stats.lastSample);
   stats.lastSample = t;
@@ -141,7 +149,7 @@ function sample() {
     return;
   }
   stats.trueSamples += 1;
-  const term = elector.term() ?? open?.term ?? null;
+  const term = (staleAnswer ? lastStatus.term : elector.term()) ?? open?.term ?? null;
   if (term === null) {
     // The deadline passed between amILeader() and term(): a true answer of unknown term.
     stats.termless += 1;
@@ -241,6 +249,9 @@ while (elector === null && !stopping) {
       break;
     }
     elector = e;
+    e.on('status', (st) => {
+      lastStatus = st;
+    });
   } catch (err) {
     if (!RETRYABLE.has(err?.code) || Date.now() > giveUp) {
       process.stderr.write(`node-candidate ${id}: could not start: ${err?.code} ${err?.message}\n`);

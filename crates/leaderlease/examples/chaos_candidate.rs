@@ -7,7 +7,11 @@
 //! cargo build --profile release-fast --example chaos_candidate
 //! chaos_candidate --id r1-g1 --url postgres://... --dir RUN_DIR --t0 NS [--lock-id 7] [--schema chaos]
 //!     [--lease 2000] [--renewal 600] [--jitter 200] [--safety-margin MS] [--operation-timeout MS]
+//!     [--shared]
 //! ```
+//!
+//! `--shared` starts with `connect_shared` (the process's shared hub, as the Node binding does) instead
+//! of `connect`.
 //!
 //! Writes, in `RUN_DIR`:
 //! - `<id>.jsonl`: one JSON line per closed leadership interval, `{"type":"interval","candidate","term",
@@ -50,6 +54,7 @@ struct Args {
     safety_margin: Option<u64>,
     operation_timeout: Option<u64>,
     sample_every: Duration,
+    shared: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -85,6 +90,7 @@ fn parse_args() -> Result<Args, String> {
         safety_margin: num("--safety-margin", None)?,
         operation_timeout: num("--operation-timeout", None)?,
         sample_every: Duration::from_micros(required("--sample-us", 1000)?),
+        shared: argv.iter().any(|a| a == "--shared"),
     })
 }
 
@@ -293,7 +299,12 @@ async fn connect(args: &Args) -> Result<Elector, Error> {
     }
     let give_up = tokio::time::Instant::now() + START_DEADLINE;
     loop {
-        match builder.clone().connect(&args.url).await {
+        let started = if args.shared {
+            builder.clone().connect_shared(&args.url).await
+        } else {
+            builder.clone().connect(&args.url).await
+        };
+        match started {
             Ok(elector) => return Ok(elector),
             Err(e) if retryable(&e) && tokio::time::Instant::now() < give_up => {
                 eprintln!("chaos_candidate {}: start failed, retrying: {e}", args.id);
