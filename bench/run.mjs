@@ -7,7 +7,7 @@
 //   --only leaderlease|nest-leader-election, --takeovers N, --handovers N, --pauses N (per settings),
 //   --elections N (0 skips), --window S (statement-rate window, seconds), --json FILE, --markdown FILE.
 import { fork } from 'node:child_process';
-import { cpus } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { readFileSync, writeFileSync, openSync, readSync, closeSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
@@ -42,8 +42,8 @@ const quick = Boolean(args.quick);
 const settingsList = args.settings && args.settings !== 'both' ? [args.settings] : quick ? ['short'] : ['short', 'default'];
 const packages = args.only ? [args.only] : PACKAGES;
 const rounds = {
-  short: { takeovers: 10, handovers: 10, pauses: 2, window: 20 },
-  default: { takeovers: 3, handovers: 5, pauses: 1, window: 30 },
+  short: { takeovers: 10, handovers: 10, pauses: 1, window: 20 },
+  default: { takeovers: 3, handovers: 5, pauses: 1, window: 20 },
 };
 if (quick) rounds.short = { takeovers: 2, handovers: 3, pauses: 1, window: 10 };
 for (const s of Object.keys(rounds)) {
@@ -202,6 +202,24 @@ async function readLease(schema, lockId) {
   return row ? { leaderId: row.leader_id, expiresMs: row.expires_ms, createdMs: row.created_ms } : null;
 }
 
+const CLK_TCK = 100; // Linux's USER_HZ: /proc/<pid>/stat counts CPU time in 1/100 s
+
+/** CPU time (ms) the server's backends of each application_name have used so far. */
+async function serverCpuMs(apps) {
+  const r = await db.query('SELECT pid, application_name AS app FROM pg_stat_activity WHERE application_name = ANY($1)', [apps]);
+  const out = Object.fromEntries(apps.map((a) => [a, 0]));
+  for (const { pid, app } of r.rows) {
+    try {
+      const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
+      out[app] += ((Number(fields[11]) + Number(fields[12])) * 1000) / CLK_TCK;
+    } catch {
+      // the backend has gone
+    }
+  }
+  return out;
+}
+
 function stats(xs) {
   const v = xs.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b);
   if (v.length === 0) return null;
@@ -352,7 +370,12 @@ async function takeover(g) {
     r.timedOut = true;
     r.killToLeadMs = Infinity;
   } else {
-    const row = await readLease(schema, g.lockId);
+    // The original reports leadership before its transaction commits: wait for the row to show.
+    let row = await readLease(schema, g.lockId);
+    for (let i = 0; i < 500 && row?.leaderId !== won.child.id; i++) {
+      await sleep(10);
+      row = await readLease(schema, g.lockId);
+    }
     r.newLeader = won.child.id;
     r.killToLeadMs = (won.event.t - tKill) / 1e6;
     r.expiryToLeadMs = won.event.t / 1e6 + off.offset - lease.expiresMs;
@@ -429,9 +452,11 @@ async function statementWindow(settings) {
   const all = groups.flatMap((g) => g.members);
   const leaderBefore = new Map(groups.map((g) => [g, g.leaders()[0]]));
   const s0 = new Map(await Promise.all(all.map(async (c) => [c, await c.request('stats', 'stats')])));
+  const srv0 = await serverCpuMs(all.map((c) => c.id));
   const a = await marker();
   await sleep(seconds * 1000);
   const b = await marker();
+  const srv1 = await serverCpuMs(all.map((c) => c.id));
   const s1 = new Map(await Promise.all(all.map(async (c) => [c, await c.request('stats', 'stats')])));
   const counts = await countStatements(a, b);
   const windowS = (b.t - a.t) / 1e9;
@@ -445,6 +470,7 @@ async function statementWindow(settings) {
       statementsPerS: (counts[c.id]?.total ?? 0) / windowS,
       kinds: counts[c.id]?.kinds ?? {},
       cpuMsPerS: (s1.get(c).cpuUs - s0.get(c).cpuUs) / 1000 / windowS,
+      serverCpuMsPerS: (srv1[c.id] - srv0[c.id]) / windowS,
       rssMB: s1.get(c).rss / 2 ** 20,
     });
     const followers = g.members.filter((m) => m !== leader).map(per);
@@ -452,7 +478,13 @@ async function statementWindow(settings) {
     out[g.pkg] = {
       windowS,
       leader: per(leader),
-      follower: { statementsPerS: mean('statementsPerS'), cpuMsPerS: mean('cpuMsPerS'), rssMB: mean('rssMB'), each: followers },
+      follower: {
+        statementsPerS: mean('statementsPerS'),
+        cpuMsPerS: mean('cpuMsPerS'),
+        serverCpuMsPerS: mean('serverCpuMsPerS'),
+        rssMB: mean('rssMB'),
+        each: followers,
+      },
     };
   }
   for (const g of groups) await g.stop();
@@ -521,9 +553,11 @@ async function many(pkg, settings) {
     out.startS = ready.startMs / 1000;
     await sleep(2 * SETTINGS[settings].leaseDuration);
     const s0 = await c.request('stats', 'stats', 60_000);
+    const srv0 = await serverCpuMs([app]);
     const a = await marker();
     await sleep(ELECTIONS_WINDOW_S * 1000);
     const b = await marker();
+    const srv1 = await serverCpuMs([app]);
     const s1 = await c.request('stats', 'stats', 60_000);
     const counts = await countStatements(a, b);
     const conns = await db.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1', [app]);
@@ -536,6 +570,7 @@ async function many(pkg, settings) {
       leadersAtEnd: s1.leaders,
       connections: conns.rows[0].n,
       cpuMsPerS: (s1.cpuUs - s0.cpuUs) / 1000 / windowS,
+      serverCpuMsPerS: (srv1[app] - srv0[app]) / windowS,
       rssMB: s1.rss / 2 ** 20,
     });
     log(`  started in ${out.startS.toFixed(1)} s, ${out.statementsPerS.toFixed(0)} statements/s, leaders ${s1.leaders}/${elections}, ${out.connections} connections, RSS ${out.rssMB.toFixed(0)} MB`);
@@ -596,8 +631,10 @@ function buildRows() {
       for (const [label, role, k, d] of [
         ['statements/s, leader', 'leader', 'statementsPerS', 2],
         ['statements/s, follower', 'follower', 'statementsPerS', 2],
-        ['CPU ms/s, leader', 'leader', 'cpuMsPerS', 2],
-        ['CPU ms/s, follower', 'follower', 'cpuMsPerS', 2],
+        ['process CPU ms/s, leader', 'leader', 'cpuMsPerS', 2],
+        ['process CPU ms/s, follower', 'follower', 'cpuMsPerS', 2],
+        ['database server CPU ms/s for the leader', 'leader', 'serverCpuMsPerS', 1],
+        ['database server CPU ms/s for a follower', 'follower', 'serverCpuMsPerS', 1],
         ['RSS MB, leader', 'leader', 'rssMB', 1],
         ['RSS MB, follower', 'follower', 'rssMB', 1],
       ]) {
@@ -618,7 +655,8 @@ function buildRows() {
     row('leaders at the end of the window', (r) => `${r.leadersAtEnd}/${r.n}`);
     row('statements/s (all elections)', (r) => fmt(r.statementsPerS, 0), 'statementsPerS');
     row('server connections', (r) => String(r.connections), 'connections');
-    row('CPU ms/s', (r) => fmt(r.cpuMsPerS, 0), 'cpuMsPerS');
+    row('process CPU ms/s', (r) => fmt(r.cpuMsPerS, 0), 'cpuMsPerS');
+    row('database server CPU ms/s', (r) => fmt(r.serverCpuMsPerS, 0), 'serverCpuMsPerS');
     row('RSS MB', (r) => fmt(r.rssMB, 0), 'rssMB');
   }
   return rows;
@@ -668,8 +706,10 @@ async function main() {
     node: process.version,
     postgres: version,
     addon: process.env.BENCH_ADDON ?? 'native/ (npm run build or build:fast)',
+    revision: process.env.BENCH_REV ?? null,
     original: JSON.parse(readFileSync(`${HERE}node_modules/nest-leader-election/package.json`, 'utf8')).version,
     emptyNodeRssMB: await emptyNodeRss(),
+    loadAtStart: loadavg()[0],
   };
   for (const pkg of Object.values(SCHEMA)) {
     await db.query(`DROP SCHEMA IF EXISTS "${pkg}" CASCADE`);
@@ -691,6 +731,8 @@ async function main() {
   }
 
   results.durationS = (now() - t0) / 1e9;
+  results.machine.loadAtEnd = loadavg()[0];
+  const load = `load average (1 min) ${results.machine.loadAtStart.toFixed(1)} at the start, ${results.machine.loadAtEnd.toFixed(1)} at the end`;
   const rows = buildRows();
   const tg = targets();
   const t = table(rows);
@@ -700,7 +742,7 @@ async function main() {
   console.log('');
   console.log('ratio = nest-leader-election / leaderlease (median where three values are given)');
   console.log(`settings (both packages): ${settingsText}`);
-  console.log(`machine: ${results.machine.cpus} cores, ${results.machine.cpuModel}; Node ${results.machine.node}; PostgreSQL ${version}; leaderlease addon: ${results.machine.addon}; an empty Node process has RSS ${fmt(results.machine.emptyNodeRssMB, 1)} MB; run took ${(results.durationS / 60).toFixed(1)} min`);
+  console.log(`machine: ${results.machine.cpus} cores, ${results.machine.cpuModel}; Node ${results.machine.node}; PostgreSQL ${version}; leaderlease ${results.machine.revision ?? ''}, addon ${results.machine.addon}; an empty Node process has RSS ${fmt(results.machine.emptyNodeRssMB, 1)} MB; ${load}; run took ${(results.durationS / 60).toFixed(1)} min`);
   console.log('');
   console.log("leaderlease's own targets:");
   for (const x of tg) console.log(`  ${x.met ? 'met    ' : 'NOT met'}  ${x.target}: ${x.measured}`);
@@ -713,7 +755,7 @@ async function main() {
       args.markdown,
       `${t.md}\n\nratio = nest-leader-election / leaderlease (of the medians where three values are given).\n` +
         `Settings (both packages): ${settingsText}.\n` +
-        `Machine: ${results.machine.cpus} cores, ${results.machine.cpuModel}; Node ${results.machine.node}; PostgreSQL ${version}; leaderlease addon: ${results.machine.addon}; an empty Node process has RSS ${fmt(results.machine.emptyNodeRssMB, 1)} MB; the run took ${(results.durationS / 60).toFixed(1)} min.\n\n` +
+        `Machine: ${results.machine.cpus} cores, ${results.machine.cpuModel}; Node ${results.machine.node}; PostgreSQL ${version}; leaderlease ${results.machine.revision ?? ''}, addon ${results.machine.addon}; an empty Node process has RSS ${fmt(results.machine.emptyNodeRssMB, 1)} MB; ${load}; the run took ${(results.durationS / 60).toFixed(1)} min.\n\n` +
         `| target | measured | |\n|---|---|---|\n${tgMd}\n`,
     );
   }

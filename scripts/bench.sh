@@ -3,10 +3,11 @@
 # PostgreSQL that logs every statement (so statements are counted exactly), removed at the end.
 #
 #   --quick      short settings only, fewer rounds (a few minutes)
-#   --build      rebuild leaderlease first (npm run build:fast && npm run build:ts); without it, it is
-#                built only if dist/ or native/*.node is missing
-#   --release    measure the shipped build (release profile, fat LTO): built into bench/.addon and
-#                loaded through NAPI_RS_NATIVE_LIBRARY_PATH, so native/ is left as it is
+#   --build      rebuild leaderlease first (npm run build:fast && npm run build:ts; with --release only
+#                build:ts); without it, it is built only if dist/ or native/*.node is missing
+#   --release    measure the shipped build (release profile, fat LTO), built into bench/.addon; native/
+#                is left as it is. Either addon is loaded from a copy in bench/.addon (through
+#                NAPI_RS_NATIVE_LIBRARY_PATH), so a rebuild of native/ during the run changes nothing
 #   everything else goes to bench/run.mjs: --settings short|default|both, --only <package>,
 #   --takeovers N, --handovers N, --pauses N, --elections N, --window S, --json FILE, --markdown FILE
 set -euo pipefail
@@ -27,9 +28,12 @@ done
 
 # leaderlease, from this checkout.
 addon_file() { compgen -G 'native/leaderlease.*.node' | head -n 1; }
-if $build || [ ! -f dist/index.js ] || [ -z "$(addon_file)" ]; then
+if [ ! -f dist/index.js ] || [ -z "$(addon_file)" ] || { $build && ! $release; }; then
   say "building leaderlease (npm run build:fast && npm run build:ts)"
   npm run build:fast >&2
+  npm run build:ts >&2
+elif $build; then
+  say "building leaderlease's TypeScript (npm run build:ts)"
   npm run build:ts >&2
 fi
 triple=x86_64-unknown-linux-gnu
@@ -49,7 +53,11 @@ else
       break
     fi
   done
-  export BENCH_ADDON="$f ($profile)"
+  # A copy, so that a rebuild of native/ during the run cannot change the addon under it.
+  mkdir -p bench/.addon
+  cp "$f" bench/.addon/leaderlease.node
+  export NAPI_RS_NATIVE_LIBRARY_PATH="$PWD/bench/.addon/leaderlease.node"
+  export BENCH_ADDON="$f ($profile), built $(date -u -r "$f" '+%Y-%m-%d %H:%M UTC')"
 fi
 
 # nest-leader-election 1.1.2 and its peers, in bench/'s own install (they conflict with the root's).
@@ -96,4 +104,5 @@ say "throwaway PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 export BENCH_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 export BENCH_PG_LOG="$pg_dir/log"
+export BENCH_REV="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates ts 2>/dev/null || echo ' with uncommitted changes in crates/ or ts/')"
 node bench/run.mjs "${pass[@]}"
