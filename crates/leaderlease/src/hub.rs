@@ -31,6 +31,10 @@ pub const START_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// the namespace is the schema's advisory-lock namespace ([`schema::lock_namespace`]).
 pub const RELEASE_CHANNEL: &str = "leaderlease_release";
 
+/// How often a hub checks that its `LISTEN` connection still delivers notifications (see
+/// [`PgHub::listening`]).
+pub const LISTEN_PROBE_INTERVAL: Duration = Duration::from_secs(15);
+
 /// Longest a renewal or lease read waits to be batched with those of other elections of the same hub
 /// (it is also at most a tenth of the election's renewal interval). A lone election never waits.
 pub const MAX_BATCH_WINDOW: Duration = Duration::from_millis(100);
@@ -350,9 +354,11 @@ impl PgHub {
         &self.inner.pool
     }
 
-    /// True while the `LISTEN` connection is up: a release then wakes this hub's waiting candidates at
-    /// once, and they sleep until the observed lease's expiry instead of polling. While it is down (or
-    /// where `LISTEN` is not available, e.g. behind PgBouncer in transaction mode), they poll.
+    /// True while the `LISTEN` connection is up and its last probe (a notification sent through the
+    /// pool, at connection and every [`LISTEN_PROBE_INTERVAL`]) came back: a release then wakes this hub's
+    /// waiting candidates at once, and they sleep until the observed lease's expiry instead of polling.
+    /// While it is down, or where notifications do not arrive (e.g. PgBouncer in transaction mode), they
+    /// poll.
     pub fn listening(&self) -> bool {
         self.inner.listening.load(Ordering::Acquire)
     }
@@ -390,6 +396,8 @@ impl PgHub {
         if let Some(options) = lock(&self.inner.listen_options).take() {
             let listener = listen(
                 options,
+                self.inner.pool.clone(),
+                self.inner.timeout,
                 self.inner.waiters.clone(),
                 self.inner.listening.clone(),
                 self.inner.stop.clone(),
@@ -529,11 +537,19 @@ impl Member {
     }
 }
 
-/// Keeps one `LISTEN` connection up while the hub lives, and wakes the election named by each release
-/// notification. After every (re)connection all elections of the hub are woken once, since a release
-/// may have been missed while the connection was down.
+/// Keeps one `LISTEN` connection up while the hub lives, and wakes the elections named by each release
+/// notification. After every (re)connection all elections of the hub are woken once, since a release may
+/// have been missed while the connection was down.
+///
+/// The connection is trusted (`listening`) only while a probe gets through: at once after connecting and
+/// every [`LISTEN_PROBE_INTERVAL`], a notification sent through the hub's pool must come back within
+/// the probe timeout. Behind a pooler that does not keep a session (PgBouncer in transaction mode), or on a
+/// connection that silently stopped delivering, the probe fails, the candidates poll, and the connection
+/// is opened again after a pause.
 async fn listen(
     options: PgConnectOptions,
+    main: PgPool,
+    timeout: Duration,
     waiters: Waiters,
     listening: Arc<AtomicBool>,
     stop: CancellationToken,
@@ -550,6 +566,9 @@ async fn listen(
             }
         }
     };
+    let probe_timeout = (timeout * 2).max(Duration::from_secs(1));
+    let hub_id: u32 = rand::random();
+    let mut probes: u64 = 0;
     let mut backoff = Duration::from_millis(100);
     let mut warned = false;
     'connect: while !stop.is_cancelled() {
@@ -578,37 +597,100 @@ async fn listen(
                 continue;
             }
         };
-        debug!("listening for releases");
-        warned = false;
+        debug!("LISTEN connection open");
         backoff = Duration::from_millis(100);
-        listening.store(true, Ordering::Release);
         wake_all();
-        loop {
-            let next = tokio::select! {
-                _ = stop.cancelled() => break 'connect,
-                n = listener.try_recv() => n,
-            };
-            match next {
-                Ok(Some(n)) => {
-                    if let Some(key) = parse_payload(n.payload())
-                        && let Some(list) = lock(&waiters).get(&key)
-                    {
-                        for n in list.iter().filter_map(Weak::upgrade) {
-                            n.notify_one();
-                        }
-                    }
-                }
-                // The connection was lost and has been opened again.
-                Ok(None) => {
-                    debug!("LISTEN connection reopened");
-                    wake_all();
-                }
-                Err(e) => {
-                    debug!(error = %e, "LISTEN connection lost");
-                    listening.store(false, Ordering::Release);
-                    continue 'connect;
+        // The reader owns the connection, so that waiting for a notification is never cancelled halfway
+        // through a message; it ends with the connection or when dropped below.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            loop {
+                let next = listener.try_recv().await;
+                let end = next.is_err();
+                let item = next
+                    .map(|n| n.map(|n| n.payload().to_owned()))
+                    .map_err(|e| e.to_string());
+                if tx.send(item).is_err() || end {
+                    break;
                 }
             }
+        });
+        let mut next_probe = Instant::now();
+        let mut awaiting: Option<(String, Instant)> = None;
+        let pause = loop {
+            let wake = awaiting.as_ref().map_or(next_probe, |(_, until)| *until);
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    reader.abort();
+                    break 'connect;
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if awaiting.take().is_some() {
+                        let was = listening.swap(false, Ordering::AcqRel);
+                        if was {
+                            // Followers sleeping until an expiry plan again, now polling.
+                            wake_all();
+                        }
+                        if was || !warned {
+                            warn!("release notifications do not arrive on the LISTEN connection \
+                                   (a pooler in transaction mode?); candidates poll");
+                            warned = true;
+                        }
+                        break LISTEN_PROBE_INTERVAL;
+                    }
+                    probes += 1;
+                    let token = format!("probe:{hub_id}:{probes}");
+                    awaiting = Some((token.clone(), Instant::now() + probe_timeout));
+                    next_probe = Instant::now() + LISTEN_PROBE_INTERVAL;
+                    let main = main.clone();
+                    tokio::spawn(async move {
+                        let send = sqlx::query("SELECT pg_notify($1, $2)")
+                            .bind(RELEASE_CHANNEL)
+                            .bind(token)
+                            .execute(&main);
+                        let _ = tokio::time::timeout(probe_timeout, send).await;
+                    });
+                }
+                item = rx.recv() => match item {
+                    Some(Ok(Some(payload))) => {
+                        if awaiting.as_ref().is_some_and(|(t, _)| *t == payload) {
+                            awaiting = None;
+                            if !listening.swap(true, Ordering::AcqRel) {
+                                debug!("listening for releases");
+                                warned = false;
+                            }
+                        } else if let Some(key) = parse_payload(&payload)
+                            && let Some(list) = lock(&waiters).get(&key)
+                        {
+                            for n in list.iter().filter_map(Weak::upgrade) {
+                                n.notify_one();
+                            }
+                        }
+                    }
+                    // The connection was lost and has been opened again: probe it again.
+                    Some(Ok(None)) => {
+                        debug!("LISTEN connection reopened");
+                        listening.store(false, Ordering::Release);
+                        next_probe = Instant::now();
+                        awaiting = None;
+                        wake_all();
+                    }
+                    Some(Err(e)) => {
+                        debug!(error = %e, "LISTEN connection lost");
+                        break Duration::ZERO;
+                    }
+                    None => break Duration::ZERO,
+                },
+            }
+        };
+        reader.abort();
+        if listening.swap(false, Ordering::AcqRel) {
+            // Followers sleeping until an expiry (trusting the notifications) plan again, now polling.
+            wake_all();
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
         }
     }
     listening.store(false, Ordering::Release);

@@ -76,8 +76,8 @@ pub use config::*;
 pub use elector::{ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LeaderInfo, Lease, Status};
 pub use error::{Error, Result};
 pub use hub::{
-    BatchStats, MAX_BATCH_WINDOW, OWNED_POOL_MAX_CONNECTIONS, PgHub, RELEASE_CHANNEL,
-    START_CONNECT_TIMEOUT,
+    BatchStats, LISTEN_PROBE_INTERVAL, MAX_BATCH_WINDOW, OWNED_POOL_MAX_CONNECTIONS, PgHub,
+    RELEASE_CHANNEL, START_CONNECT_TIMEOUT,
 };
 #[cfg(feature = "nats")]
 pub use nats::NatsBackend;

@@ -136,6 +136,12 @@ async fn many_elections_on_one_hub_batch_renewals_and_share_connections() {
         leaders.iter().all(|e| e.is_leader())
     })
     .await;
+    wait_until(
+        Duration::from_secs(5),
+        "the LISTEN connection's probe to come back",
+        || hub_a.listening(),
+    )
+    .await;
     let terms: Vec<_> = leaders.iter().map(|e| e.term().unwrap()).collect();
 
     // A second "process" with a follower for every election, on a hub of its own.

@@ -55,3 +55,87 @@ async fn database_restart_means_not_leader_then_recovery() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// Sends `signal` to a process (the test runs as the server's owner or root).
+fn signal(pid: i32, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill {signal} {pid}");
+}
+
+/// Resumes a stopped server process when dropped, also when the test fails.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_connection_that_stops_delivering_falls_back_to_polling() {
+    let pg = ThrowawayPg::start();
+    let app = unique("ll_probe");
+    let settings = || {
+        fast()
+            .with_lease_duration(Duration::from_secs(8))
+            .with_renewal_interval(Duration::from_millis(1000))
+            .with_jitter_range(Duration::from_millis(200))
+    };
+    let a = settings()
+        .with_instance_id("a")
+        .connect(&pg.url())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "a to lead", || a.is_leader()).await;
+    let hub =
+        leaderlease::PgHub::connect(&url_with_app(&pg.url(), &app), Duration::from_millis(500))
+            .await
+            .unwrap();
+    let b = settings()
+        .with_instance_id("b")
+        .start_with_hub(&hub)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "b's probe to come back", || {
+        hub.listening()
+    })
+    .await;
+
+    // The server process behind b's LISTEN connection stops: the connection stays open but delivers
+    // nothing. The next probe (within 15 s) finds out, and b polls again.
+    let admin = admin_pool(&pg.url()).await;
+    let pid: i32 = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND query ILIKE 'LISTEN%'",
+    )
+    .bind(&app)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    signal(pid, "-STOP");
+    let _resume = Resume(pid);
+    wait_until(
+        leaderlease::LISTEN_PROBE_INTERVAL + Duration::from_secs(5),
+        "the failed probe to be noticed",
+        || !hub.listening(),
+    )
+    .await;
+    // b had been sleeping until the expiry of a's 8 s lease; now it polls every second.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    a.release().await.unwrap();
+    let took = wait_until(Duration::from_secs(9), "b to take over", || b.is_leader()).await;
+    assert!(
+        took < Duration::from_millis(3000),
+        "takeover after release took {took:?} with a LISTEN connection that delivers nothing"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    drop(_resume);
+    hub.close().await;
+    admin.close().await;
+}
