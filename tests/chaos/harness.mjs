@@ -372,13 +372,23 @@ class Harness {
         break;
       }
       case 'pg-restart': {
+        // Half of the time a restart, half of the time an outage longer than the lease (every lease
+        // expires by the database's clock meanwhile).
+        const outage = r.chance(0.5) ? Math.round(r.uniform(1.2, 2.5) * s.lease) : 0;
         f.target = 'postgres';
         f.inject_ns = now();
-        this.log('fault pg-restart: pg_ctl restart -m fast');
-        await this.pg.restart();
+        if (outage === 0) {
+          this.log('fault pg-restart: pg_ctl restart -m fast');
+          await this.pg.restart();
+        } else {
+          this.log(`fault pg-restart: pg_ctl stop -m fast, start after ${outage} ms`);
+          await this.pg.stop();
+          await sleep(outage);
+          await this.pg.startAgain();
+        }
         f.ref_ns = f.heal_ns = now();
-        f.detail = `${((f.heal_ns - f.inject_ns) / 1e6).toFixed(0)} ms down`;
-        this.log(`postgres back after ${f.detail}`);
+        f.detail = `${outage === 0 ? 'restart' : 'outage'}, ${((f.heal_ns - f.inject_ns) / 1e6).toFixed(0)} ms down`;
+        this.log(`postgres back (${f.detail})`);
         break;
       }
       case 'latency': {

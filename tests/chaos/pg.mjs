@@ -82,6 +82,17 @@ export class ThrowawayPostgres {
     return this;
   }
 
+  /** `pg_ctl stop -m fast`: ends every session and stops the server (start() brings it back). */
+  async stop() {
+    await this.#run('pg_ctl', ['-D', this.data, '-w', '-m', 'fast', 'stop']);
+  }
+
+  /** Starts the stopped server again with the options it last ran with. */
+  async startAgain() {
+    const opts = `-p ${this.port} -k ${this.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200`;
+    await this.#run('pg_ctl', ['-D', this.data, '-l', path.join(this.dir, 'log'), '-w', '-o', opts, 'start']);
+  }
+
   /** `pg_ctl restart -m fast`: ends every session, checkpoints, starts again on the same port. */
   async restart() {
     await this.#run('pg_ctl', ['-D', this.data, '-l', path.join(this.dir, 'log'), '-w', '-m', 'fast', 'restart']);
