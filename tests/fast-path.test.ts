@@ -36,6 +36,11 @@ test('amILeader() turns false at the local deadline, before the database expiry,
       ) {
         await new Promise((r) => setTimeout(r, 50));
       }
+      // A renewal sent before the expiry and still waiting on the lock would go through on ROLLBACK
+      // (its condition was checked when it started, and the row did not change): safe, since nobody
+      // could take the locked row meanwhile, but it keeps the term. Wait until such renewals have timed
+      // out (operation timeout: renewalInterval / 2), so that the next one finds the lease expired.
+      await new Promise((r) => setTimeout(r, 800));
       await blocker.query('ROLLBACK');
     });
     assert.ok(await waitFor(() => e.amILeader(), 8000), 'leads again once renewals pass');
