@@ -351,11 +351,22 @@ function leaderBoundMs(settings) {
 
 const randomPhase = (settings) => sleep(Math.random() * SETTINGS[settings].renewalInterval);
 
+/**
+ * Before a kill: a random moment of the cycles the takeover depends on. For leaderlease that is the renewal
+ * cycle. The original's takeover waits for a cleanup job of a surviving candidate, whose timer runs from the
+ * candidate's start; candidates are replaced at the end of each round and a round lasts about two cleanup
+ * intervals, so without a wait over a whole cleanup interval every kill would fall at the same point of
+ * those timers.
+ */
+const killPhase = (g) =>
+  sleep(Math.random() * (g.pkg === 'nest-leader-election' ? SETTINGS[g.settings].baseCleanInterval : SETTINGS[g.settings].renewalInterval));
+
 async function takeover(g) {
   const { settings, pkg } = g;
   const schema = SCHEMA[pkg];
+  await g.stable();
+  await killPhase(g);
   const leader = await g.stable();
-  await randomPhase(settings);
   const before = await readLease(schema, g.lockId);
   const off = await dbOffset();
   const tKill = now();
@@ -622,7 +633,11 @@ function buildRows() {
       if (ps.length === 0) return { text: '—' };
       const yes = ps.filter((p) => p.saidYes).length;
       const dur = stats(ps.filter((p) => p.saidYes).map((p) => p.yesForMs));
-      return { text: yes === 0 ? `no (${ps.length}/${ps.length})` : `yes (${yes}/${ps.length}), for ${fmt(dur.median)} ms (max ${fmt(dur.max)})` };
+      const two = ps.filter((p) => p.twoLeaders).length;
+      const also = two === yes ? ', the new leader too' : two > 0 ? `, the new leader too in ${two}` : '';
+      return {
+        text: yes === 0 ? `no (${ps.length}/${ps.length})` : `yes (${yes}/${ps.length}${also}), for ${fmt(dur.median)} ms (max ${fmt(dur.max)})`,
+      };
     };
     rows.push({ metric: 'paused past its lease: amILeader() right after SIGCONT', settings: s, ll: paused(ll).text, nle: paused(nle).text, ratio: '—' });
     const w = P[`window/${s}`];
