@@ -30,4 +30,9 @@ fi
 echo "chaos: building the Rust candidate (cargo build --profile release-fast --example chaos_candidate)" >&2
 cargo build --quiet --profile release-fast --example chaos_candidate
 
+# The checker and the proxy on their own first (no database, a second): a broken checker must not pass.
+node --test tests/chaos/check.test.mjs tests/chaos/proxy.test.mjs >/dev/null || {
+  echo "chaos: the checker's own tests fail: node --test tests/chaos/check.test.mjs tests/chaos/proxy.test.mjs" >&2
+  exit 1
+}
 exec node tests/chaos/harness.mjs "$@"

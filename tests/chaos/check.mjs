@@ -14,7 +14,7 @@
 //             time of the faults injected before it ended
 //   crash     a candidate that exited unasked, with a non-zero status or a signal the harness did not
 //             send, logged a fatal line (unhandled rejection, uncaught exception), or whose stderr shows a
-//             panic, an unhandled rejection or an abort
+//             panic, an unhandled rejection, an uncaught exception, a V8 fatal error or a segfault
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -24,9 +24,8 @@ const STDERR_PATTERNS = [
   /panicked at/i,
   /unhandled ?rejection/i,
   /uncaught ?exception/i,
-  /\bFATAL\b/,
+  /FATAL ERROR/,
   /segmentation fault/i,
-  /\babort(ed)?\b.*core/i,
 ];
 
 function readJsonLines(file) {
@@ -57,6 +56,7 @@ export function check(dir) {
   const violations = [];
   const intervals = [];
   const perProcess = new Map();
+  const warnings = [];
 
   // --- Records of every candidate process.
   for (const p of processes) {
@@ -68,6 +68,8 @@ export function check(dir) {
       else if (r.type === 'exit') exit = r;
       else if (r.type === 'fatal') {
         violations.push({ kind: 'crash', text: `${p.candidate}: ${r.kind}: ${String(r.message).split('\n')[0]}` });
+      } else if (r.type === 'warning') {
+        warnings.push(`${p.candidate}: ${r.name}: ${r.message}`);
       } else if (r.type === 'garbled') {
         violations.push({ kind: 'crash', text: `${p.candidate}: unreadable record: ${r.line.slice(0, 120)}` });
       }
@@ -267,6 +269,7 @@ export function check(dir) {
       processes: processes.length,
       maxSampleGapNs,
       termless,
+      warnings,
       leaderShare: end > 0 && merged.length > 0 ? leaderNs / (end - merged[0].first) : 0,
     },
     run,
@@ -306,6 +309,10 @@ export function summarize({ violations, report, run }) {
   lines.push(
     `  longest pause between two samples of a candidate that was not SIGSTOPped: ${fmt(report.maxSampleGapNs)}; true answers of unknown term: ${report.termless}`,
   );
+  if (report.warnings.length > 0) {
+    lines.push(`  process warnings (not violations): ${report.warnings.length}`);
+    for (const w of report.warnings.slice(0, 5)) lines.push(`    ${w.slice(0, 200)}`);
+  }
   const byKind = {};
   for (const v of violations) byKind[v.kind] = (byKind[v.kind] ?? 0) + 1;
   lines.push(

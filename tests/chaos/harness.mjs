@@ -8,8 +8,8 @@
 //       [--faults kill,stop,terminate,pg-restart,latency,partition,graceful] [--out DIR] [--quiet]
 //       [--node-answer status]
 //
-// The candidates run from a copy of the package (package.json, dist/, native/) and of the Rust candidate
-// taken into the run directory at the start, so that a rebuild in the working tree during a long run does
+// The candidates run from a copy of the package (package.json, dist/, native/) and of the candidate
+// programs taken into the run directory at the start, so that a rebuild in the working tree during a long run does
 // not mix versions. Even-numbered Rust candidates start with connect_shared, the others with connect.
 // --node-answer status makes the Node candidates answer from the last status event instead of amILeader()
 // (a stored boolean, as nest-leader-election 1.1.2 does): a check that the checker catches the overlaps
@@ -53,7 +53,8 @@ function parseArgs(argv) {
     opts[name] = v;
   }
   if (opts.help) {
-    process.stdout.write(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n\n')[0] + '\n');
+    const header = fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n\n')[0];
+    process.stdout.write(`${header.replace(/^\/\/ ?/gm, '')}\n`);
     process.exit(0);
   }
   const num = (name, dflt) => {
@@ -194,6 +195,9 @@ class Harness {
         fs.copyFileSync(path.join(ROOT, 'native', f), path.join(this.pkgDir, 'native', f));
       }
     }
+    this.nodeCandidate = path.join(this.dir, 'bin', 'node-candidate.mjs');
+    fs.mkdirSync(path.dirname(this.nodeCandidate), { recursive: true });
+    fs.copyFileSync(path.join(HERE, 'node-candidate.mjs'), this.nodeCandidate);
     this.rustBin = path.join(this.dir, 'bin', 'chaos_candidate');
     if (s.rust > 0) {
       if (!fs.existsSync(s.rustBin)) throw new Error(`${s.rustBin} is missing: build it with scripts/chaos.sh`);
@@ -218,7 +222,7 @@ class Harness {
     if (slot.lang === 'node') args.push('--package', this.pkgDir, '--answer', s.nodeAnswer);
     else if (slot.shared) args.push('--shared');
     const [cmd, argv] =
-      slot.lang === 'node' ? [process.execPath, [path.join(HERE, 'node-candidate.mjs'), ...args]] : [this.rustBin, args];
+      slot.lang === 'node' ? [process.execPath, [this.nodeCandidate, ...args]] : [this.rustBin, args];
     const stderr = fs.openSync(path.join(this.dir, `${id}.stderr`), 'a');
     const child = spawn(cmd, argv, {
       stdio: ['pipe', 'pipe', stderr],
