@@ -606,7 +606,6 @@ function triple(xs, d = 0) {
 
 function ratio(a, b) {
   if (a === null || b === null || a === undefined || b === undefined) return '—';
-  if (a === 0 && b === 0) return '1.0×';
   if (a <= 0) return '—';
   const r = b / a;
   return r >= 10 ? `${r.toFixed(0)}×` : r >= 0.1 ? `${r.toFixed(1)}×` : `${r.toPrecision(1)}×`;
