@@ -363,12 +363,13 @@ impl PgHub {
         self.inner.listening.load(Ordering::Acquire)
     }
 
-    /// How much batching has saved so far: statements run by the batchers and the renewals and lease
-    /// reads they carried.
+    /// How much batching has saved so far: statements run by the batchers, the renewals and lease reads
+    /// they carried, and the shared cleanups.
     pub fn batch_stats(&self) -> BatchStats {
         BatchStats {
             statements: self.inner.stats.statements.load(Ordering::Relaxed),
             requests: self.inner.stats.requests.load(Ordering::Relaxed),
+            cleanups: self.inner.stats.cleanups.load(Ordering::Relaxed),
         }
     }
 
@@ -462,12 +463,16 @@ pub struct BatchStats {
     pub statements: u64,
     /// Renewals and lease reads they carried.
     pub requests: u64,
+    /// Cleanups run by elections that shared the hub with others (at most one per schema per half
+    /// cleanup interval).
+    pub cleanups: u64,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     statements: AtomicU64,
     requests: AtomicU64,
+    cleanups: AtomicU64,
 }
 
 /// One election's membership in a hub.
@@ -489,6 +494,24 @@ impl Member {
     /// True when other elections share the batcher, so that waiting a moment for a batch pays off.
     pub(crate) fn batched(&self) -> bool {
         self.batcher.members.load(Ordering::Acquire) > 1
+    }
+
+    /// Whether this election should run the cleanup now: the cleanup deletes long-expired leases of every
+    /// lock id in the schema, so among the elections of one hub and schema it runs at most once per half
+    /// `interval`; the others skip their turn.
+    pub(crate) fn claim_cleanup(&self, interval: Duration) -> bool {
+        let mut last = lock(&self.batcher.last_cleanup);
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < interval / 2) {
+            return false;
+        }
+        *last = Some(now);
+        self.hub
+            .inner
+            .stats
+            .cleanups
+            .fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     pub(crate) async fn renew(
@@ -737,6 +760,8 @@ impl Request {
 struct Batcher {
     tx: mpsc::UnboundedSender<Request>,
     members: Arc<AtomicUsize>,
+    /// When an election of this schema and hub last ran the cleanup (which covers every lock id).
+    last_cleanup: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Batcher {
@@ -758,6 +783,7 @@ impl Batcher {
         Self {
             tx,
             members: Arc::default(),
+            last_cleanup: Arc::default(),
         }
     }
 

@@ -97,6 +97,7 @@ pub struct PgBackend {
     lease_ms: f64,
     timeout: Duration,
     batch_window: Duration,
+    clean_interval: Duration,
     create_table_on_init: bool,
     sql: Statements,
 }
@@ -156,6 +157,7 @@ impl PgBackend {
             lease_ms: config.lease_duration().as_secs_f64() * 1000.0,
             timeout: config.operation_timeout(),
             batch_window: (config.renewal_interval() / 10).min(MAX_BATCH_WINDOW),
+            clean_interval: config.clean_interval(),
             create_table_on_init: config.create_table_on_init(),
             sql: Statements::new(config.schema()),
         }
@@ -361,6 +363,11 @@ impl Backend for PgBackend {
 
     fn cleanup(&self) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
+            if let Some(member) = self.batched()
+                && !member.claim_cleanup(self.clean_interval)
+            {
+                return Ok(0);
+            }
             let done = with_conn!(self, "cleanup", |c| sqlx::query(AssertSqlSafe(
                 self.sql.cleanup.clone()
             ))
