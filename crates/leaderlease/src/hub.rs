@@ -566,9 +566,10 @@ impl Member {
 ///
 /// The connection is trusted (`listening`) only while a probe gets through: at once after connecting and
 /// every [`LISTEN_PROBE_INTERVAL`], a notification sent through the hub's pool must come back within
-/// the probe timeout. Behind a pooler that does not keep a session (PgBouncer in transaction mode), or on a
-/// connection that silently stopped delivering, the probe fails, the candidates poll, and the connection
-/// is opened again after a pause.
+/// the probe timeout (twice the operation timeout, at least 2 s). Behind a pooler that does not keep a
+/// session (PgBouncer in transaction mode), or on a connection that silently stopped delivering, the probe
+/// fails, the candidates poll, and the connection is opened again after a pause (1 s, doubling up to
+/// [`LISTEN_PROBE_INTERVAL`] while probes keep failing).
 async fn listen(
     options: PgConnectOptions,
     main: PgPool,
@@ -589,7 +590,8 @@ async fn listen(
             }
         }
     };
-    let probe_timeout = (timeout * 2).max(Duration::from_secs(1));
+    let probe_timeout = (timeout * 2).max(Duration::from_secs(2));
+    let mut failed_probes: u32 = 0;
     let hub_id: u32 = rand::random();
     let mut probes: u64 = 0;
     let mut backoff = Duration::from_millis(100);
@@ -655,29 +657,44 @@ async fn listen(
                             wake_all();
                         }
                         if was || !warned {
-                            warn!("release notifications do not arrive on the LISTEN connection \
-                                   (a pooler in transaction mode?); candidates poll");
+                            warn!(
+                                timeout = ?probe_timeout,
+                                "a probe notification did not come back on the LISTEN connection; \
+                                 candidates poll until it does (behind a pooler in transaction mode \
+                                 they always will)"
+                            );
                             warned = true;
                         }
-                        break LISTEN_PROBE_INTERVAL;
+                        failed_probes += 1;
+                        break (Duration::from_secs(1) * (1 << failed_probes.min(4)) / 2)
+                            .min(LISTEN_PROBE_INTERVAL);
                     }
                     probes += 1;
                     let token = format!("probe:{hub_id}:{probes}");
                     awaiting = Some((token.clone(), Instant::now() + probe_timeout));
                     next_probe = Instant::now() + LISTEN_PROBE_INTERVAL;
                     let main = main.clone();
+                    let give_up = Instant::now() + probe_timeout;
+                    // Sent through the pool, whose connections may just have been cut like the LISTEN
+                    // one: a failed send is retried (on a fresh connection) until the probe's deadline.
                     tokio::spawn(async move {
-                        let send = sqlx::query("SELECT pg_notify($1, $2)")
-                            .bind(RELEASE_CHANNEL)
-                            .bind(token)
-                            .execute(&main);
-                        let _ = tokio::time::timeout(probe_timeout, send).await;
+                        while Instant::now() < give_up {
+                            let send = sqlx::query("SELECT pg_notify($1, $2)")
+                                .bind(RELEASE_CHANNEL)
+                                .bind(&token)
+                                .execute(&main);
+                            match timeout_at(give_up, send).await {
+                                Ok(Ok(_)) | Err(_) => return,
+                                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                            }
+                        }
                     });
                 }
                 item = rx.recv() => match item {
                     Some(Ok(Some(payload))) => {
                         if awaiting.as_ref().is_some_and(|(t, _)| *t == payload) {
                             awaiting = None;
+                            failed_probes = 0;
                             if !listening.swap(true, Ordering::AcqRel) {
                                 debug!("listening for releases");
                                 warned = false;

@@ -84,23 +84,50 @@ async fn a_release_wakes_the_waiting_candidate_at_once() {
 async fn the_listen_connection_comes_back_after_it_was_terminated() {
     let s = TestSchema::new("relisten").await;
     let app = unique("ll_relisten");
-    let (a, b) = leader_and_waiting_follower(&s, &app).await;
+    let a = slow(&s)
+        .with_instance_id("a")
+        .connect(&database_url())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
+    let hub = PgHub::connect(&url_with_app(&database_url(), &app), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let b = slow(&s)
+        .with_instance_id("b")
+        .start_with_hub(&hub)
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "b's LISTEN connection to be trusted",
+        || hub.listening(),
+    )
+    .await;
+
+    // Every connection of b's hub is cut: the LISTEN one and the pool's.
     assert!(
-        terminate(&s, &app).await >= 1,
-        "b's LISTEN connection was open"
+        terminate(&s, &app).await >= 2,
+        "b's LISTEN and pool connections were open"
     );
-    // The listener reconnects at once (then retries every 100 ms and more); give it time on a busy
-    // machine.
-    let mut back = false;
-    for _ in 0..100 {
-        if connections_of(&s, &app).await >= 1 {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(back, "b opened a new connection");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The listener reconnects at once and probes again through the pool (whose connections were cut
+    // too): trusted again within a few seconds, not after the 15 s probe interval.
+    wait_until(
+        Duration::from_secs(3),
+        "b's LISTEN connection to be lost",
+        || !hub.listening(),
+    )
+    .await;
+    let back = wait_until(
+        Duration::from_secs(8),
+        "b's LISTEN connection to be trusted again",
+        || hub.listening(),
+    )
+    .await;
+    assert!(
+        back < Duration::from_secs(5),
+        "trusted again after {back:?}"
+    );
     a.release().await.unwrap();
     let took = wait_until(Duration::from_secs(5), "b to take over", || b.is_leader()).await;
     assert!(
@@ -109,6 +136,7 @@ async fn the_listen_connection_comes_back_after_it_was_terminated() {
     );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+    hub.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

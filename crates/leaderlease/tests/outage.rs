@@ -78,7 +78,7 @@ impl Drop for Resume {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listen_connection_that_stops_delivering_falls_back_to_polling() {
+async fn a_listen_connection_that_stops_delivering_is_noticed_and_replaced() {
     let pg = ThrowawayPg::start();
     let app = unique("ll_probe");
     let settings = || {
@@ -125,13 +125,14 @@ async fn a_listen_connection_that_stops_delivering_falls_back_to_polling() {
         || !hub.listening(),
     )
     .await;
-    // b had been sleeping until the expiry of a's 8 s lease; now it polls every second.
+    // b had been sleeping until the expiry of a's 8 s lease; now it polls every second, and within a
+    // few seconds it has a new LISTEN connection (with a new server process) that delivers again.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     a.release().await.unwrap();
     let took = wait_until(Duration::from_secs(9), "b to take over", || b.is_leader()).await;
     assert!(
         took < Duration::from_millis(3000),
-        "takeover after release took {took:?} with a LISTEN connection that delivers nothing"
+        "takeover after release took {took:?}: the silent LISTEN connection was not noticed"
     );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
