@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: formatting and lints, the Rust unit and integration tests against a real
-# PostgreSQL and a real NATS server (all features, so the NATS backend runs the shared suite too), then
-# the Node tests.
+# PostgreSQL and a real NATS server (all features, so the NATS backend runs the shared suite too), the
+# Node tests, then the chaos checker's short profile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/pg-env.sh
@@ -11,3 +11,6 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features
 # The Node package: the addon, the TypeScript API and its tests (npm install, build, node --test).
 bash scripts/test-node.sh
+# The chaos checker's short profile (docs/chaos.md): Node and Rust candidates on a throwaway PostgreSQL of
+# its own, random faults for two minutes, then a check of every leadership they saw.
+bash scripts/chaos.sh
