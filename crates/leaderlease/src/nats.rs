@@ -101,9 +101,15 @@ impl NatsBackend {
         bucket: &str,
         lease: Duration,
     ) -> Result<Store> {
-        let store = match js.get_key_value(bucket).await {
-            Ok(store) => store,
-            Err(_) => js
+        // Up to three tries: a JetStream request can time out on a busy server, and a bucket created by
+        // another candidate at the same moment is found by the next look.
+        let mut attempt = 0;
+        let store = loop {
+            attempt += 1;
+            if let Ok(store) = js.get_key_value(bucket).await {
+                break store;
+            }
+            let created = js
                 .create_key_value(kv::Config {
                     bucket: bucket.to_owned(),
                     description: "leaderlease leases".to_owned(),
@@ -111,8 +117,15 @@ impl NatsBackend {
                     max_age: lease,
                     ..Default::default()
                 })
-                .await
-                .map_err(|e| store_error("create bucket", e))?,
+                .await;
+            match created {
+                Ok(store) => break store,
+                Err(e) if attempt < 3 => {
+                    tracing::debug!(error = %e, attempt, "could not create the bucket; trying again");
+                    tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+                }
+                Err(e) => return Err(store_error("create bucket", e)),
+            }
         };
         let status = store
             .status()
