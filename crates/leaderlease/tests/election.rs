@@ -291,6 +291,10 @@ async fn leader_steps_down_on_its_own_before_the_database_expiry() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A renewal sent before the expiry and still waiting on the row lock would go through on rollback
+    // (PostgreSQL does not re-check a row that did not change) and keep the term, safely: nobody could
+    // take the locked row meanwhile. Let such renewals time out (operation timeout 500 ms) first.
+    tokio::time::sleep(Duration::from_millis(800)).await;
     blocker.rollback().await.unwrap();
     wait_until(Duration::from_secs(5), "leadership again", || e.is_leader()).await;
     assert!(e.term().unwrap() > first_term);
