@@ -184,36 +184,31 @@ impl PgHub {
     /// runtime (as in a Node.js process, or an application with one runtime).
     pub async fn shared(url: &str, operation_timeout: Duration) -> Result<Self> {
         let key = format!("{}\n{url}", operation_timeout.as_millis());
-        if let Some(hub) = Self::lookup(&key) {
+        let found = Self::reserve(&mut lock(&SHARED), &key);
+        if let Some(hub) = found {
             return Ok(hub);
         }
         let hub = Self::open(url, operation_timeout, true, Some(key.clone())).await?;
         // Another caller may have opened one meanwhile: use the first, close ours.
         let existing = {
             let mut map = lock(&SHARED);
-            match map.get(&key).and_then(Weak::upgrade) {
-                Some(existing) if !existing.closed.load(Ordering::Acquire) => {
-                    existing.users.fetch_add(1, Ordering::AcqRel);
-                    Some(existing)
-                }
-                _ => {
-                    hub.inner.users.fetch_add(1, Ordering::AcqRel);
-                    map.insert(key, Arc::downgrade(&hub.inner));
-                    None
-                }
+            let existing = Self::reserve(&mut map, &key);
+            if existing.is_none() {
+                hub.register(&mut map, key);
             }
+            existing
         };
         match existing {
-            Some(inner) => {
+            Some(first) => {
                 hub.close().await;
-                Ok(Self { inner })
+                Ok(first)
             }
             None => Ok(hub),
         }
     }
 
-    fn lookup(key: &str) -> Option<Self> {
-        let mut map = lock(&SHARED);
+    /// The live hub registered under `key`, with one user reserved for the caller.
+    fn reserve(map: &mut HashMap<String, Weak<HubInner>>, key: &str) -> Option<Self> {
         map.retain(|_, w| w.strong_count() > 0);
         let inner = map.get(key).and_then(Weak::upgrade)?;
         if inner.closed.load(Ordering::Acquire) {
@@ -221,6 +216,12 @@ impl PgHub {
         }
         inner.users.fetch_add(1, Ordering::AcqRel);
         Some(Self { inner })
+    }
+
+    /// Registers this new hub under `key`, with one user reserved for the caller.
+    fn register(&self, map: &mut HashMap<String, Weak<HubInner>>, key: String) {
+        self.inner.users.fetch_add(1, Ordering::AcqRel);
+        map.insert(key, Arc::downgrade(&self.inner));
     }
 
     pub(crate) async fn open(
@@ -303,12 +304,8 @@ impl PgHub {
         let options = pool.connect_options();
         let key = format!("{}\npool:{:p}", timeout.as_millis(), Arc::as_ptr(&options));
         let mut map = lock(&SHARED);
-        map.retain(|_, w| w.strong_count() > 0);
-        if let Some(inner) = map.get(&key).and_then(Weak::upgrade)
-            && !inner.closed.load(Ordering::Acquire)
-        {
-            inner.users.fetch_add(1, Ordering::AcqRel);
-            return Self { inner };
+        if let Some(hub) = Self::reserve(&mut map, &key) {
+            return hub;
         }
         let hub = Self::build(
             pool,
@@ -318,8 +315,7 @@ impl PgHub {
             true,
             Some(key.clone()),
         );
-        hub.inner.users.fetch_add(1, Ordering::AcqRel);
-        map.insert(key, Arc::downgrade(&hub.inner));
+        hub.register(&mut map, key);
         hub
     }
 
@@ -823,12 +819,7 @@ fn renew_batch_sql(schema: &str) -> String {
 
 fn observe_batch_sql(schema: &str) -> String {
     let t = schema::qualified_table(schema);
-    format!(
-        "SELECT id, leader_id, term, (EXTRACT(EPOCH FROM (LEAST(GREATEST(expires_at, \
-           clock_timestamp() - interval '1 day'), clock_timestamp() + interval '1 day') \
-           - clock_timestamp())) * 1000)::float8 AS remaining_ms \
-         FROM {t} WHERE id = ANY($1::int4[])"
-    )
+    format!("SELECT id, {LEASE_COLUMNS} FROM {t} WHERE id = ANY($1::int4[])")
 }
 
 struct BatchRunner {
@@ -991,7 +982,13 @@ fn copy_error(e: &Error) -> Error {
     }
 }
 
-/// A lease from a row whose columns from `at` on are `leader_id, term, remaining_ms`.
+/// The columns [`observed_from`] reads: holder, term, and the time left by the database clock (clamped to
+/// a day either way, so an absurd `expires_at` cannot overflow the client's duration).
+pub(crate) const LEASE_COLUMNS: &str = "leader_id, term, (EXTRACT(EPOCH FROM (LEAST(GREATEST(expires_at, \
+     clock_timestamp() - interval '1 day'), clock_timestamp() + interval '1 day') \
+     - clock_timestamp())) * 1000)::float8 AS remaining_ms";
+
+/// A lease from a row whose columns from `at` on are [`LEASE_COLUMNS`].
 pub(crate) fn observed_from(row: &sqlx::postgres::PgRow, at: usize) -> ObservedLease {
     let remaining_ms: f64 = row.get(at + 2);
     ObservedLease {

@@ -38,13 +38,7 @@ impl Statements {
         let grace_ms = CLEANUP_GRACE.as_millis();
         Self {
             sequence: seq,
-            observe: format!(
-                "SELECT leader_id, term, (EXTRACT(EPOCH FROM (LEAST(GREATEST(expires_at, \
-                   clock_timestamp() - interval '1 day'), clock_timestamp() + interval '1 day') \
-                   - clock_timestamp())) * 1000)::float8 AS remaining_ms \
-                 FROM {t} WHERE id = $1"
-            )
-            .into(),
+            observe: format!("SELECT {} FROM {t} WHERE id = $1", hub::LEASE_COLUMNS).into(),
             // One statement: the advisory lock turns concurrent attempts away at once, the NOT EXISTS
             // keeps the sequence from advancing when a live lease stands, and ON CONFLICT .. WHERE
             // re-checks expiry on the latest row version under its row lock.
