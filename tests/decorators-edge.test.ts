@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { getEventListeners } from 'node:events';
 import { join } from 'node:path';
 import { after, afterEach, beforeEach, describe, test } from 'node:test';
 
 import { LeaderElectorCore, LeaderOnly, NotLeaderError } from '../dist/index.js';
-import { DATABASE_URL, FAST, closedPort, dropSchema, randomSchema, sleep, waitFor } from './helpers.js';
+import { DATABASE_URL, FAST, closedPort, dropSchema, randomSchema, runScript, sleep, waitFor } from './helpers.js';
 
 const DIST = join(__dirname, '..', 'dist');
 
@@ -27,18 +26,6 @@ function watchProcess() {
   });
   const withCode = (code: string) => warnings.filter((w) => w.code === code);
   return { warnings, rejections, withCode };
-}
-
-/** Runs a CommonJS `script` in a fresh Node process and returns what it printed as JSON. */
-async function runScript(script: string): Promise<Record<string, unknown>> {
-  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  assert.equal(code, 0, err);
-  return JSON.parse(out) as Record<string, unknown>;
 }
 
 describe('@LeaderOnly() on an instance no elector is bound to', () => {

@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 
@@ -11,7 +10,7 @@ import {
   type LeaderElectorConfig,
   type LeadershipEvent,
 } from '../dist/index.js';
-import { DATABASE_URL, FAST, dropSchema, randomSchema, waitFor } from './helpers.js';
+import { DATABASE_URL, FAST, dropSchema, randomSchema, runScript, waitFor } from './helpers.js';
 
 const PACKAGE = join(__dirname, '..', 'dist', 'index.js');
 const EVENTS = ['elected', 'revoked', 'leaderChanged'] as const;
@@ -153,14 +152,7 @@ describe('events$ (RxJS)', () => {
       out.emitterWorks = e.listenerCount('elected') === 1;
       console.log(JSON.stringify(out));
     `;
-    const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-    assert.equal(code, 0, err);
-    const result = JSON.parse(out) as Record<string, unknown>;
+    const result = await runScript(script);
     assert.equal(result['leader'], false);
     assert.equal(result['threw'], true);
     assert.equal(result['typed'], true);

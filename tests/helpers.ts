@@ -1,3 +1,5 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
 
@@ -52,4 +54,16 @@ export async function closedPort(): Promise<number> {
       srv.close(() => resolve(addr.port));
     });
   });
+}
+
+/** Runs a CommonJS `script` in a fresh Node process and returns what it printed as JSON. */
+export async function runScript(script: string): Promise<Record<string, unknown>> {
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  assert.equal(code, 0, err);
+  return JSON.parse(out) as Record<string, unknown>;
 }
