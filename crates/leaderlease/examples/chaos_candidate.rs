@@ -181,16 +181,21 @@ impl Recorder {
         }
     }
 
+    /// One leadership interval as a JSON record of type `kind` (`open` in the slot, `interval` in the log).
+    fn interval_json(&self, kind: &str, o: &Open) -> String {
+        format!(
+            r#"{{"type":"{kind}","candidate":{},"term":{},"first_true_ns":{},"last_true_ns":{},"samples":{}}}"#,
+            json_str(&self.id),
+            o.term,
+            o.first,
+            o.last,
+            o.samples
+        )
+    }
+
     fn write_slot(&self) {
         let body = match &self.open {
-            Some(o) => format!(
-                r#"{{"type":"open","candidate":{},"term":{},"first_true_ns":{},"last_true_ns":{},"samples":{}}}"#,
-                json_str(&self.id),
-                o.term,
-                o.first,
-                o.last,
-                o.samples
-            ),
+            Some(o) => self.interval_json("open", o),
             None => format!(r#"{{"type":"none","candidate":{}}}"#, json_str(&self.id)),
         };
         let mut buf = [b' '; SLOT_LEN];
@@ -204,14 +209,7 @@ impl Recorder {
 
     fn close(&mut self) {
         if let Some(o) = self.open.take() {
-            let line = format!(
-                r#"{{"type":"interval","candidate":{},"term":{},"first_true_ns":{},"last_true_ns":{},"samples":{}}}"#,
-                json_str(&self.id),
-                o.term,
-                o.first,
-                o.last,
-                o.samples
-            );
+            let line = self.interval_json("interval", &o);
             self.append(&line);
             self.intervals += 1;
             self.write_slot();
