@@ -5,6 +5,7 @@ import type * as Rx from 'rxjs';
 
 import { Elector, type ElectorOptions, type LeaseUpdate, type StatusInfo } from '../native/index.js';
 import { ElectorShutDownError, LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
+import { keepAliveWhile } from './keep-alive.js';
 import { requirePeer } from './optional-deps.js';
 
 /**
@@ -268,7 +269,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   #begin(): Promise<Elector> {
     if (this.#started === null) {
       this.#keepAlive = setInterval(() => undefined, 2 ** 30);
-      this.#started = this.#start(this.#source, this.#config);
+      this.#started = keepAliveWhile(() => this.#start(this.#source, this.#config));
       // Kept handled: a failure is reported through ready(), release(), shutdown() and 'error', and, when
       // none of them is listening, as a process warning.
       this.#started.catch((reason: unknown) => {
@@ -518,9 +519,13 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
 
   /**
    * Gives up leadership now, if held, so another candidate takes over; this node stays a candidate.
-   * Does nothing on a follower or after shutdown.
+   * Does nothing on a follower or after shutdown. The process stays alive until it settles.
    */
   async release(): Promise<void> {
+    return keepAliveWhile(() => this.#release());
+  }
+
+  async #release(): Promise<void> {
     this.#fence();
     if (this.#started === null) return;
     const native = await this.#started;
@@ -536,9 +541,13 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
 
   /**
    * Stops campaigning for good: releases the lease if held and closes the connections. Idempotent; never
-   * rejects because the start had failed.
+   * rejects because the start had failed. The process stays alive until it settles.
    */
   async shutdown(): Promise<void> {
+    return keepAliveWhile(() => this.#shutdown());
+  }
+
+  async #shutdown(): Promise<void> {
     this.#stopped = true;
     this.#fence();
     this.#releaseKeepAlive();
