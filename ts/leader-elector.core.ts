@@ -4,6 +4,7 @@ import { performance } from 'node:perf_hooks';
 import type * as Rx from 'rxjs';
 
 import { Elector, type ElectorOptions, type LeaseUpdate, type StatusInfo } from '../native/index.js';
+import { ELECTOR_CONFIG_KEYS, NATS_CONFIG_KEYS, warnUnknownKeys } from './config-keys.js';
 import { ElectorShutDownError, LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
 import { keepAliveWhile } from './keep-alive.js';
 import { requirePeer } from './optional-deps.js';
@@ -122,7 +123,10 @@ const NUMBER_FIELDS = [
 ] as const;
 const STRING_FIELDS = ['instanceId', 'schema'] as const;
 
-/** Checks the types of the settings (the native core checks their values) and copies the known ones. */
+/**
+ * Checks the types of the settings (the native core checks their values) and copies the known ones;
+ * warns about unknown ones.
+ */
 function toNativeOptions(config: LeaderElectorConfig | undefined): ElectorOptions {
   if (config === undefined || config === null) {
     return {};
@@ -132,6 +136,7 @@ function toNativeOptions(config: LeaderElectorConfig | undefined): ElectorOption
       `invalid leader election config: expected an object (got ${typeof config})`,
     );
   }
+  warnUnknownKeys(config, ELECTOR_CONFIG_KEYS, 'leader election config');
   const out: ElectorOptions = {};
   const given = (field: keyof LeaderElectorConfig): unknown => {
     const v = config[field];
@@ -381,6 +386,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     servers: string,
     config: LeaderElectorConfig & { bucket?: string } = {},
   ): Promise<LeaderElectorCore> {
+    warnUnknownKeys(config, NATS_CONFIG_KEYS, 'connectNats config');
     const { bucket, ...rest } = config;
     return LeaderElectorCore.connect('', { ...rest, backend: { nats: { servers, bucket } } });
   }
