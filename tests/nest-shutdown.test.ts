@@ -5,9 +5,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 
-import { DATABASE_URL, dropSchema, randomSchema, waitFor } from './helpers.js';
+import { DATABASE_URL, FAST, dropSchema, randomSchema, runScript, waitFor } from './helpers.js';
 
 const APP = join(__dirname, 'fixtures', 'shutdown-app.js');
+const DIST = join(__dirname, '..', 'dist', 'index.js');
 
 /** One NestJS app of tests/fixtures/shutdown-app.ts in its own process. */
 interface App {
@@ -106,5 +107,32 @@ describe('a NestJS app with enableShutdownHooks(), SIGTERMed while it leads', ()
     for (const o of outcomes) t.diagnostic(o);
     const cut = outcomes.filter((o) => !complete(o));
     assert.equal(cut.length, 0, `${cut.length} of ${rounds} shutdowns cut short:\n${outcomes.join('\n')}`);
+  });
+});
+
+describe('standalone: an unref()ed elector', () => {
+  const schema = randomSchema();
+  after(() => dropSchema(schema));
+
+  test('keeps the process alive through an awaited release() and shutdown(), and holds nothing after', async () => {
+    // Nothing else holds the event loop in this process; runScript needs it to exit by itself, code 0.
+    const script = `
+      const { LeaderElectorCore } = require(${JSON.stringify(DIST)});
+      (async () => {
+        const e = await LeaderElectorCore.connect(${JSON.stringify(DATABASE_URL)},
+          { ...${JSON.stringify(FAST)}, schema: ${JSON.stringify(schema)}, lockId: 62 });
+        e.unref();
+        const out = { led: false, released: false, stopped: null };
+        const end = Date.now() + 5000;
+        while (!e.amILeader() && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+        out.led = e.amILeader();
+        await e.release();
+        out.released = !e.amILeader();
+        await e.shutdown();
+        out.stopped = e.status().state;
+        process.stdout.write(JSON.stringify(out));
+      })();
+    `;
+    assert.deepEqual(await runScript(script), { led: true, released: true, stopped: 'stopped' });
   });
 });
