@@ -4,7 +4,9 @@ import { performance } from 'node:perf_hooks';
 import type * as Rx from 'rxjs';
 
 import { Elector, type ElectorOptions, type LeaseUpdate, type StatusInfo } from '../native/index.js';
+import { ELECTOR_CONFIG_KEYS, NATS_CONFIG_KEYS, warnUnknownKeys } from './config-keys.js';
 import { ElectorShutDownError, LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
+import { keepAliveWhile } from './keep-alive.js';
 import { requirePeer } from './optional-deps.js';
 
 /**
@@ -121,7 +123,10 @@ const NUMBER_FIELDS = [
 ] as const;
 const STRING_FIELDS = ['instanceId', 'schema'] as const;
 
-/** Checks the types of the settings (the native core checks their values) and copies the known ones. */
+/**
+ * Checks the types of the settings (the native core checks their values) and copies the known ones;
+ * warns about unknown ones.
+ */
 function toNativeOptions(config: LeaderElectorConfig | undefined): ElectorOptions {
   if (config === undefined || config === null) {
     return {};
@@ -131,6 +136,7 @@ function toNativeOptions(config: LeaderElectorConfig | undefined): ElectorOption
       `invalid leader election config: expected an object (got ${typeof config})`,
     );
   }
+  warnUnknownKeys(config, ELECTOR_CONFIG_KEYS, 'leader election config');
   const out: ElectorOptions = {};
   const given = (field: keyof LeaderElectorConfig): unknown => {
     const v = config[field];
@@ -268,7 +274,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   #begin(): Promise<Elector> {
     if (this.#started === null) {
       this.#keepAlive = setInterval(() => undefined, 2 ** 30);
-      this.#started = this.#start(this.#source, this.#config);
+      this.#started = keepAliveWhile(() => this.#start(this.#source, this.#config));
       // Kept handled: a failure is reported through ready(), release(), shutdown() and 'error', and, when
       // none of them is listening, as a process warning.
       this.#started.catch((reason: unknown) => {
@@ -380,6 +386,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     servers: string,
     config: LeaderElectorConfig & { bucket?: string } = {},
   ): Promise<LeaderElectorCore> {
+    warnUnknownKeys(config, NATS_CONFIG_KEYS, 'connectNats config');
     const { bucket, ...rest } = config;
     return LeaderElectorCore.connect('', { ...rest, backend: { nats: { servers, bucket } } });
   }
@@ -518,9 +525,13 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
 
   /**
    * Gives up leadership now, if held, so another candidate takes over; this node stays a candidate.
-   * Does nothing on a follower or after shutdown.
+   * Does nothing on a follower or after shutdown. The process stays alive until it settles.
    */
   async release(): Promise<void> {
+    return keepAliveWhile(() => this.#release());
+  }
+
+  async #release(): Promise<void> {
     this.#fence();
     if (this.#started === null) return;
     const native = await this.#started;
@@ -536,9 +547,13 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
 
   /**
    * Stops campaigning for good: releases the lease if held and closes the connections. Idempotent; never
-   * rejects because the start had failed.
+   * rejects because the start had failed. The process stays alive until it settles.
    */
   async shutdown(): Promise<void> {
+    return keepAliveWhile(() => this.#shutdown());
+  }
+
+  async #shutdown(): Promise<void> {
     this.#stopped = true;
     this.#fence();
     this.#releaseKeepAlive();

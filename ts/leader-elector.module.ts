@@ -2,6 +2,7 @@ import type * as NestCommon from '@nestjs/common';
 import type * as NestCore from '@nestjs/core';
 import type * as NestTypeOrm from '@nestjs/typeorm';
 
+import { ELECTOR_CONFIG_KEYS, MODULE_ASYNC_OPTION_KEYS, MODULE_OPTION_KEYS, warnUnknownKeys } from './config-keys.js';
 import { LeaderElectionConfigError } from './errors.js';
 import { LEADER_ELECTOR_MODULE_OPTIONS } from './leader-elector.constants.js';
 import type { DataSourceLike, LeaderElectorConfig, RepositoryLike } from './leader-elector.core.js';
@@ -40,19 +41,7 @@ interface Registration {
   providers: NestCommon.Provider[];
 }
 
-const ELECTOR_FIELDS = new Set([
-  'leaseDuration',
-  'renewalInterval',
-  'baseCleanInterval',
-  'jitterRange',
-  'lockId',
-  'instanceId',
-  'schema',
-  'createTableOnInit',
-  'safetyMargin',
-  'operationTimeout',
-  'backend',
-]);
+const ELECTOR_FIELDS: ReadonlySet<string> = new Set(ELECTOR_CONFIG_KEYS);
 
 /** The election settings among the module's options. */
 function electorConfig(options: LeaderElectorModuleOptions): LeaderElectorConfig {
@@ -67,6 +56,7 @@ function createService(options: LeaderElectorModuleOptions, dataSource: DataSour
       `invalid leader election config: LeaderElectorModule options must be an object (got ${options === null ? 'null' : typeof options})`,
     );
   }
+  warnUnknownKeys(options, MODULE_OPTION_KEYS, 'LeaderElectorModule options');
   const { connectionString } = options;
   if (options.backend?.nats) {
     // The lease lives in NATS: no PostgreSQL connection is used.
@@ -158,6 +148,7 @@ export class LeaderElectorModule {
   }
 
   static forRootAsync(options: LeaderElectorModuleAsyncOptions): NestCommon.DynamicModule {
+    warnUnknownKeys(options, MODULE_ASYNC_OPTION_KEYS, 'LeaderElectorModule.forRootAsync options');
     let optionsProvider: NestCommon.Provider;
     const extraProviders: NestCommon.Provider[] = [];
     if (options.useFactory) {
