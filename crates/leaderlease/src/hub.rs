@@ -1020,6 +1020,67 @@ pub(crate) fn unreachable_error(e: sqlx::Error, target: &str, timeout: Duration)
 mod tests {
     use super::*;
 
+    /// The batcher on a real PostgreSQL (`DATABASE_URL`, or the machine's server), in a schema of its own.
+    #[tokio::test]
+    async fn a_batched_renewal_succeeds_only_for_the_term_the_row_holds() {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let hub = PgHub::connect(&url, Duration::from_secs(2)).await.unwrap();
+        let name = format!(
+            "ll_batch_term_{}_{:04x}",
+            std::process::id(),
+            rand::random::<u16>()
+        );
+        sqlx::raw_sql(AssertSqlSafe(schema::up_sql(&name)))
+            .execute(hub.pool())
+            .await
+            .unwrap();
+        // Two elections of one hub with the same lock id and instance id ("twin"): the row holds the
+        // newer one's term 12, the other still retries the renewal of its earlier term 11.
+        let t = schema::qualified_table(&name);
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "INSERT INTO {t} (id, leader_id, expires_at, term) \
+             VALUES (5, 'twin', clock_timestamp() + interval '1 minute', 12)"
+        )))
+        .execute(hub.pool())
+        .await
+        .unwrap();
+        let stale_member = hub.join(&name, 5);
+        let current_member = hub.join(&name, 5);
+        let twin: Arc<str> = "twin".into();
+        let window = Duration::from_millis(50);
+        let before = hub.batch_stats();
+        let (stale, current) = tokio::join!(
+            stale_member.renew(twin.clone(), 11, 60_000.0, window),
+            current_member.renew(twin.clone(), 12, 60_000.0, window),
+        );
+        let after = hub.batch_stats();
+        let outcome = (stale.unwrap(), current.unwrap());
+        stale_member.unregister();
+        current_member.unregister();
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP SCHEMA {} CASCADE",
+            schema::quote_ident(&name)
+        )))
+        .execute(hub.pool())
+        .await
+        .unwrap();
+        hub.close().await;
+        assert_eq!(
+            (
+                after.statements - before.statements,
+                after.requests - before.requests
+            ),
+            (1, 2),
+            "both renewals went out in one statement"
+        );
+        assert_eq!(
+            outcome,
+            (false, true),
+            "(renewal of term 11, renewal of term 12): only the term the row holds is renewed"
+        );
+    }
+
     #[test]
     fn payload_round_trips() {
         assert_eq!(parse_payload(&payload(-5, 42)), Some((-5, 42)));
