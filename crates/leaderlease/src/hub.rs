@@ -813,7 +813,7 @@ fn renew_batch_sql(schema: &str) -> String {
          FROM unnest($1::int4[], $2::text[], $3::int8[], $4::float8[]) AS r(id, leader_id, term, ms) \
          WHERE l.id = r.id AND l.leader_id = r.leader_id AND l.term = r.term \
            AND l.expires_at > clock_timestamp() \
-         RETURNING l.id, l.leader_id"
+         RETURNING l.id, l.leader_id, l.term"
     )
 }
 
@@ -830,7 +830,11 @@ struct BatchRunner {
     stats: Arc<Counters>,
 }
 
-type RenewReply = (i32, Arc<str>, oneshot::Sender<Result<bool>>);
+/// What identifies a renewal in a batch: lock id, leader id and term. Two elections of one hub may share
+/// the lock id and the leader id (a fixed instance id given to two workers, an election restarted inside
+/// the process); only the term tells the holder of the row from the one retrying an earlier lease.
+type RenewKey = (i32, Arc<str>, i64);
+type RenewReply = (RenewKey, oneshot::Sender<Result<bool>>);
 type ObserveReply = (i32, oneshot::Sender<Result<Option<ObservedLease>>>);
 
 impl BatchRunner {
@@ -872,7 +876,7 @@ impl BatchRunner {
                         leaders.push(leader_id.to_string());
                         terms.push(term);
                         ms.push(lease_ms);
-                        renews.push((lock_id, leader_id, reply));
+                        renews.push(((lock_id, leader_id, term), reply));
                     }
                     Request::Observe { lock_id, reply, .. } => observes.push((lock_id, reply)),
                 }
@@ -906,7 +910,7 @@ impl BatchRunner {
         leaders: &[String],
         terms: &[i64],
         ms: &[f64],
-    ) -> Result<Vec<(i32, String)>> {
+    ) -> Result<Vec<(i32, String, i64)>> {
         let rows = with_conn!(self, "renew", |c| sqlx::query(AssertSqlSafe(
             self.renew.as_str()
         ))
@@ -915,7 +919,10 @@ impl BatchRunner {
         .bind(terms)
         .bind(ms)
         .fetch_all(c))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 
     async fn observe_all(&self, ids: &[i32]) -> Result<Vec<(i32, ObservedLease)>> {
@@ -931,16 +938,19 @@ impl BatchRunner {
     }
 }
 
-fn answer_renewals(renews: Vec<RenewReply>, out: Result<Vec<(i32, String)>>) {
+/// Tells each renewal whether its row was renewed: the row of its lock id, leader id and term.
+fn answer_renewals(renews: Vec<RenewReply>, out: Result<Vec<(i32, String, i64)>>) {
     match out {
         Ok(done) => {
-            for (id, leader, reply) in renews {
-                let ok = done.iter().any(|(i, l)| *i == id && **l == *leader);
+            for ((id, leader, term), reply) in renews {
+                let ok = done
+                    .iter()
+                    .any(|(i, l, t)| *i == id && **l == *leader && *t == term);
                 let _ = reply.send(Ok(ok));
             }
         }
         Err(e) => {
-            for (_, _, reply) in renews {
+            for (_, reply) in renews {
                 let _ = reply.send(Err(copy_error(&e)));
             }
         }
