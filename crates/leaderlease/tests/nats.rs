@@ -151,6 +151,30 @@ async fn a_foreign_write_to_the_key_ends_leadership_and_never_gives_two_leaders(
     o.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_key_or_another_term_in_the_leaders_name_ends_leadership() {
+    let b = Bucket::new("ll_gone");
+    let a = b.start(fast().with_instance_id("a")).await;
+    wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
+    let store = b.js().await.get_key_value(&b.name).await.unwrap();
+    let first = a.term().unwrap();
+    // Deleted behind a's back (not by a release of its own): its next renewal finds no lease of its own,
+    // which ends that term (a may take the free key again at once, with a new term).
+    store.delete("lock-1").await.unwrap();
+    wait_until(Duration::from_secs(3), "a's term to end", || {
+        a.term().is_some_and(|t| t != first)
+    })
+    .await;
+    let term = a.term().unwrap();
+    // a's instance id with another term (a twin with the same fixed id): not a's own lease either.
+    store
+        .put("lock-1", format!("{} a", term + 1000).into())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(2), "a to step down", || !a.is_leader()).await;
+    a.shutdown().await.unwrap();
+}
+
 /// The log lines of the current thread's subscriber (set with [`tracing::subscriber::set_default`]).
 #[derive(Clone, Default)]
 struct Logs(Arc<Mutex<Vec<u8>>>);
