@@ -7,7 +7,9 @@ import { DATABASE_URL, FAST, dropSchema, randomSchema, sleep, waitFor, withClien
 
 /** DATABASE_URL with an application_name of its own, so the test can count its connections. */
 function urlWithApp(app: string): string {
-  return `${DATABASE_URL}${DATABASE_URL.includes('?') ? '&' : '?'}application_name=${app}`;
+  const u = new URL(DATABASE_URL);
+  u.searchParams.set('application_name', app);
+  return u.toString();
 }
 
 async function connectionsOf(app: string): Promise<number> {

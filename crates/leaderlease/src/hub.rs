@@ -813,7 +813,7 @@ fn renew_batch_sql(schema: &str) -> String {
          FROM unnest($1::int4[], $2::text[], $3::int8[], $4::float8[]) AS r(id, leader_id, term, ms) \
          WHERE l.id = r.id AND l.leader_id = r.leader_id AND l.term = r.term \
            AND l.expires_at > clock_timestamp() \
-         RETURNING l.id, l.leader_id"
+         RETURNING l.id, l.leader_id, l.term"
     )
 }
 
@@ -830,7 +830,11 @@ struct BatchRunner {
     stats: Arc<Counters>,
 }
 
-type RenewReply = (i32, Arc<str>, oneshot::Sender<Result<bool>>);
+/// What identifies a renewal in a batch: lock id, leader id and term. Two elections of one hub may share
+/// the lock id and the leader id (a fixed instance id given to two workers, an election restarted inside
+/// the process); only the term tells the holder of the row from the one retrying an earlier lease.
+type RenewKey = (i32, Arc<str>, i64);
+type RenewReply = (RenewKey, oneshot::Sender<Result<bool>>);
 type ObserveReply = (i32, oneshot::Sender<Result<Option<ObservedLease>>>);
 
 impl BatchRunner {
@@ -872,7 +876,7 @@ impl BatchRunner {
                         leaders.push(leader_id.to_string());
                         terms.push(term);
                         ms.push(lease_ms);
-                        renews.push((lock_id, leader_id, reply));
+                        renews.push(((lock_id, leader_id, term), reply));
                     }
                     Request::Observe { lock_id, reply, .. } => observes.push((lock_id, reply)),
                 }
@@ -906,7 +910,7 @@ impl BatchRunner {
         leaders: &[String],
         terms: &[i64],
         ms: &[f64],
-    ) -> Result<Vec<(i32, String)>> {
+    ) -> Result<Vec<(i32, String, i64)>> {
         let rows = with_conn!(self, "renew", |c| sqlx::query(AssertSqlSafe(
             self.renew.as_str()
         ))
@@ -915,7 +919,10 @@ impl BatchRunner {
         .bind(terms)
         .bind(ms)
         .fetch_all(c))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 
     async fn observe_all(&self, ids: &[i32]) -> Result<Vec<(i32, ObservedLease)>> {
@@ -931,16 +938,19 @@ impl BatchRunner {
     }
 }
 
-fn answer_renewals(renews: Vec<RenewReply>, out: Result<Vec<(i32, String)>>) {
+/// Tells each renewal whether its row was renewed: the row of its lock id, leader id and term.
+fn answer_renewals(renews: Vec<RenewReply>, out: Result<Vec<(i32, String, i64)>>) {
     match out {
         Ok(done) => {
-            for (id, leader, reply) in renews {
-                let ok = done.iter().any(|(i, l)| *i == id && **l == *leader);
+            for ((id, leader, term), reply) in renews {
+                let ok = done
+                    .iter()
+                    .any(|(i, l, t)| *i == id && **l == *leader && *t == term);
                 let _ = reply.send(Ok(ok));
             }
         }
         Err(e) => {
-            for (_, _, reply) in renews {
+            for (_, reply) in renews {
                 let _ = reply.send(Err(copy_error(&e)));
             }
         }
@@ -1019,6 +1029,67 @@ pub(crate) fn unreachable_error(e: sqlx::Error, target: &str, timeout: Duration)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The batcher on a real PostgreSQL (`DATABASE_URL`, or the machine's server), in a schema of its own.
+    #[tokio::test]
+    async fn a_batched_renewal_succeeds_only_for_the_term_the_row_holds() {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let hub = PgHub::connect(&url, Duration::from_secs(2)).await.unwrap();
+        let name = format!(
+            "ll_batch_term_{}_{:04x}",
+            std::process::id(),
+            rand::random::<u16>()
+        );
+        sqlx::raw_sql(AssertSqlSafe(schema::up_sql(&name)))
+            .execute(hub.pool())
+            .await
+            .unwrap();
+        // Two elections of one hub with the same lock id and instance id ("twin"): the row holds the
+        // newer one's term 12, the other still retries the renewal of its earlier term 11.
+        let t = schema::qualified_table(&name);
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "INSERT INTO {t} (id, leader_id, expires_at, term) \
+             VALUES (5, 'twin', clock_timestamp() + interval '1 minute', 12)"
+        )))
+        .execute(hub.pool())
+        .await
+        .unwrap();
+        let stale_member = hub.join(&name, 5);
+        let current_member = hub.join(&name, 5);
+        let twin: Arc<str> = "twin".into();
+        let window = Duration::from_millis(50);
+        let before = hub.batch_stats();
+        let (stale, current) = tokio::join!(
+            stale_member.renew(twin.clone(), 11, 60_000.0, window),
+            current_member.renew(twin.clone(), 12, 60_000.0, window),
+        );
+        let after = hub.batch_stats();
+        let outcome = (stale.unwrap(), current.unwrap());
+        stale_member.unregister();
+        current_member.unregister();
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP SCHEMA {} CASCADE",
+            schema::quote_ident(&name)
+        )))
+        .execute(hub.pool())
+        .await
+        .unwrap();
+        hub.close().await;
+        assert_eq!(
+            (
+                after.statements - before.statements,
+                after.requests - before.requests
+            ),
+            (1, 2),
+            "both renewals went out in one statement"
+        );
+        assert_eq!(
+            outcome,
+            (false, true),
+            "(renewal of term 11, renewal of term 12): only the term the row holds is renewed"
+        );
+    }
 
     #[test]
     fn payload_round_trips() {

@@ -186,6 +186,25 @@ impl NatsBackend {
             })?
     }
 
+    /// The revision of the key when it holds this node's own lease of `term` written after revision
+    /// `after` (a renewal of ours whose acknowledgement was lost); `None` when it holds anything else, was
+    /// deleted or has expired.
+    async fn own_revision_after(
+        &self,
+        store: &Store,
+        term: u64,
+        after: u64,
+    ) -> Result<Option<u64>> {
+        let entry = store
+            .entry(&self.key)
+            .await
+            .map_err(|e| store_error("renew", e))?;
+        Ok(entry
+            .filter(|e| e.operation == Operation::Put && e.revision > after)
+            .filter(|e| parse_value(e) == (term, self.instance_id.clone()))
+            .map(|e| e.revision))
+    }
+
     /// `"<term> <instance id>"`; the acquiring write has term 0, meaning "the revision of this entry".
     fn value(term: u64, instance_id: &str) -> bytes::Bytes {
         format!("{term} {instance_id}").into()
@@ -292,12 +311,32 @@ impl Backend for NatsBackend {
             let Some(rev) = self.revision() else {
                 return Ok(false);
             };
-            match self
-                .store()?
-                .update(&self.key, Self::value(term, &self.instance_id), rev)
-                .await
-            {
+            let store = self.store()?;
+            let value = Self::value(term, &self.instance_id);
+            match store.update(&self.key, value.clone(), rev).await {
                 Ok(new_rev) => {
+                    self.set_revision(Some(new_rev));
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
+                Err(e) => return Err(store_error("renew", e)),
+            }
+            // The key changed since our last confirmed write. It may have been our own renewal, applied by
+            // the server but with its acknowledgement lost (a timeout, a stream leader change): then the
+            // key still holds this term and instance id, at a later revision. Continue from there with a
+            // new write, so that the lease, and the local deadline timed from this attempt, run from a
+            // write sent now. Anything else (another value, a delete, no key) ends the lease.
+            let Some(current) = self.own_revision_after(store, term, rev).await? else {
+                self.set_revision(None);
+                return Ok(false);
+            };
+            self.set_revision(Some(current));
+            match store.update(&self.key, value, current).await {
+                Ok(new_rev) => {
+                    tracing::debug!(
+                        term,
+                        "a renewal's acknowledgement was lost; continued from it"
+                    );
                     self.set_revision(Some(new_rev));
                     Ok(true)
                 }

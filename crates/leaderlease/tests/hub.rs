@@ -2,10 +2,17 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
-use leaderlease::{Elector, ElectorBuilder, OWNED_POOL_MAX_CONNECTIONS, PgHub};
+use leaderlease::backend::BoxFuture;
+use leaderlease::{
+    AcquireOutcome, Backend, Elector, ElectorBuilder, OWNED_POOL_MAX_CONNECTIONS, ObservedLease,
+    PgBackend, PgHub, Result,
+};
+use tokio::sync::Notify;
 
 /// A follower that would poll only every 4 s and whose leader's lease lasts 6 s: a takeover within a
 /// second of a release can only come from the release notification.
@@ -290,4 +297,188 @@ async fn a_shared_hub_closes_with_its_last_election() {
         0,
         "the shared hub closed with its last election"
     );
+}
+
+/// Lines up one renewal of one election with the next renewal of another election of the same hub, so
+/// that both reach the hub's batcher together (as when a renewal is held up between being timed and being
+/// sent: a stalled thread, a slow queue). Nothing is answered here: every call goes to the real backend.
+#[derive(Default)]
+struct Gate {
+    /// The held election's next renewal waits at the gate.
+    hold: AtomicBool,
+    /// Set once it waits there.
+    parked: AtomicBool,
+    /// The other election's next renewal opens the gate and follows the held one.
+    ready: AtomicBool,
+    open: Notify,
+}
+
+/// A [`PgBackend`] whose renewals pass through a [`Gate`], as the held or as the releasing side.
+struct Gated {
+    inner: PgBackend,
+    gate: Arc<Gate>,
+    held: bool,
+}
+
+impl Backend for Gated {
+    fn prepare(&self) -> BoxFuture<'_, Result<()>> {
+        self.inner.prepare()
+    }
+    fn observe(&self) -> BoxFuture<'_, Result<Option<ObservedLease>>> {
+        self.inner.observe()
+    }
+    fn try_acquire(&self) -> BoxFuture<'_, Result<AcquireOutcome>> {
+        self.inner.try_acquire()
+    }
+    fn renew(&self, term: u64) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            if self.held {
+                if self.gate.hold.load(Ordering::SeqCst) {
+                    self.gate.parked.store(true, Ordering::SeqCst);
+                    self.gate.open.notified().await;
+                }
+            } else if self.gate.ready.swap(false, Ordering::SeqCst) {
+                self.gate.hold.store(false, Ordering::SeqCst);
+                self.gate.open.notify_one();
+                // The held renewal reaches the batcher first; this one joins its batch.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            self.inner.renew(term).await
+        })
+    }
+    fn release(&self, term: u64) -> BoxFuture<'_, Result<bool>> {
+        self.inner.release(term)
+    }
+    fn cleanup(&self) -> BoxFuture<'_, Result<u64>> {
+        self.inner.cleanup()
+    }
+    fn released(&self) -> BoxFuture<'_, ()> {
+        self.inner.released()
+    }
+    fn wakes_on_release(&self) -> bool {
+        self.inner.wakes_on_release()
+    }
+    fn close(&self) -> BoxFuture<'_, ()> {
+        self.inner.close()
+    }
+}
+
+/// Two elections of one hub with the same lock id and the same instance id (a fixed instance id given to
+/// two workers of one process, or an election restarted inside it). The first one's renewals time out
+/// until its lease has expired and the second has taken the lease with a new term; then the first one's
+/// retry of its old term and the second's renewal go out in one batch. Only the term the row holds may be
+/// renewed: the first must not lead again beside the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_renewal_batched_with_the_new_terms_renewal_does_not_lead_again() {
+    let s = TestSchema::new("twin").await;
+    let q = leaderlease::schema::quote_ident(&s.name);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(leaderlease::schema::up_sql(&s.name)))
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    // While `failing`, every batched renewal (the statement over `unnest(..)`) sleeps until the hub's
+    // statement timeout cancels it; the lease reads and the acquisitions are not slowed.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {q}.renewals (failing boolean NOT NULL);
+         INSERT INTO {q}.renewals VALUES (false);
+         CREATE FUNCTION {q}.slow_renewals() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF current_query() LIKE '%unnest(%' AND (SELECT failing FROM {q}.renewals) THEN
+                 PERFORM pg_sleep(60);
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER slow_renewals BEFORE UPDATE ON {q}.leader_lease
+             FOR EACH STATEMENT EXECUTE FUNCTION {q}.slow_renewals();"
+    )))
+    .execute(&s.pool)
+    .await
+    .unwrap();
+    let set_failing = |on: bool| {
+        let sql = format!("UPDATE {q}.renewals SET failing = {on}");
+        let pool = s.pool.clone();
+        async move {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+
+    let hub = PgHub::connect(&database_url(), Duration::from_millis(300))
+        .await
+        .unwrap();
+    let gate = Arc::new(Gate::default());
+    let start = |held: bool| {
+        let config = s
+            .builder()
+            .with_instance_id("twin")
+            .with_clean_interval(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        let backend = Gated {
+            inner: PgBackend::with_hub(&hub, &config),
+            gate: gate.clone(),
+            held,
+        };
+        Elector::start(backend, config)
+    };
+    let a = start(true).await.unwrap();
+    wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
+    let stale = a.term().unwrap();
+    let b = start(false).await.unwrap();
+    wait_until(Duration::from_secs(3), "b to see a's lease", || {
+        b.leader().is_some()
+    })
+    .await;
+
+    // a's renewals time out: it steps down at its local deadline and keeps retrying its term, until its
+    // lease expires in the database and b takes it with a new term.
+    set_failing(true).await;
+    wait_until(Duration::from_secs(3), "a to step down", || !a.is_leader()).await;
+    wait_until(
+        Duration::from_secs(5),
+        "b to take the expired lease",
+        || b.is_leader(),
+    )
+    .await;
+    let current = b.term().unwrap();
+    assert!(current > stale, "b's term {current} after a's {stale}");
+
+    // a's next retry waits at the gate; the renewals work again; b's next renewal goes out with it.
+    gate.hold.store(true, Ordering::SeqCst);
+    wait_until(Duration::from_secs(3), "a's next retry", || {
+        gate.parked.load(Ordering::SeqCst)
+    })
+    .await;
+    set_failing(false).await;
+    let batches = hub.batch_stats();
+    gate.ready.store(true, Ordering::SeqCst);
+    wait_until(Duration::from_secs(3), "b's renewal to release a's", || {
+        !gate.hold.load(Ordering::SeqCst)
+    })
+    .await;
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        assert!(
+            !a.is_leader(),
+            "a leads again with its stale term {:?} beside b (term {current}, leading: {})",
+            a.term(),
+            b.is_leader()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        b.term(),
+        Some(current),
+        "b, which holds the row's term, leads"
+    );
+    let batched = hub.batch_stats();
+    assert!(
+        batched.requests > batches.requests,
+        "the renewals went through the batcher: {batches:?} then {batched:?}"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    hub.close().await;
 }

@@ -6,6 +6,7 @@ mod common;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
@@ -148,6 +149,122 @@ async fn a_foreign_write_to_the_key_ends_leadership_and_never_gives_two_leaders(
     assert_never_two_leaders(&[&a, &o], Duration::from_secs(1)).await;
     a.shutdown().await.unwrap();
     o.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_key_or_another_term_in_the_leaders_name_ends_leadership() {
+    let b = Bucket::new("ll_gone");
+    let a = b.start(fast().with_instance_id("a")).await;
+    wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
+    let store = b.js().await.get_key_value(&b.name).await.unwrap();
+    let first = a.term().unwrap();
+    // Deleted behind a's back (not by a release of its own): its next renewal finds no lease of its own,
+    // which ends that term (a may take the free key again at once, with a new term).
+    store.delete("lock-1").await.unwrap();
+    wait_until(Duration::from_secs(3), "a's term to end", || {
+        a.term().is_some_and(|t| t != first)
+    })
+    .await;
+    let term = a.term().unwrap();
+    // a's instance id with another term (a twin with the same fixed id): not a's own lease either.
+    store
+        .put("lock-1", format!("{} a", term + 1000).into())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(2), "a to step down", || !a.is_leader()).await;
+    a.shutdown().await.unwrap();
+}
+
+/// The log lines of the current thread's subscriber (set with [`tracing::subscriber::set_default`]).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl tracing_subscriber::fmt::MakeWriter<'_> for Logs {
+    type Writer = Logs;
+    fn make_writer(&self) -> Logs {
+        self.clone()
+    }
+}
+
+/// A renewal the server applied but whose acknowledgement was lost (a timeout, a stream leader change):
+/// the key holds the leader's own term and id at a revision the leader never heard of. Simulated by a side
+/// client writing exactly that value at the current revision between two renewals. The retry's
+/// compare-and-set fails on the revision; the leader must go on from the revision that holds its own
+/// lease rather than step down, lock itself out until `max_age`, and blame a duplicate instance id.
+// One thread: the log subscriber set for this thread sees every task of the test.
+#[tokio::test]
+async fn a_renewal_applied_without_its_acknowledgement_keeps_the_lease() {
+    let logs = Logs::default();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish(),
+    );
+    let b = Bucket::new("ll_lostack");
+    let a = b.start(fast().with_instance_id("a")).await;
+    wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
+    let term = a.term().unwrap();
+    let f = b.start(fast().with_instance_id("f")).await;
+    let mut status = a.subscribe();
+    status.borrow_and_update();
+    let store = b.js().await.get_key_value(&b.name).await.unwrap();
+    // What a's renewals write.
+    let value = format!("{term} a");
+    let mut lost_acks = 0;
+    let mut next = Instant::now();
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        assert!(
+            a.is_leader() && a.term() == Some(term),
+            "a lost its lease after {lost_acks} renewals whose acknowledgement was lost\n{}",
+            logs.text()
+        );
+        assert!(!f.is_leader(), "f leads beside a");
+        if Instant::now() >= next {
+            let entry = store.entry("lock-1").await.unwrap().unwrap();
+            // Fails if a renewed in between; then the next round tries again.
+            if store
+                .update("lock-1", value.clone().into(), entry.revision)
+                .await
+                .is_ok()
+            {
+                lost_acks += 1;
+                next = Instant::now() + Duration::from_millis(700);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(lost_acks >= 4, "only {lost_acks} lost acknowledgements");
+    assert!(
+        !status.has_changed().unwrap(),
+        "a's status changed to {:?}",
+        *status.borrow()
+    );
+    let text = logs.text();
+    assert!(
+        !text.contains("instance ids must be unique") && !text.contains("stepped down"),
+        "{text}"
+    );
+    a.shutdown().await.unwrap();
+    f.shutdown().await.unwrap();
 }
 
 /// A NATS server of the test's own, on a free port, with JetStream in a temporary directory.

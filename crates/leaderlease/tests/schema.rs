@@ -260,7 +260,7 @@ async fn runtime_user_without_privileges_gets_a_clear_error() {
     .execute(&s.pool)
     .await
     .unwrap();
-    let url = database_url().replacen("postgres@", &format!("{role}@"), 1);
+    let url = url_as_user(&database_url(), &role);
     let err = s
         .builder()
         .with_create_table_on_init(false)

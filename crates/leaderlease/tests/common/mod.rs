@@ -22,10 +22,37 @@ pub fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
 
-/// `url` with `application_name` set, so a test can find (and terminate) its elector's connections.
+/// `url` with `application_name` set (replacing one it has), so a test can find (and terminate) its
+/// elector's connections. Edited with a URL parser, so credentials, other parameters and encodings in
+/// `DATABASE_URL` are kept.
 pub fn url_with_app(url: &str, app: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}application_name={app}")
+    let mut parsed = parse_url(url);
+    let others: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| k != "application_name")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    parsed
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(others)
+        .append_pair("application_name", app);
+    parsed.into()
+}
+
+/// `url` with another user and no password (for roles a test creates; the test servers trust local
+/// connections). Edited with a URL parser, so it holds for any valid `DATABASE_URL`.
+pub fn url_as_user(url: &str, user: &str) -> String {
+    let mut parsed = parse_url(url);
+    parsed
+        .set_username(user)
+        .and_then(|()| parsed.set_password(None))
+        .unwrap_or_else(|()| panic!("{url} cannot carry a user name"));
+    parsed.into()
+}
+
+fn parse_url(url: &str) -> url::Url {
+    url::Url::parse(url).unwrap_or_else(|e| panic!("DATABASE_URL {url:?} is not a valid URL: {e}"))
 }
 
 /// Short settings for tests: lease 1.5 s, renewal 0.4 s ± 0.1 s.
