@@ -72,8 +72,10 @@ export function check(dir) {
     const records = readJsonLines(path.join(dir, `${p.candidate}.jsonl`));
     const own = [];
     let exit = null;
+    let ready = false;
     for (const r of records) {
       if (r.type === 'interval') own.push(r);
+      else if (r.type === 'ready') ready = true;
       else if (r.type === 'exit') exit = r;
       else if (r.type === 'fatal') {
         violations.push({ kind: 'crash', text: `${p.candidate}: ${r.kind}: ${String(r.message).split('\n')[0]}` });
@@ -122,6 +124,8 @@ export function check(dir) {
     const cleanExit = p.exit_code === 0 && p.signal === null;
     if (p.exit_code === undefined && p.signal === undefined) {
       violations.push({ kind: 'crash', text: `${p.candidate}: no exit recorded` });
+    } else if (p.lang === 'nest' && p.expected === 'sigterm' && !ready && (p.signal === 'SIGTERM' || cleanExit)) {
+      // SIGTERMed before the application had started: nothing of the package's shutdown to check.
     } else if (p.lang === 'nest' && p.expected === 'sigterm') {
       // Nest runs its shutdown hooks on SIGTERM and then raises the signal again: a complete shutdown ends
       // by SIGTERM (exit status 143), with the marker of the last hook written.

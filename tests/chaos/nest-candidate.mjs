@@ -12,7 +12,10 @@
 //
 // On SIGTERM, Nest runs the shutdown hooks (the election's release and shutdown, then the marker's) and
 // re-raises the signal: the process must end by SIGTERM (exit status 143), with the exit record written.
-// Records: as node-candidate.mjs (one election, lock id --lock-id); the exit record has `hooks: "done"`.
+// Records: as node-candidate.mjs (one election, lock id --lock-id), plus {"type":"ready"} once the
+// application has started (from then on a SIGTERM must end as above); the exit record has `hooks: "done"`.
+// A SIGTERM before the start completed is answered once it has (a SIGTERM before this script's first line
+// ran ends the process by the signal's default action, without records: it had not started).
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -63,6 +66,13 @@ try {
   process.stderr.write(`nest-candidate: ${err.message}\n`);
   process.exit(2);
 }
+
+// A SIGTERM while Nest starts is answered once it has started (Nest's own handler then runs the hooks).
+let terminated = false;
+const onEarlyTerm = () => {
+  terminated = true;
+};
+process.on('SIGTERM', onEarlyTerm);
 
 // Nest and the package resolved from the package's directory, as in an application that installed both.
 const require = createRequire(path.join(args.packageDir, 'package.json'));
@@ -215,11 +225,6 @@ Module({ imports: [LeaderElectorModule.forRoot(config), MarkerModule] })(AppModu
 // The start is retried while the store is unreachable (a fault may be active while this process starts).
 const giveUp = Date.now() + 120_000;
 let app = null;
-let terminated = false;
-const onEarlyTerm = () => {
-  terminated = true;
-};
-process.on('SIGTERM', onEarlyTerm);
 while (app === null) {
   try {
     const a = await NestFactory.createApplicationContext(AppModule, { logger: ['error', 'warn'], abortOnError: false });
@@ -236,5 +241,7 @@ while (app === null) {
 process.off('SIGTERM', onEarlyTerm);
 app.enableShutdownHooks(['SIGTERM']);
 service = app.get(LeaderElectorService);
+// From here on a SIGTERM must end in the marker and the re-raised signal.
+append({ type: 'ready', candidate: id, t_ns: now() });
 event({ ev: 'ready', t: now() });
 if (terminated) process.kill(process.pid, 'SIGTERM');
