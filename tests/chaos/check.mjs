@@ -160,7 +160,10 @@ export function check(dir) {
   }
 
   intervals.sort((a, b) => a.first - b.first || a.last - b.last);
-  const locks = [...new Set([defaultLock, ...(run.settings?.locks ?? []), ...intervals.map((iv) => iv.lock)])].sort((a, b) => a - b);
+  // The run's lock ids (each must have had a leader), and any other that shows up in the records.
+  const seenLocks = intervals.map((iv) => iv.lock);
+  const runLocks = run.settings?.locks ?? (seenLocks.length > 0 ? [] : [defaultLock]);
+  const locks = [...new Set([...runLocks, ...seenLocks])].sort((a, b) => a - b);
   const byLock = new Map(locks.map((l) => [l, []]));
   for (const iv of intervals) byLock.get(iv.lock).push(iv);
   const relevant = (f, lock) => !Array.isArray(f.locks) || f.locks.includes(lock);

@@ -184,11 +184,14 @@ export class Proxy {
       } else {
         // The request goes out, then the connection ends towards the server (FIN after the data) and is
         // reset towards the client, which never sees the reply.
-        this.#flush(c);
         c.dead = true;
         if (c.timer !== null) clearTimeout(c.timer);
         this.#conns.delete(c);
-        c.upstream?.end();
+        if (c.upstream === null) this.#connectUpstream(c);
+        // Written even while the server side is still connecting (the socket buffers it), then FIN.
+        for (const item of c.toServer) if (item.chunk !== END) c.upstream.write(item.chunk);
+        c.toServer.length = 0;
+        c.upstream.end();
         c.client.on('error', () => undefined);
         c.client.resetAndDestroy();
         ack.resolve({ matched: true, at, healAt: performance.now() });
