@@ -341,7 +341,10 @@ impl Recorder {
 fn retryable(e: &Error) -> bool {
     matches!(
         e,
-        Error::Unreachable { .. } | Error::Timeout { .. } | Error::Database { .. } | Error::Store { .. }
+        Error::Unreachable { .. }
+            | Error::Timeout { .. }
+            | Error::Database { .. }
+            | Error::Store { .. }
     )
 }
 
@@ -571,7 +574,10 @@ async fn run() -> i32 {
 /// lock id, the twin too) in the background.
 fn command(id: &str, electors: &[Arc<Elector>], plan: &[(String, i64, bool)], line: &str) {
     let mut words = line.split_whitespace();
-    match (words.next(), words.next().and_then(|w| w.parse::<i64>().ok())) {
+    match (
+        words.next(),
+        words.next().and_then(|w| w.parse::<i64>().ok()),
+    ) {
         (Some("release"), Some(lock)) => {
             for (elector, (_, l, _)) in electors.iter().zip(plan) {
                 if *l == lock {
