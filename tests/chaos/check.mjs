@@ -378,7 +378,7 @@ export function summarize({ violations, report, run }) {
   const who = [`${s.node} Node`, `${s.rust} Rust`, ...(s.nest ? [`${s.nest} Nest`] : [])].join(' + ');
   const lockText = report.locks > 1 ? `lock ids ${s.lockId}..${s.lockId + report.locks - 1}` : `lock id ${s.lockId}`;
   lines.push(
-    `chaos summary [${report.store === 'nats' ? 'NATS' : 'PostgreSQL'}]: seed ${run.seed}, ${(run.phase_end_ns / 60e9).toFixed(1)} min, ${who} candidates${s.twin ? ' (one Rust process with two electors of one instance id)' : ''}, ${lockText}`,
+    `chaos summary [${report.store === 'nats' ? 'NATS' : 'PostgreSQL'}]: seed ${run.seed}, ${((run.phase_end_ns - (run.candidates_started_ns ?? 0)) / 60e9).toFixed(1)} min, ${who} candidates${s.twin ? ' (one Rust process with two electors of one instance id)' : ''}, ${lockText}`,
   );
   lines.push(
     `  settings: lease ${s.lease} ms, renewal ${s.renewal} ms ± ${s.jitter / 2} ms, safety margin ${s.safetyMargin} ms, operation timeout ${s.operationTimeout} ms`,
