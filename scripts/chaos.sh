@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The chaos checker (docs/chaos.md): Node and Rust candidate processes for one lock id on a throwaway
-# PostgreSQL of its own, faults injected at random (SIGKILL, SIGSTOP, pg_terminate_backend, a PostgreSQL
-# restart, latency, partitions, graceful restarts), then a check of every leadership the candidates saw.
+# The chaos checker (docs/chaos.md): Node, Rust and Nest candidate processes for several lock ids on a
+# throwaway PostgreSQL, then on a throwaway NATS server, of their own; faults injected at random (SIGKILL,
+# SIGSTOP, pg_terminate_backend, server restarts, a DOWN+UP migration, latency, partitions, lost NATS
+# acknowledgements, a wedged event loop, graceful restarts, voluntary handovers), then a check of every
+# leadership the candidates saw.
 #
-#   bash scripts/chaos.sh [--minutes N] [--seed S] [more options of tests/chaos/harness.mjs]
-#   npm run chaos -- --minutes 30
+#   bash scripts/chaos.sh [--profile short|long] [--store pg|nats|both] [--seed S] [more options of
+#       tests/chaos/harness.mjs]
+#   npm run chaos -- --profile long
 #
 # Builds what it needs first: the Rust candidate (release-fast profile), and the addon and the TypeScript
 # when they are missing or older than their sources. Exit status 0 only when the checker finds nothing.
@@ -27,8 +30,8 @@ if [ ! -f dist/index.js ] || newer_source dist/index.js ts; then
   echo "chaos: compiling the TypeScript (npm run build:ts)" >&2
   npm run --silent build:ts
 fi
-echo "chaos: building the Rust candidate (cargo build --profile release-fast --example chaos_candidate)" >&2
-cargo build --quiet --profile release-fast --example chaos_candidate
+echo "chaos: building the Rust candidate (cargo build --profile release-fast -p leaderlease --features nats --example chaos_candidate)" >&2
+cargo build --quiet --profile release-fast -p leaderlease --features nats --example chaos_candidate
 
 # The checker and the proxy on their own first (no database, a second): a broken checker must not pass.
 node --test tests/chaos/check.test.mjs tests/chaos/proxy.test.mjs >/dev/null || {

@@ -28,9 +28,11 @@ function runDir({ procs, faults = [], phaseEnd = 60_000 * MS, bound = 3800 }) {
   fs.writeFileSync(path.join(dir, 'faults.jsonl'), faults.map((f) => `${JSON.stringify(f)}\n`).join(''));
   const lines = [];
   for (const [id, p] of Object.entries(procs)) {
-    const records = (p.intervals ?? []).map(([term, first, last]) => ({
+    const records = (p.intervals ?? []).map(([term, first, last, lock, sampler]) => ({
       type: 'interval',
       candidate: id,
+      ...(lock !== undefined ? { lock } : {}),
+      ...(sampler !== undefined ? { sampler } : {}),
       term,
       first_true_ns: first * MS,
       last_true_ns: last * MS,
@@ -38,7 +40,8 @@ function runDir({ procs, faults = [], phaseEnd = 60_000 * MS, bound = 3800 }) {
     }));
     if (p.fatal) records.push({ type: 'fatal', candidate: id, kind: 'unhandledRejection', message: p.fatal });
     const killed = p.proc?.signal === 'SIGKILL';
-    if (!killed && p.exit !== false) records.push({ type: 'exit', candidate: id, shutdown: 'ok', max_sample_gap_ns: 0 });
+    if (p.ready) records.push({ type: 'ready', candidate: id });
+    if (!killed && p.exit !== false) records.push({ type: 'exit', candidate: id, shutdown: 'ok', max_sample_gap_ns: 0, ...(p.hooks ? { hooks: p.hooks } : {}) });
     fs.writeFileSync(path.join(dir, `${id}.jsonl`), records.map((r) => `${JSON.stringify(r)}\n`).join(''));
     if (p.slot) {
       const [term, first, last] = p.slot;
@@ -167,4 +170,105 @@ test('crashes: a signal the harness did not send, a fatal record, a panic on std
     },
   });
   assert.deepEqual(kinds(dir), ['crash', 'crash', 'crash', 'crash', 'crash']);
+});
+
+test('a Nest candidate must end by the re-raised SIGTERM with its last shutdown hook run', () => {
+  const sigterm = { exit_code: null, signal: 'SIGTERM', expected: 'sigterm' };
+  const clean = runDir({
+    procs: {
+      a: { intervals: [[1, 100, 60_000]] },
+      s: { lang: 'nest', ready: true, hooks: 'done', proc: sigterm },
+      // SIGTERMed before its application had started: no hooks to check.
+      t: { lang: 'nest', exit: false, proc: sigterm },
+    },
+  });
+  assert.deepEqual(check(clean).violations, []);
+  const cut = runDir({
+    procs: {
+      a: { intervals: [[1, 100, 60_000]] },
+      // Exit status 0 after SIGTERM, before the marker hook ran: the shutdown was cut short.
+      s: { lang: 'nest', ready: true, exit: false, proc: { exit_code: 0, signal: null, expected: 'sigterm' } },
+      // Ended by the signal but the last hook never ran.
+      t: { lang: 'nest', ready: true, exit: false, proc: sigterm },
+    },
+  });
+  const texts = check(cut).violations.map((v) => `${v.kind} ${v.text}`);
+  assert.equal(texts.length, 3, texts.join('\n'));
+  assert.ok(texts.some((t) => /^crash s \(nest.*exited with status 0 .*after SIGTERM, not by the re-raised SIGTERM/.test(t)), texts.join('\n'));
+  assert.ok(texts.some((t) => /^crash s \(nest\) ended after SIGTERM without its last shutdown hook/.test(t)), texts.join('\n'));
+  assert.ok(texts.some((t) => /^crash t \(nest\) ended after SIGTERM without its last shutdown hook/.test(t)), texts.join('\n'));
+});
+
+test('terms that start again after a DOWN+UP migration are term violations, per lock id and across candidates', () => {
+  const downUp = { kind: 'down-up', locks: null, inject_ns: 20_000 * MS, heal_ns: 22_500 * MS, ref_ns: 22_500 * MS };
+  const dir = runDir({
+    procs: {
+      a: { intervals: [[5, 100, 19_000, 7], [6, 100, 19_500, 8]] },
+      // After the UP the sequence starts at 1 again: lock 7's next term is below a's, on another candidate.
+      b: { intervals: [[1, 22_600, 60_000, 7], [7, 22_700, 60_000, 8]] },
+    },
+    faults: [downUp],
+  });
+  const v = check(dir).violations;
+  assert.deepEqual(v.map((x) => x.kind), ['term']);
+  assert.match(v[0].text, /^lock 7: b started leading with term 1 .*not above the earlier term 5 \(a\|5\)/);
+  assert.equal(check(dir).report.termRegressions, 1);
+  // Lock 8 alone (terms growing across the migration) passes.
+  const fine = runDir({
+    procs: { a: { intervals: [[6, 100, 19_500, 8]] }, b: { intervals: [[7, 22_700, 60_000, 8]] } },
+    faults: [downUp],
+  });
+  assert.deepEqual(check(fine).violations, []);
+});
+
+test('two samplers of one process (twins) that lead one lock id at once overlap; other lock ids are apart', () => {
+  const dir = runDir({
+    procs: {
+      r: { intervals: [[3, 100, 30_000, 7, 'r'], [4, 29_000, 60_000, 7, 'r~b'], [3, 100, 60_000, 8, 'r']] },
+      n: { intervals: [[5, 100, 60_000, 9]] },
+    },
+  });
+  const v = check(dir).violations;
+  assert.deepEqual(v.map((x) => x.kind), ['overlap']);
+  assert.match(v[0].text, /^lock 7: r \(term 3.*and r~b \(term 4/);
+});
+
+test('a gap over the bound of its own fault kind is a gap violation, within it is not', () => {
+  // A lost acknowledgement: the bound is 2 x operation timeout + slack (1100 ms) from the heal.
+  const lostAck = { kind: 'lost-ack', locks: [7], inject_ns: 19_700 * MS, heal_ns: 20_000 * MS, ref_ns: 20_000 * MS, bound_ms: 1100 };
+  const over = runDir({
+    procs: { a: { intervals: [[1, 100, 20_000, 7]] }, b: { intervals: [[2, 21_600, 60_000, 7]] } },
+    faults: [lostAck],
+  });
+  const v = check(over).violations;
+  assert.deepEqual(v.map((x) => x.kind), ['gap']);
+  assert.match(v[0].text, /bound 1100 ms for lost-ack/);
+  // The same gap on another lock id than the fault's is held to the general bound (no violation) ...
+  const otherLock = runDir({
+    procs: { a: { intervals: [[1, 100, 20_000, 8]] }, b: { intervals: [[2, 21_600, 60_000, 8]] } },
+    faults: [lostAck, { kind: 'kill', locks: null, inject_ns: 19_900 * MS, heal_ns: 19_900 * MS, ref_ns: 19_900 * MS }],
+  });
+  assert.deepEqual(check(otherLock).violations, []);
+  // ... and a lost acknowledgement that costs less than its bound passes.
+  const within = runDir({
+    procs: { a: { intervals: [[1, 100, 20_000, 7]] }, b: { intervals: [[2, 20_900, 60_000, 7]] } },
+    faults: [lostAck],
+  });
+  assert.deepEqual(check(within).violations, []);
+});
+
+test('a stalled event loop: an old-term answer after the block and no other leader within the bound are found', () => {
+  const stall = { kind: 'stall', target: 'n', locks: null, inject_ns: 20_000 * MS, heal_ns: 28_000 * MS, ref_ns: 20_000 * MS, bound_ms: 4800 };
+  // The defect: the native side kept renewing, so the interval runs through the block and on after it.
+  const wedged = runDir({
+    procs: { n: { intervals: [[4, 100, 60_000]] }, b: {} },
+    faults: [stall],
+  });
+  assert.deepEqual(kinds(wedged), ['gap', 'stall']);
+  // Let go: the last true answer before the block, another candidate within the bound, no gap violation.
+  const letGo = runDir({
+    procs: { n: { intervals: [[4, 100, 20_000]] }, b: { intervals: [[5, 24_500, 60_000]] } },
+    faults: [stall],
+  });
+  assert.deepEqual(check(letGo).violations, []);
 });

@@ -1,21 +1,33 @@
-// The chaos harness (docs/chaos.md): a throwaway PostgreSQL, one TCP proxy per candidate, Node and Rust
-// candidate processes campaigning for one lock id through their proxies, faults injected at random, then
-// the checker over everything the candidates recorded. Run it through `npm run chaos` (scripts/chaos.sh),
-// which builds what it needs first.
+// The chaos harness (docs/chaos.md): a throwaway PostgreSQL (or NATS server with JetStream), one TCP proxy
+// per candidate, Node, Rust and Nest candidate processes campaigning for one or more lock ids through their
+// proxies, faults injected at random with voluntary handovers in between, then the checker over everything
+// the candidates recorded. Run it through `npm run chaos` (scripts/chaos.sh), which builds what it needs.
 //
-//   node tests/chaos/harness.mjs [--minutes 2] [--seed S] [--node 3] [--rust 3] [--lease 2000]
-//       [--renewal 600] [--jitter 200] [--safety-margin MS] [--operation-timeout MS] [--slack 500]
-//       [--faults kill,stop,terminate,pg-restart,latency,partition,graceful] [--out DIR] [--quiet]
-//       [--node-answer status]
+//   node tests/chaos/harness.mjs [--profile short|long] [--store pg|nats|both] [--minutes M]
+//       [--nats-minutes M] [--seed S] [--node 3] [--rust 3] [--nest 1] [--no-twin] [--elections N]
+//       [--handover-every MS] [--lease 2000] [--renewal 600] [--jitter 200] [--safety-margin MS]
+//       [--operation-timeout MS] [--max-event-loop-stall MS] [--slack 500] [--faults kill,stop,...]
+//       [--out DIR] [--quiet] [--node-answer status]
+//
+// Profiles (explicit options override them): short (the default) = PostgreSQL 1.75 min, then NATS 0.75 min
+// of faults, 3 lock ids per candidate, a handover every 400 ms of quiet; long = PostgreSQL 20 min, then
+// NATS 10 min, 6 lock ids per candidate, a handover every 150 ms of quiet. --store picks the legs,
+// --minutes the PostgreSQL leg's length (or the only leg's), --nats-minutes the NATS leg's.
+// Fault kinds: kill, stop, graceful, latency, partition, handover, stall, nest-term (both stores);
+// terminate, pg-restart, down-up, twin (PostgreSQL only); lost-ack, nats-restart (NATS only). --faults keeps
+// those named (each leg runs the ones that apply to its store).
 //
 // The candidates run from a copy of the package (package.json, dist/, native/) and of the candidate
 // programs taken into the run directory at the start, so that a rebuild in the working tree during a long run does
-// not mix versions. Even-numbered Rust candidates start with connect_shared, the others with connect.
+// not mix versions. Even-numbered Rust candidates start with connect_shared, the others with connect; on
+// PostgreSQL the second Rust slot also runs a twin (a second elector for the first lock id with the same
+// instance id on the same hub), unless --no-twin. The Nest candidates run one election (the first lock id).
 // --node-answer status makes the Node candidates answer from the last status event instead of amILeader()
 // (a stored boolean, as nest-leader-election 1.1.2 does): a check that the checker catches the overlaps
 // that answer causes.
 //
-// Exit status 0 when the checker finds no violation, 1 when it does, 2 on bad arguments or a harness error.
+// Exit status 0 when the checker finds no violation in any leg, 1 when it does, 2 on bad arguments or a
+// harness error.
 
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -25,6 +37,7 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
 import { check, summarize } from './check.mjs';
+import { ThrowawayNats } from './nats.mjs';
 import { ThrowawayPostgres } from './pg.mjs';
 import { Proxy } from './proxy.mjs';
 
@@ -32,9 +45,20 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '../..');
 const require = createRequire(path.join(ROOT, 'package.json'));
 
-const ALL_FAULTS = ['kill', 'stop', 'terminate', 'pg-restart', 'latency', 'partition', 'graceful'];
+const ALL_FAULTS = [
+  'kill', 'stop', 'terminate', 'pg-restart', 'latency', 'partition', 'graceful', 'handover', 'down-up', 'twin',
+  'stall', 'lost-ack', 'nats-restart', 'nest-term',
+];
+const PG_ONLY = new Set(['terminate', 'pg-restart', 'down-up', 'twin']);
+const NATS_ONLY = new Set(['lost-ack', 'nats-restart']);
+const faultsFor = (store, faults) => faults.filter((f) => !(store === 'pg' ? NATS_ONLY : PG_ONLY).has(f));
 const LOCK_ID = 7;
 const SCHEMA = 'chaos';
+const BUCKET = 'chaos';
+const PROFILES = {
+  short: { minutes: 1.75, natsMinutes: 0.75, store: 'both', elections: 3, handoverEvery: 400 },
+  long: { minutes: 20, natsMinutes: 10, store: 'both', elections: 6, handoverEvery: 150 },
+};
 
 // ---------------------------------------------------------------------------------------------- settings
 
@@ -44,7 +68,7 @@ function parseArgs(argv) {
     const a = argv[i];
     if (!a.startsWith('--')) throw new Error(`unexpected argument ${a}`);
     const name = a.slice(2);
-    if (name === 'quiet' || name === 'help') {
+    if (name === 'quiet' || name === 'help' || name === 'no-twin') {
       opts[name] = true;
       continue;
     }
@@ -64,24 +88,39 @@ function parseArgs(argv) {
     return n;
   };
   const known = new Set([
-    'minutes', 'seed', 'node', 'rust', 'lease', 'renewal', 'jitter', 'safety-margin', 'operation-timeout',
+    'profile', 'store', 'minutes', 'nats-minutes', 'seed', 'node', 'rust', 'nest', 'no-twin', 'elections',
+    'handover-every', 'lease', 'renewal', 'jitter', 'safety-margin', 'operation-timeout', 'max-event-loop-stall',
     'slack', 'faults', 'out', 'quiet', 'rust-bin', 'node-answer',
   ]);
   for (const k of Object.keys(opts)) if (!known.has(k)) throw new Error(`unknown option --${k}`);
+  const profileName = opts.profile ?? 'short';
+  const profile = PROFILES[profileName];
+  if (!profile) throw new Error(`--profile: short or long (got ${profileName})`);
   const lease = num('lease', 2000);
   const renewal = num('renewal', 600);
   const jitter = num('jitter', 200);
+  const safetyMargin = num('safety-margin', Math.max(Math.floor(lease / 10), 50));
   const s = {
-    minutes: num('minutes', 2),
+    profile: profileName,
+    store: opts.store ?? profile.store,
+    minutes: num('minutes', profile.minutes),
+    natsMinutes: num('nats-minutes', opts.store === 'nats' && opts.minutes !== undefined ? num('minutes') : profile.natsMinutes),
     seed: opts.seed !== undefined ? Number(opts.seed) >>> 0 : (Math.random() * 2 ** 32) >>> 0,
     node: num('node', 3),
     rust: num('rust', 3),
+    nest: num('nest', 1),
+    twin: !opts['no-twin'],
+    elections: Math.max(1, Math.floor(num('elections', profile.elections))),
+    handoverEvery: num('handover-every', profile.handoverEvery),
     lease,
     renewal,
     jitter,
     // The core's defaults, written out so that the bound below uses the values the candidates run with.
-    safetyMargin: num('safety-margin', Math.max(Math.floor(lease / 10), 50)),
+    safetyMargin,
     operationTimeout: num('operation-timeout', Math.min(Math.floor(renewal / 2), 2000)),
+    // Passed to the candidates only when given; the bound uses the default the fix documents otherwise.
+    maxEventLoopStall: opts['max-event-loop-stall'] !== undefined ? num('max-event-loop-stall') : undefined,
+    stallBound: num('max-event-loop-stall', lease - safetyMargin),
     slack: num('slack', 500),
     faults: (opts.faults ?? ALL_FAULTS.join(',')).split(',').filter(Boolean),
     quiet: Boolean(opts.quiet),
@@ -90,8 +129,13 @@ function parseArgs(argv) {
     nodeAnswer: opts['node-answer'] ?? 'amILeader',
   };
   if (!['amILeader', 'status'].includes(s.nodeAnswer)) throw new Error(`--node-answer: amILeader or status`);
+  if (!['pg', 'nats', 'both'].includes(s.store)) throw new Error(`--store: pg, nats or both`);
   for (const f of s.faults) if (!ALL_FAULTS.includes(f)) throw new Error(`unknown fault kind ${f} (known: ${ALL_FAULTS.join(', ')})`);
-  if (s.node + s.rust < 2) throw new Error('at least two candidates are needed');
+  if (s.node + s.rust + s.nest < 2) throw new Error('at least two candidates are needed');
+  s.legs = (s.store === 'both' ? ['pg', 'nats'] : [s.store])
+    .map((store) => ({ store, minutes: store === 'pg' ? s.minutes : s.natsMinutes, faults: faultsFor(store, s.faults) }))
+    .filter((leg) => leg.minutes > 0 && leg.faults.length > 0);
+  if (s.legs.length === 0) throw new Error('no leg to run: no fault kind applies to the chosen store(s), or 0 minutes');
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   s.out = path.resolve(opts.out ?? path.join(ROOT, 'target/chaos', `${stamp}-seed${s.seed}`));
   return s;
@@ -124,20 +168,25 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const secs = (ns) => (ns / 1e9).toFixed(3);
 
 class Harness {
-  constructor(s) {
+  /** One leg: `store` 'pg' or 'nats', `minutes` of faults of the kinds `faults`, records in `dir`. */
+  constructor(s, leg, dir) {
     this.s = s;
-    this.r = rng(s.seed);
-    this.dir = s.out;
-    this.pg = null;
+    this.leg = leg;
+    this.store = leg.store;
+    this.r = rng(leg.store === 'pg' ? s.seed : (s.seed ^ 0x9e3779b9) >>> 0);
+    this.dir = dir;
+    this.server = null;
     this.slots = [];
     this.procs = new Set();
     this.faultCounts = {};
     this.aborting = false;
     this.unexpected = [];
+    this.locks = Array.from({ length: s.elections }, (_, k) => s.lockId + k);
+    this.runExtra = {};
   }
 
   log(msg) {
-    if (!this.s.quiet) process.stdout.write(`[${secs(now()).padStart(8)}s] ${msg}\n`);
+    if (!this.s.quiet) process.stdout.write(`[${secs(now()).padStart(8)}s] ${this.store === 'nats' ? 'nats ' : ''}${msg}\n`);
   }
 
   appendJson(file, obj) {
@@ -149,27 +198,46 @@ class Harness {
     return lease + renewal + jitter / 2 + 2 * operationTimeout + slack;
   }
 
+  /** Bounds of their own (see docs/chaos.md): a stall, and a lost acknowledgement. */
+  get stallBound() {
+    return this.s.stallBound + this.s.lease + 1000;
+  }
+
+  get lostAckBound() {
+    return 2 * this.s.operationTimeout + this.s.slack;
+  }
+
   writeRun(extra = {}) {
     const s = this.s;
     const run = {
       seed: s.seed,
       settings: {
-        minutes: s.minutes,
+        store: this.store,
+        profile: s.profile,
+        minutes: this.leg.minutes,
         node: s.node,
         rust: s.rust,
+        nest: s.nest,
+        twin: this.twinSlot !== undefined,
+        elections: s.elections,
+        locks: this.locks,
+        handoverEvery: s.handoverEvery,
         lease: s.lease,
         renewal: s.renewal,
         jitter: s.jitter,
         safetyMargin: s.safetyMargin,
         operationTimeout: s.operationTimeout,
+        maxEventLoopStall: s.maxEventLoopStall ?? null,
         slack: s.slack,
-        faults: s.faults,
+        faults: this.leg.faults,
         lockId: s.lockId,
         nodeAnswer: s.nodeAnswer,
         schema: SCHEMA,
+        bucket: BUCKET,
       },
       bound_ms: this.bound,
       bound_formula: `${s.lease} + ${s.renewal} + ${s.jitter / 2} + 2 x ${s.operationTimeout} + ${s.slack}`,
+      kind_bounds_ms: { stall: this.stallBound, 'lost-ack': this.lostAckBound },
       start_bound_ms: 20_000 + this.bound,
       command: `node tests/chaos/harness.mjs ${process.argv.slice(2).join(' ')}`.trim(),
       ...this.runExtra,
@@ -183,25 +251,24 @@ class Harness {
   snapshot() {
     const s = this.s;
     this.pkgDir = path.join(this.dir, 'pkg');
-    if (s.node > 0) {
-      const addons = fs.existsSync(path.join(ROOT, 'native')) ? fs.readdirSync(path.join(ROOT, 'native')).filter((f) => f.endsWith('.node')) : [];
-      if (!fs.existsSync(path.join(ROOT, 'dist/index.js')) || addons.length === 0) {
-        throw new Error('dist/ or native/*.node is missing: build them with scripts/chaos.sh');
-      }
-      fs.mkdirSync(path.join(this.pkgDir, 'native'), { recursive: true });
-      fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(this.pkgDir, 'package.json'));
-      fs.cpSync(path.join(ROOT, 'dist'), path.join(this.pkgDir, 'dist'), { recursive: true });
-      for (const f of ['index.js', 'index.d.ts', ...addons]) {
-        fs.copyFileSync(path.join(ROOT, 'native', f), path.join(this.pkgDir, 'native', f));
-      }
+    const addons = fs.existsSync(path.join(ROOT, 'native')) ? fs.readdirSync(path.join(ROOT, 'native')).filter((f) => f.endsWith('.node')) : [];
+    if (!fs.existsSync(path.join(ROOT, 'dist/index.js')) || addons.length === 0) {
+      throw new Error('dist/ or native/*.node is missing: build them with scripts/chaos.sh');
     }
+    fs.mkdirSync(path.join(this.pkgDir, 'native'), { recursive: true });
+    fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(this.pkgDir, 'package.json'));
+    fs.cpSync(path.join(ROOT, 'dist'), path.join(this.pkgDir, 'dist'), { recursive: true });
+    for (const f of ['index.js', 'index.d.ts', ...addons]) {
+      fs.copyFileSync(path.join(ROOT, 'native', f), path.join(this.pkgDir, 'native', f));
+    }
+    fs.mkdirSync(path.join(this.dir, 'bin'), { recursive: true });
     this.nodeCandidate = path.join(this.dir, 'bin', 'node-candidate.mjs');
-    fs.mkdirSync(path.dirname(this.nodeCandidate), { recursive: true });
     fs.copyFileSync(path.join(HERE, 'node-candidate.mjs'), this.nodeCandidate);
+    this.nestCandidate = path.join(this.dir, 'bin', 'nest-candidate.mjs');
+    fs.copyFileSync(path.join(HERE, 'nest-candidate.mjs'), this.nestCandidate);
     this.rustBin = path.join(this.dir, 'bin', 'chaos_candidate');
     if (s.rust > 0) {
       if (!fs.existsSync(s.rustBin)) throw new Error(`${s.rustBin} is missing: build it with scripts/chaos.sh`);
-      fs.mkdirSync(path.dirname(this.rustBin), { recursive: true });
       fs.copyFileSync(s.rustBin, this.rustBin);
       fs.chmodSync(this.rustBin, 0o755);
     }
@@ -213,20 +280,39 @@ class Harness {
     slot.gen += 1;
     const id = `${slot.name}-g${slot.gen}`;
     const s = this.s;
-    const url = `postgres://postgres@127.0.0.1:${slot.proxy.port}/postgres?application_name=chaos-${id}`;
+    const url =
+      this.store === 'nats'
+        ? `nats://127.0.0.1:${slot.proxy.port}`
+        : `postgres://postgres@127.0.0.1:${slot.proxy.port}/postgres?application_name=chaos-${id}`;
     const args = [
       '--id', id, '--url', url, '--dir', this.dir, '--t0', String(T0), '--lock-id', String(s.lockId),
       '--schema', SCHEMA, '--lease', String(s.lease), '--renewal', String(s.renewal), '--jitter', String(s.jitter),
       '--safety-margin', String(s.safetyMargin), '--operation-timeout', String(s.operationTimeout),
+      '--store', this.store, '--bucket', BUCKET,
     ];
-    if (slot.lang === 'node') args.push('--package', this.pkgDir, '--answer', s.nodeAnswer);
-    else if (slot.shared) args.push('--shared');
+    if (slot.lang !== 'nest') args.push('--elections', String(s.elections));
+    if (slot.lang !== 'rust') {
+      args.push('--package', this.pkgDir);
+      if (s.maxEventLoopStall !== undefined) args.push('--max-event-loop-stall', String(s.maxEventLoopStall));
+    }
+    if (slot.lang === 'node') args.push('--answer', s.nodeAnswer);
+    if (slot.lang === 'rust' && slot.shared) args.push('--shared');
+    if (slot.lang === 'rust' && slot.twin) args.push('--twin');
     const [cmd, argv] =
-      slot.lang === 'node' ? [process.execPath, [this.nodeCandidate, ...args]] : [this.rustBin, args];
+      slot.lang === 'rust'
+        ? [this.rustBin, args]
+        : [process.execPath, [slot.lang === 'nest' ? this.nestCandidate : this.nodeCandidate, ...args]];
     const stderr = fs.openSync(path.join(this.dir, `${id}.stderr`), 'a');
     const child = spawn(cmd, argv, {
-      stdio: ['pipe', 'pipe', stderr],
-      env: { ...process.env, RUST_LOG: process.env.CHAOS_RUST_LOG ?? 'warn' },
+      // A Nest application reads no stdin: nothing of the harness's may keep its event loop alive.
+      stdio: [slot.lang === 'nest' ? 'ignore' : 'pipe', 'pipe', stderr],
+      // NODE_PATH: the package copy resolves its peers (NestJS, rxjs) from the repository's node_modules
+      // wherever the run directory is.
+      env: {
+        ...process.env,
+        RUST_LOG: process.env.CHAOS_RUST_LOG ?? 'warn',
+        NODE_PATH: [path.join(ROOT, 'node_modules'), process.env.NODE_PATH].filter(Boolean).join(path.delimiter),
+      },
     });
     fs.closeSync(stderr);
     const proc = {
@@ -236,7 +322,7 @@ class Harness {
       child,
       pid: child.pid,
       state: 'starting',
-      term: null,
+      leads: new Map(),
       stopped: false,
       expected: null,
       exited: false,
@@ -246,6 +332,7 @@ class Harness {
       child.on('exit', (code, signal) => {
         proc.exited = true;
         proc.state = 'exited';
+        proc.leads.clear();
         const rec = {
           candidate: id,
           lang: slot.lang,
@@ -258,7 +345,9 @@ class Harness {
         };
         this.appendJson('processes.jsonl', rec);
         this.procs.delete(proc);
-        const fine = (proc.expected === 'sigkill' && signal === 'SIGKILL') || (proc.expected === 'sigterm' && code === 0);
+        const fine =
+          (proc.expected === 'sigkill' && signal === 'SIGKILL') ||
+          (proc.expected === 'sigterm' && (slot.lang === 'nest' ? signal === 'SIGTERM' : code === 0));
         if (!fine) {
           this.unexpected.push(rec);
           this.log(`!! ${id} exited with ${signal ?? `status ${code}`}${proc.expected ? ` (expected ${proc.expected})` : ' unasked'}; see ${id}.stderr`);
@@ -268,7 +357,7 @@ class Harness {
       });
     });
     child.on('error', (err) => this.log(`!! ${id}: ${err.message}`));
-    child.stdin.on('error', () => undefined);
+    child.stdin?.on('error', () => undefined);
     readline.createInterface({ input: child.stdout }).on('line', (line) => {
       let ev;
       try {
@@ -276,14 +365,14 @@ class Harness {
       } catch {
         return;
       }
-      if (ev.ev === 'ready') proc.state = 'follower';
+      const lock = ev.lock ?? s.lockId;
+      const key = `${lock}|${ev.sampler ?? id}`;
+      if (ev.ev === 'ready') proc.state = 'running';
       else if (ev.ev === 'lead') {
-        proc.state = 'leader';
-        proc.term = ev.term;
-        this.log(`${id} leads (term ${ev.term})`);
+        proc.leads.set(key, { lock, term: ev.term });
+        this.log(`${ev.sampler ?? id} leads lock ${lock} (term ${ev.term})`);
       } else if (ev.ev === 'follow') {
-        proc.state = 'follower';
-        this.log(`${id} stepped down (term ${proc.term})`);
+        for (const k of [...proc.leads.keys()]) if (k.startsWith(`${lock}|`)) proc.leads.delete(k);
       }
     });
     slot.proc = proc;
@@ -291,35 +380,45 @@ class Harness {
     return proc;
   }
 
-  /** The leader as the candidates' own reports show it (highest term among those that say they lead). */
-  leader() {
+  /** The leader of `lock` as the candidates' own reports show it (highest term among those that lead). */
+  leader(lock) {
     let best = null;
+    let bestTerm = -1;
     for (const p of this.procs) {
-      if (p.state === 'leader' && !p.stopped && !p.exited && (best === null || p.term > best.term)) best = p;
+      if (p.stopped || p.exited) continue;
+      for (const l of p.leads.values()) {
+        if (l.lock === lock && l.term > bestTerm) {
+          best = p;
+          bestTerm = l.term;
+        }
+      }
     }
     return best;
+  }
+
+  ledLocks(p) {
+    return [...new Set([...p.leads.values()].map((l) => l.lock))];
   }
 
   alive() {
     return [...this.procs].filter((p) => !p.exited && !p.stopped && p.expected === null);
   }
 
-  async waitForLeader(timeoutMs) {
+  async waitForLeaders(timeoutMs) {
     const until = Date.now() + timeoutMs;
     while (Date.now() < until && !this.aborting) {
-      const l = this.leader();
-      if (l) return l;
+      if (this.locks.every((l) => this.leader(l) !== null)) return true;
       await sleep(10);
     }
-    return this.leader();
+    return this.locks.every((l) => this.leader(l) !== null);
   }
 
-  /** The leader with probability `p` (when there is one), else any live candidate. */
-  target(p = 1) {
-    const l = this.leader();
-    if (l && this.r.chance(p)) return l;
-    const all = this.alive();
-    return all.length > 0 ? this.r.pick(all) : l;
+  /** The leader of a random lock id with probability `p` (when there is one), else any live candidate. */
+  target(p = 1, filter = () => true) {
+    const leaders = this.locks.map((l) => this.leader(l)).filter((x) => x !== null && x.expected === null && filter(x));
+    if (leaders.length > 0 && this.r.chance(p)) return this.r.pick(leaders);
+    const all = this.alive().filter(filter);
+    return all.length > 0 ? this.r.pick(all) : (leaders[0] ?? null);
   }
 
   // --- faults
@@ -327,7 +426,7 @@ class Harness {
   async inject(kind) {
     const s = this.s;
     const r = this.r;
-    const f = { kind };
+    const f = { kind, locks: null };
     if (['kill', 'stop', 'latency', 'partition', 'graceful'].includes(kind) && this.target() === null) {
       this.log(`fault ${kind} skipped: no live candidate`);
       return null;
@@ -364,7 +463,7 @@ class Harness {
         break;
       }
       case 'terminate': {
-        const leader = this.leader();
+        const leader = this.target(1);
         const all = !leader || r.chance(0.5);
         f.target = all ? 'all' : leader.id;
         const where = all ? `application_name LIKE 'chaos-%'` : `application_name = 'chaos-${leader.id}'`;
@@ -375,35 +474,42 @@ class Harness {
         this.log(`fault terminate: pg_terminate_backend of ${f.target}'s sessions (${f.detail})`);
         break;
       }
-      case 'pg-restart': {
+      case 'pg-restart':
+      case 'nats-restart': {
         // Half of the time a restart, half of the time an outage longer than the lease (every lease
-        // expires by the database's clock meanwhile).
+        // expires by the server's clock meanwhile).
         const outage = r.chance(0.5) ? Math.round(r.uniform(1.2, 2.5) * s.lease) : 0;
-        f.target = 'postgres';
+        f.target = this.store === 'nats' ? 'nats-server' : 'postgres';
         f.inject_ns = now();
-        if (outage === 0) {
-          this.log('fault pg-restart: pg_ctl restart -m fast');
-          await this.pg.restart();
+        this.log(`fault ${kind}: ${outage === 0 ? 'restart' : `stop, start after ${outage} ms`}`);
+        if (this.store === 'pg' && outage === 0) {
+          await this.server.restart();
         } else {
-          this.log(`fault pg-restart: pg_ctl stop -m fast, start after ${outage} ms`);
-          await this.pg.stop();
+          await this.server.stop();
           await sleep(outage);
-          await this.pg.startAgain();
+          await this.server.startAgain();
         }
         f.ref_ns = f.heal_ns = now();
         f.detail = `${outage === 0 ? 'restart' : 'outage'}, ${((f.heal_ns - f.inject_ns) / 1e6).toFixed(0)} ms down`;
-        this.log(`postgres back (${f.detail})`);
+        this.log(`${f.target} back (${f.detail})`);
         break;
       }
-      case 'latency': {
-        const p = this.target(0.7);
+      case 'latency':
+      case 'twin': {
+        // twin: the process with two electors of one instance id on one hub, with a delay above the
+        // operation timeout, so that its renewals time out while they still reach the server.
+        const p = kind === 'twin' ? this.twinSlot?.proc : this.target(0.7);
+        if (!p || p.exited || p.stopped) {
+          this.log(`fault ${kind} skipped: no target`);
+          return null;
+        }
         f.target = p.id;
-        const ms = r.int(20, 400);
+        const ms = kind === 'twin' ? r.int(s.operationTimeout / 2 + 20, s.operationTimeout + 150) : r.int(20, 400);
         const hold = Math.round(r.uniform(1, 3) * s.lease);
         f.detail = `${ms} ms each way for ${hold} ms`;
         f.inject_ns = now();
         p.slot.proxy.latency(ms);
-        this.log(`fault latency: ${p.id} ${f.detail}`);
+        this.log(`fault ${kind}: ${p.id} ${f.detail}`);
         await sleep(hold);
         p.slot.proxy.heal();
         f.ref_ns = f.heal_ns = now();
@@ -427,14 +533,19 @@ class Harness {
         this.log(`partition of ${p.id} healed`);
         break;
       }
-      case 'graceful': {
-        const p = this.target();
+      case 'graceful':
+      case 'nest-term': {
+        const p = kind === 'nest-term' ? this.r.pick(this.alive().filter((x) => x.lang === 'nest')) : this.target();
+        if (!p) {
+          this.log(`fault ${kind} skipped: no target`);
+          return null;
+        }
         f.target = p.id;
         p.expected = 'sigterm';
         f.inject_ns = now();
         p.child.kill('SIGTERM');
         f.ref_ns = f.heal_ns = f.inject_ns;
-        this.log(`fault graceful: SIGTERM ${p.id} (shutdown releases the lease)`);
+        this.log(`fault ${kind}: SIGTERM ${p.id} (shutdown releases the lease)`);
         const done = await Promise.race([p.exit.then(() => true), sleep(s.lease + 10_000).then(() => false)]);
         if (!done) {
           this.log(`!! ${p.id} did not exit within ${s.lease + 10_000} ms of SIGTERM; SIGKILL`);
@@ -443,6 +554,78 @@ class Harness {
         }
         await sleep(r.uniform(200, 1000));
         this.spawnCandidate(p.slot);
+        break;
+      }
+      case 'handover': {
+        const lock = this.r.pick(this.locks);
+        const p = this.leader(lock);
+        if (!p || p.lang === 'nest' || !p.child.stdin) return null;
+        f.target = p.id;
+        f.locks = [lock];
+        f.inject_ns = f.ref_ns = f.heal_ns = now();
+        p.child.stdin.write(`release ${lock}\n`);
+        break;
+      }
+      case 'down-up': {
+        // The migration's DOWN (drops the table and the term sequence), a pause, then its UP, as an
+        // operator would run them; the SQL is the package's own (upSql/downSql of the copy in the run).
+        // The pause is at least a lease: no renewal gets through after the DOWN, so every leader has
+        // stepped down by its local deadline before the UP lets anyone acquire again.
+        const { downSql, upSql } = require(path.join(this.pkgDir, 'native', 'index.js'));
+        const pause = Math.round(r.uniform(1, 1.5) * s.lease);
+        f.target = 'postgres';
+        f.inject_ns = now();
+        const down = await this.sql(downSql(SCHEMA));
+        this.log(`fault down-up: DOWN migration ${down === null ? 'FAILED' : 'done'}; UP in ${pause} ms`);
+        await sleep(pause);
+        const up = await this.sql(upSql(SCHEMA));
+        f.ref_ns = f.heal_ns = now();
+        f.detail = `pause ${pause} ms${down === null || up === null ? ', a migration failed' : ''}`;
+        this.log(`fault down-up: UP migration ${up === null ? 'FAILED' : 'done'}`);
+        break;
+      }
+      case 'stall': {
+        // A wedged event loop in a Node candidate that leads (a busy loop of 4 leases).
+        const p = this.target(1, (x) => x.lang === 'node' && x.leads.size > 0);
+        if (!p || p.lang !== 'node' || p.leads.size === 0) {
+          this.log('fault stall skipped: no Node candidate leads');
+          return null;
+        }
+        const ms = 4 * s.lease;
+        f.target = p.id;
+        f.detail = `${ms} ms busy loop while leading ${this.ledLocks(p).join(', ')}`;
+        f.bound_ms = this.stallBound;
+        f.inject_ns = f.ref_ns = now();
+        p.child.stdin.write(`stall ${ms}\n`);
+        this.log(`fault stall: ${p.id} ${f.detail}`);
+        await sleep(ms);
+        f.heal_ns = now();
+        break;
+      }
+      case 'lost-ack': {
+        // NATS: the leader's next update of its key reaches the server, but the reply is held back past
+        // the operation timeout, or the connection is cut right after the update was sent.
+        const p = this.target(1, (x) => x.leads.size > 0);
+        const lock = p ? this.r.pick(this.ledLocks(p)) : undefined;
+        if (!p || lock === undefined) {
+          this.log('fault lost-ack skipped: no leader');
+          return null;
+        }
+        const mode = r.chance(0.7) ? 'hold' : 'drop';
+        const holdMs = s.operationTimeout + 150;
+        f.target = p.id;
+        f.locks = [lock];
+        f.bound_ms = this.lostAckBound;
+        const armed = now();
+        this.log(`fault lost-ack: ${p.id} lock ${lock}, ${mode}`);
+        const res = await p.slot.proxy.lostAck({ match: `$KV.${BUCKET}.lock-${lock}`, holdMs, mode, waitMs: 3 * s.renewal });
+        if (!res.matched) {
+          this.log(`fault lost-ack skipped: no update of lock ${lock} from ${p.id} within ${3 * s.renewal} ms`);
+          return null;
+        }
+        f.heal_ns = f.ref_ns = now();
+        f.inject_ns = Math.max(armed, f.heal_ns - Math.round((res.healAt - res.at) * 1e6));
+        f.detail = mode === 'hold' ? `reply held ${holdMs} ms` : 'connection cut after the update';
         break;
       }
       default:
@@ -455,16 +638,30 @@ class Harness {
 
   async sql(text) {
     const { Client } = require('pg');
-    const client = new Client({ connectionString: this.pg.url, connectionTimeoutMillis: 5000 });
+    const client = new Client({ connectionString: this.server.url, connectionTimeoutMillis: 5000 });
     try {
       await client.connect();
       const res = await client.query(text);
-      return res.rows;
+      return Array.isArray(res) ? res.at(-1).rows : res.rows;
     } catch (err) {
       this.log(`!! harness query failed: ${err.message}`);
       return null;
     } finally {
       await client.end().catch(() => undefined);
+    }
+  }
+
+  /** The quiet time after a fault: voluntary handovers of random lock ids every `handoverEvery` ms. */
+  async quiet() {
+    const ms = this.r.uniform(500, 1500) * (this.s.handoverEvery > 0 ? 2 : 1);
+    const until = now() + ms * 1e6;
+    if (!this.leg.faults.includes('handover') || this.s.handoverEvery <= 0) {
+      await sleep(ms);
+      return;
+    }
+    while (!this.aborting && now() < until) {
+      await this.inject('handover');
+      await sleep(this.s.handoverEvery);
     }
   }
 
@@ -474,31 +671,38 @@ class Harness {
     const s = this.s;
     fs.mkdirSync(this.dir, { recursive: true });
     for (const f of ['faults.jsonl', 'processes.jsonl']) fs.writeFileSync(path.join(this.dir, f), '');
-    this.writeRun({ t0_clock_monotonic_ns: String(T0) });
     this.snapshot();
-    this.pg = await new ThrowawayPostgres().start();
-    this.log(`throwaway PostgreSQL on 127.0.0.1:${this.pg.port} (${this.pg.dir}); records in ${this.dir}`);
+    this.server = this.store === 'nats' ? await new ThrowawayNats().start() : await new ThrowawayPostgres().start();
+    this.log(`throwaway ${this.store === 'nats' ? 'NATS server' : 'PostgreSQL'} on 127.0.0.1:${this.server.port} (${this.server.dir}); records in ${this.dir}`);
     for (let i = 1; i <= s.node; i++) this.slots.push({ name: `n${i}`, lang: 'node', gen: 0 });
-    for (let i = 1; i <= s.rust; i++) this.slots.push({ name: `r${i}`, lang: 'rust', gen: 0, shared: i % 2 === 0 });
-    for (const slot of this.slots) slot.proxy = await new Proxy(this.pg.port).listen();
+    for (let i = 1; i <= s.rust; i++) {
+      const twin = this.store === 'pg' && s.twin && i === 2;
+      const slot = { name: `r${i}`, lang: 'rust', gen: 0, shared: i % 2 === 0, twin };
+      if (twin) this.twinSlot = slot;
+      this.slots.push(slot);
+    }
+    for (let i = 1; i <= s.nest; i++) this.slots.push({ name: `s${i}`, lang: 'nest', gen: 0 });
+    this.writeRun({ t0_clock_monotonic_ns: String(T0) });
+    for (const slot of this.slots) slot.proxy = await new Proxy(this.server.port).listen();
     this.writeRun({ candidates_started_ns: now() });
     for (const slot of this.slots) this.spawnCandidate(slot);
 
-    const first = await this.waitForLeader(20_000 + this.bound);
-    if (!first) this.log('!! no leader after the start bound');
+    if (!(await this.waitForLeaders(20_000 + this.bound))) this.log('!! a lock id without a leader after the start bound');
     await sleep(1000);
-    const endNs = now() + s.minutes * 60e9;
+    const kinds = this.leg.faults.filter((k) => k !== 'handover');
+    const endNs = now() + this.leg.minutes * 60e9;
     while (!this.aborting && now() < endNs) {
-      const kind = this.r.pick(s.faults);
-      await this.inject(kind);
-      if (this.aborting) break;
-      const l = await this.waitForLeader(this.bound + 2000);
-      if (!l) this.log(`!! no leader ${this.bound + 2000} ms after the ${kind} fault`);
-      await sleep(this.r.uniform(500, 1500));
+      if (kinds.length > 0) {
+        const kind = this.r.pick(kinds);
+        await this.inject(kind);
+        if (this.aborting) break;
+        if (!(await this.waitForLeaders(this.bound + 2000))) this.log(`!! a lock id without a leader ${this.bound + 2000} ms after the ${kind} fault`);
+      }
+      await this.quiet();
     }
     // The end of the fault phase: a leader must stand (the last gap is checked up to here, so waiting past
     // the bound lets the checker see a cluster left without a leader).
-    await this.waitForLeader(2 * this.bound + 5000);
+    await this.waitForLeaders(2 * this.bound + 5000);
     this.writeRun({ phase_end_ns: now() });
     await this.stop();
     return this.checkAndReport();
@@ -526,15 +730,15 @@ class Harness {
       await all;
     }
     for (const slot of this.slots) await slot.proxy?.close();
-    await this.pg?.destroy();
-    this.pg = null;
+    await this.server?.destroy();
+    this.server = null;
   }
 
   checkAndReport() {
     const result = check(this.dir);
     const text = summarize(result);
     fs.writeFileSync(path.join(this.dir, 'summary.txt'), `${text}\n`);
-    process.stdout.write(`\n${text}\nrecords: ${this.dir}\n`);
+    this.summary = `${text}\nrecords: ${this.dir}`;
     if (result.violations.length === 0) {
       // The copies of the package and the binary are only worth keeping to replay a failure.
       fs.rmSync(path.join(this.dir, 'pkg'), { recursive: true, force: true });
@@ -548,7 +752,7 @@ class Harness {
   async abort(reason) {
     if (this.aborting) return;
     this.aborting = true;
-    process.stderr.write(`chaos: aborting (${reason}); stopping the candidates and the throwaway PostgreSQL\n`);
+    process.stderr.write(`chaos: aborting (${reason}); stopping the candidates and the throwaway server\n`);
     for (const p of this.procs) {
       p.expected = 'sigkill';
       p.child.kill('SIGCONT');
@@ -556,8 +760,8 @@ class Harness {
     }
     await Promise.race([Promise.all([...this.procs].map((p) => p.exit)), sleep(5000)]);
     for (const slot of this.slots) await slot.proxy?.close().catch(() => undefined);
-    await this.pg?.destroy().catch(() => undefined);
-    this.pg = null;
+    await this.server?.destroy().catch(() => undefined);
+    this.server = null;
   }
 }
 
@@ -568,18 +772,19 @@ try {
   process.stderr.write(`chaos: ${err.message}\n`);
   process.exit(2);
 }
-const harness = new Harness(settings);
+const legText = settings.legs.map((l) => `${l.store === 'pg' ? 'PostgreSQL' : 'NATS'} ${l.minutes} min`).join(', then ');
 process.stdout.write(
-  `chaos: seed ${settings.seed}, ${settings.minutes} min of faults (${settings.faults.join(', ')}), ${settings.node} Node + ${settings.rust} Rust candidates, lease ${settings.lease} ms, gap bound ${harness.bound} ms\n`,
+  `chaos: seed ${settings.seed}, profile ${settings.profile}: ${legText} of faults; ${settings.node} Node + ${settings.rust} Rust + ${settings.nest} Nest candidates, ${settings.elections} lock id(s) each (Nest: 1), lease ${settings.lease} ms\n`,
 );
+let current = null;
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   process.on(sig, () => {
-    void harness.abort(sig).finally(() => process.exit(130));
+    void (current?.abort(sig) ?? Promise.resolve()).finally(() => process.exit(130));
   });
 }
 process.on('exit', () => {
   // Last resort if something above did not get to clean up.
-  for (const p of harness.procs) {
+  for (const p of current?.procs ?? []) {
     try {
       p.child.kill('SIGCONT');
       p.child.kill('SIGKILL');
@@ -587,13 +792,22 @@ process.on('exit', () => {
       // Already gone.
     }
   }
-  harness.pg?.destroySync();
+  current?.server?.destroySync();
 });
-try {
-  const code = await harness.run();
-  process.exit(code);
-} catch (err) {
-  process.stderr.write(`chaos: harness error: ${err?.stack ?? err}\n`);
-  await harness.abort('harness error');
-  process.exit(2);
+let worst = 0;
+const summaries = [];
+for (const leg of settings.legs) {
+  const dir = settings.legs.length > 1 ? path.join(settings.out, leg.store) : settings.out;
+  current = new Harness(settings, leg, dir);
+  process.stdout.write(`chaos: ${leg.store === 'pg' ? 'PostgreSQL' : 'NATS'} leg, ${leg.minutes} min of faults (${leg.faults.join(', ')}), gap bound ${current.bound} ms\n`);
+  try {
+    worst = Math.max(worst, await current.run());
+    summaries.push(current.summary);
+  } catch (err) {
+    process.stderr.write(`chaos: harness error: ${err?.stack ?? err}\n`);
+    await current.abort('harness error');
+    process.exit(2);
+  }
 }
+process.stdout.write(`\n${summaries.join('\n\n')}\n${worst === 0 ? 'chaos: PASS (every leg)' : 'chaos: FAIL'}\n`);
+process.exit(worst);

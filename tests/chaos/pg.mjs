@@ -76,7 +76,7 @@ export class ThrowawayPostgres {
       path.join(this.dir, 'log'),
       '-w',
       '-o',
-      `-p ${this.port} -k ${this.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200`,
+      `-p ${this.port} -k ${this.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400`,
       'start',
     ]);
     return this;
@@ -89,7 +89,7 @@ export class ThrowawayPostgres {
 
   /** Starts the stopped server again with the options it last ran with. */
   async startAgain() {
-    const opts = `-p ${this.port} -k ${this.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200`;
+    const opts = `-p ${this.port} -k ${this.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400`;
     await this.#run('pg_ctl', ['-D', this.data, '-l', path.join(this.dir, 'log'), '-w', '-o', opts, 'start']);
   }
 

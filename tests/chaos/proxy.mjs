@@ -9,6 +9,14 @@
 //                      would after a short partition: statements sent before or during the partition, even
 //                      on connections the client has closed since, reach the server late.
 //   partition('reset') every connection is reset and new ones are reset at once (a closed port).
+//   lostAck({ match, holdMs, mode })
+//                      a lost acknowledgement: waits for the next client-to-server chunk that contains
+//                      `match` (e.g. the subject of a NATS KV update), forwards it, and then either holds
+//                      everything the server sends on that connection for `holdMs` ('hold': the reply
+//                      arrives after the client's timeout) or closes the connection towards the server
+//                      after the chunk and resets it towards the client ('drop': the request is applied,
+//                      its reply never arrives). Resolves with { matched, at, healAt } (performance.now()
+//                      times), or { matched: false } after `waitMs`.
 //
 // A connection's two directions are queues: data, then an end marker when that side closed. A side that
 // closed does not discard what is still queued for the other side.
@@ -24,6 +32,8 @@ export class Proxy {
   #latency = 0;
   /** 'ok' | 'drop' | 'hold' | 'reset' */
   #mode = 'ok';
+  /** An armed lostAck(), or null. */
+  #ack = null;
   port = 0;
   stats = { connections: 0, bytes: 0 };
 
@@ -49,6 +59,17 @@ export class Proxy {
 
   latency(ms) {
     this.#latency = ms;
+  }
+
+  lostAck({ match, holdMs, mode = 'hold', waitMs = 5000 }) {
+    if (!['hold', 'drop'].includes(mode)) throw new Error(`unknown lost-ack mode ${mode}`);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#ack = null;
+        resolve({ matched: false });
+      }, waitMs);
+      this.#ack = { match: Buffer.from(match), holdMs, mode, resolve, timer };
+    });
   }
 
   partition(mode) {
@@ -99,6 +120,7 @@ export class Proxy {
       cut: this.#mode === 'ok' ? null : this.#mode,
       toServer: [],
       toClient: [],
+      holdToClient: false,
       ended: { toServer: false, toClient: false },
       timer: null,
       dead: false,
@@ -145,6 +167,37 @@ export class Proxy {
       this.stats.bytes += chunk.length;
     }
     c[dir].push({ at: performance.now() + this.#latency, chunk });
+    const ack = this.#ack;
+    if (ack !== null && dir === 'toServer' && chunk !== END && chunk.includes(ack.match)) {
+      this.#ack = null;
+      clearTimeout(ack.timer);
+      const at = performance.now();
+      if (ack.mode === 'hold') {
+        c.holdToClient = true;
+        this.#flush(c);
+        setTimeout(() => {
+          c.holdToClient = false;
+          for (const item of c.toClient) item.at = 0;
+          this.#flush(c);
+          ack.resolve({ matched: true, at, healAt: performance.now() });
+        }, ack.holdMs);
+      } else {
+        // The request goes out, then the connection ends towards the server (FIN after the data) and is
+        // reset towards the client, which never sees the reply.
+        c.dead = true;
+        if (c.timer !== null) clearTimeout(c.timer);
+        this.#conns.delete(c);
+        if (c.upstream === null) this.#connectUpstream(c);
+        // Written even while the server side is still connecting (the socket buffers it), then FIN.
+        for (const item of c.toServer) if (item.chunk !== END) c.upstream.write(item.chunk);
+        c.toServer.length = 0;
+        c.upstream.end();
+        c.client.on('error', () => undefined);
+        c.client.resetAndDestroy();
+        ack.resolve({ matched: true, at, healAt: performance.now() });
+      }
+      return;
+    }
     this.#flush(c);
   }
 
@@ -158,7 +211,7 @@ export class Proxy {
       ['toClient', c.client],
     ]) {
       const q = c[dir];
-      if (dst === null || dst.connecting) continue;
+      if (dst === null || dst.connecting || (dir === 'toClient' && c.holdToClient)) continue;
       if (dst.destroyed || dst.writableEnded) {
         q.length = 0;
         continue;

@@ -131,3 +131,49 @@ test('reset: connections are reset and new ones refused until heal', async () =>
   fresh.s.destroy();
   await proxy.close();
 });
+
+test('lost-ack hold: the matching request reaches the server at once, its reply only after the hold', async () => {
+  const proxy = await new Proxy(echoPort).listen();
+  const c = await client(proxy.port);
+  const lost = proxy.lostAck({ match: 'PUB $KV.chaos.lock-7', holdMs: 300, mode: 'hold' });
+  c.s.write('PING\n');
+  assert.ok(await until(() => c.data === 'PING\n'), 'an unrelated request is answered normally');
+  const t = Date.now();
+  c.s.write('PUB $KV.chaos.lock-7 update\n');
+  assert.ok(await until(() => received.includes('PUB $KV.chaos.lock-7 update'), 200), 'the update reached the server at once');
+  await sleep(150);
+  assert.equal(c.data, 'PING\n', 'the reply is held');
+  const res = await lost;
+  assert.equal(res.matched, true);
+  assert.ok(await until(() => c.data.endsWith('update\n')));
+  assert.ok(Date.now() - t >= 290, `reply after ${Date.now() - t} ms`);
+  c.s.write('after\n');
+  assert.ok(await until(() => c.data.endsWith('after\n')), 'the connection works on after the hold');
+  c.s.destroy();
+  await proxy.close();
+});
+
+test('lost-ack drop: the matching request reaches the server, the client is reset and sees no reply', async () => {
+  const proxy = await new Proxy(echoPort).listen();
+  const c = await client(proxy.port);
+  const lost = proxy.lostAck({ match: 'lock-8', holdMs: 0, mode: 'drop' });
+  c.s.write('UPDATE lock-8 x\n');
+  const res = await lost;
+  assert.equal(res.matched, true);
+  assert.ok(await until(() => received.includes('UPDATE lock-8 x')), 'the update reached the server');
+  assert.ok(await until(() => c.ended !== null));
+  assert.equal(c.data, '', 'no reply');
+  // A new connection goes through.
+  const d = await client(proxy.port);
+  d.s.write('again\n');
+  assert.ok(await until(() => d.data === 'again\n'));
+  d.s.destroy();
+  await proxy.close();
+});
+
+test('lost-ack without a matching request gives up after waitMs', async () => {
+  const proxy = await new Proxy(echoPort).listen();
+  const res = await proxy.lostAck({ match: 'never', holdMs: 100, waitMs: 50 });
+  assert.equal(res.matched, false);
+  await proxy.close();
+});

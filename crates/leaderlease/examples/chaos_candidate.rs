@@ -1,32 +1,40 @@
 //! One candidate process of the chaos checker (`npm run chaos`, see `docs/chaos.md`): campaigns for one
-//! lock id and samples `is_leader()` every millisecond from a thread of its own, reading CLOCK_MONOTONIC
-//! first, and records every leadership it saw as the interval between the first and the last sample that
-//! answered true.
+//! or more lock ids and samples `is_leader()` of every election every millisecond from a thread of its
+//! own, reading CLOCK_MONOTONIC first, and records every leadership it saw as the interval between the
+//! first and the last sample that answered true.
 //!
 //! ```text
-//! cargo build --profile release-fast --example chaos_candidate
-//! chaos_candidate --id r1-g1 --url postgres://... --dir RUN_DIR --t0 NS [--lock-id 7] [--schema chaos]
-//!     [--lease 2000] [--renewal 600] [--jitter 200] [--safety-margin MS] [--operation-timeout MS]
-//!     [--shared]
+//! cargo build --profile release-fast --features nats --example chaos_candidate
+//! chaos_candidate --id r1-g1 --url postgres://... --dir RUN_DIR --t0 NS [--lock-id 7] [--elections 1]
+//!     [--schema chaos] [--lease 2000] [--renewal 600] [--jitter 200] [--safety-margin MS]
+//!     [--operation-timeout MS] [--shared] [--twin] [--store pg|nats] [--bucket chaos]
 //! ```
 //!
-//! `--shared` starts with `connect_shared` (the process's shared hub, as the Node binding does) instead
-//! of `connect`.
+//! - `--elections N`: campaigns for the lock ids `--lock-id` .. `--lock-id + N - 1`, one elector each.
+//! - `--shared` starts them with `connect_shared` (the process's shared hub, as the Node binding does)
+//!   instead of `connect`.
+//! - `--twin` (PostgreSQL, implies `--shared`): a second elector for the first lock id with the same
+//!   instance id on the same hub, sampled on its own as candidate `<id>~b` (two electors of one process
+//!   that the database cannot tell apart; they must never lead at once).
+//! - `--store nats`: `connect_nats(url, bucket)` (built with the `nats` feature).
 //!
 //! Writes, in `RUN_DIR`:
-//! - `<id>.jsonl`: one JSON line per closed leadership interval, `{"type":"interval","candidate","term",
-//!   "first_true_ns","last_true_ns","samples"}`, and `{"type":"exit",...}` as the last line of a clean exit.
-//!   Times are CLOCK_MONOTONIC nanoseconds minus `--t0` (the harness's start), the clock every candidate
-//!   process on the machine reads.
-//! - `<id>.slot`: the open interval, rewritten in place after every true sample, so that a process killed
-//!   while leading leaves its exact last true sample behind.
+//! - `<id>.jsonl`: one JSON line per closed leadership interval, `{"type":"interval","candidate","lock",
+//!   "sampler","term","first_true_ns","last_true_ns","samples"}` (`sampler` is `<id>` or `<id>~b`), and
+//!   `{"type":"exit",...}` as the last line of a clean exit. Times are CLOCK_MONOTONIC nanoseconds minus
+//!   `--t0` (the harness's start), the clock every candidate process on the machine reads.
+//! - `<id>.slot`: the open interval of each sampled elector, a fixed-size record each (record `k` at
+//!   offset `k x 256`), rewritten in place after every true sample, so that a process killed while leading
+//!   leaves its exact last true sample behind.
 //!
-//! On stdout, one JSON line per change for the harness's live view (`ready`, `lead`, `follow`). SIGTERM or
-//! the end of stdin shuts the elector down (sampling goes on until `shutdown()` has returned) and exits 0.
-//! A panic anywhere aborts the process, so the harness sees it in the exit status.
+//! On stdout, one JSON line per change for the harness's live view (`ready`, `lead`, `follow`, with the
+//! lock id). On stdin, commands from the harness, one a line: `release <lock id>` (a voluntary handover:
+//! `release()` of that election). SIGTERM or the end of stdin shuts every elector down (sampling goes on
+//! until `shutdown()` has returned) and exits 0. A panic anywhere aborts the process, so the harness sees
+//! it in the exit status.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,7 +45,7 @@ use leaderlease::{Elector, Error};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Size of the slot record; the JSON is padded with spaces so that a shorter record overwrites a longer one.
-const SLOT_LEN: usize = 192;
+const SLOT_LEN: usize = 256;
 /// How long a candidate keeps trying to connect at start before it gives up (exit status 3).
 const START_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -55,6 +63,10 @@ struct Args {
     operation_timeout: Option<u64>,
     sample_every: Duration,
     shared: bool,
+    twin: bool,
+    elections: u64,
+    nats: bool,
+    bucket: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -90,7 +102,15 @@ fn parse_args() -> Result<Args, String> {
         safety_margin: num("--safety-margin", None)?,
         operation_timeout: num("--operation-timeout", None)?,
         sample_every: Duration::from_micros(required("--sample-us", 1000)?),
-        shared: argv.iter().any(|a| a == "--shared"),
+        shared: argv.iter().any(|a| a == "--shared" || a == "--twin"),
+        twin: argv.iter().any(|a| a == "--twin"),
+        elections: required("--elections", 1)?.max(1),
+        nats: match get("--store").as_deref() {
+            None | Some("pg") => false,
+            Some("nats") => true,
+            Some(other) => return Err(format!("--store {other:?}: pg or nats")),
+        },
+        bucket: get("--bucket").unwrap_or_else(|| "chaos".into()),
     })
 }
 
@@ -132,12 +152,20 @@ struct Open {
     samples: u64,
 }
 
-/// The sampler's records: closed intervals appended to the log, the open one kept in the slot file.
+/// One sampled elector: its candidate name (`<id>` or `<id>~b`), lock id and open interval.
+struct Track {
+    sampler: String,
+    lock: i64,
+    index: usize,
+    open: Option<Open>,
+}
+
+/// The sampler's records: closed intervals appended to the log, the open ones kept in the slot file.
 struct Recorder {
     id: String,
     log: File,
     slot: File,
-    open: Option<Open>,
+    tracks: Vec<Track>,
     intervals: u64,
     samples: u64,
     true_samples: u64,
@@ -147,7 +175,7 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn create(dir: &Path, id: &str) -> std::io::Result<Self> {
+    fn create(dir: &Path, id: &str, tracks: Vec<(String, i64)>) -> std::io::Result<Self> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -157,11 +185,21 @@ impl Recorder {
             .write(true)
             .truncate(true)
             .open(dir.join(format!("{id}.slot")))?;
+        let tracks = tracks
+            .into_iter()
+            .enumerate()
+            .map(|(index, (sampler, lock))| Track {
+                sampler,
+                lock,
+                index,
+                open: None,
+            })
+            .collect();
         Ok(Self {
             id: id.to_owned(),
             log,
             slot,
-            open: None,
+            tracks,
             intervals: 0,
             samples: 0,
             true_samples: 0,
@@ -182,10 +220,12 @@ impl Recorder {
     }
 
     /// One leadership interval as a JSON record of type `kind` (`open` in the slot, `interval` in the log).
-    fn interval_json(&self, kind: &str, o: &Open) -> String {
+    fn interval_json(&self, kind: &str, track: &Track, o: &Open) -> String {
         format!(
-            r#"{{"type":"{kind}","candidate":{},"term":{},"first_true_ns":{},"last_true_ns":{},"samples":{}}}"#,
+            r#"{{"type":"{kind}","candidate":{},"lock":{},"sampler":{},"term":{},"first_true_ns":{},"last_true_ns":{},"samples":{}}}"#,
             json_str(&self.id),
+            track.lock,
+            json_str(&track.sampler),
             o.term,
             o.first,
             o.last,
@@ -193,72 +233,97 @@ impl Recorder {
         )
     }
 
-    fn write_slot(&self) {
-        let body = match &self.open {
-            Some(o) => self.interval_json("open", o),
-            None => format!(r#"{{"type":"none","candidate":{}}}"#, json_str(&self.id)),
+    fn write_slot(&self, k: usize) {
+        let track = &self.tracks[k];
+        let body = match &track.open {
+            Some(o) => self.interval_json("open", track, o),
+            None => format!(
+                r#"{{"type":"none","candidate":{},"lock":{},"sampler":{}}}"#,
+                json_str(&self.id),
+                track.lock,
+                json_str(&track.sampler)
+            ),
         };
         let mut buf = [b' '; SLOT_LEN];
         let n = body.len().min(SLOT_LEN - 1);
         buf[..n].copy_from_slice(&body.as_bytes()[..n]);
         buf[SLOT_LEN - 1] = b'\n';
-        if let Err(e) = self.slot.write_all_at(&buf, 0) {
+        if let Err(e) = self
+            .slot
+            .write_all_at(&buf, (track.index * SLOT_LEN) as u64)
+        {
             eprintln!("chaos_candidate {}: cannot write the slot: {e}", self.id);
         }
     }
 
-    fn close(&mut self) {
-        if let Some(o) = self.open.take() {
-            let line = self.interval_json("interval", &o);
-            self.append(&line);
-            self.intervals += 1;
-            self.write_slot();
+    fn write_slots(&self) {
+        for k in 0..self.tracks.len() {
+            self.write_slot(k);
         }
     }
 
-    /// One sample: at `t` (read before asking), `is_leader()` answered `leads`, with `term`.
-    fn sample(&mut self, t: i64, leads: bool, term: Option<u64>) {
+    fn close(&mut self, k: usize) {
+        if let Some(o) = self.tracks[k].open.take() {
+            let line = self.interval_json("interval", &self.tracks[k], &o);
+            self.append(&line);
+            self.intervals += 1;
+            self.write_slot(k);
+        }
+    }
+
+    /// One round of samples began at `t`.
+    fn round(&mut self, t: i64) {
         self.samples += 1;
         if let Some(prev) = self.last_sample {
             self.max_sample_gap = self.max_sample_gap.max(t - prev);
         }
         self.last_sample = Some(t);
+    }
+
+    /// One sample of track `k`: at `t` (read before asking), `is_leader()` answered `leads`, with `term`.
+    fn sample(&mut self, k: usize, t: i64, leads: bool, term: Option<u64>) {
+        let lock = self.tracks[k].lock;
         if !leads {
-            if self.open.is_some() {
-                self.close();
-                event(&format!(r#"{{"ev":"follow","t":{t}}}"#));
+            if self.tracks[k].open.is_some() {
+                self.close(k);
+                event(&format!(r#"{{"ev":"follow","lock":{lock},"t":{t}}}"#));
             }
             return;
         }
         self.true_samples += 1;
-        let Some(term) = term.or_else(|| self.open.as_ref().map(|o| o.term)) else {
+        let Some(term) = term.or_else(|| self.tracks[k].open.as_ref().map(|o| o.term)) else {
             // The deadline passed between is_leader() and term(): a true answer of unknown term.
             self.termless += 1;
             return;
         };
-        if self.open.as_ref().is_some_and(|o| o.term != term) {
-            self.close();
+        if self.tracks[k].open.as_ref().is_some_and(|o| o.term != term) {
+            self.close(k);
         }
-        match &mut self.open {
+        match &mut self.tracks[k].open {
             Some(o) => {
                 o.last = t;
                 o.samples += 1;
             }
             None => {
-                self.open = Some(Open {
+                self.tracks[k].open = Some(Open {
                     term,
                     first: t,
                     last: t,
                     samples: 1,
                 });
-                event(&format!(r#"{{"ev":"lead","term":{term},"t":{t}}}"#));
+                let sampler = json_str(&self.tracks[k].sampler);
+                event(&format!(
+                    r#"{{"ev":"lead","lock":{lock},"sampler":{sampler},"term":{term},"t":{t}}}"#
+                ));
             }
         }
-        self.write_slot();
+        self.write_slot(k);
     }
 
     fn finish(mut self, t: i64, shutdown: &str) {
-        self.close();
+        for k in 0..self.tracks.len() {
+            self.close(k);
+        }
         let line = format!(
             r#"{{"type":"exit","candidate":{},"t_ns":{t},"shutdown":{},"samples":{},"true_samples":{},"termless_true_samples":{},"intervals":{},"max_sample_gap_ns":{}}}"#,
             json_str(&self.id),
@@ -276,15 +341,19 @@ impl Recorder {
 fn retryable(e: &Error) -> bool {
     matches!(
         e,
-        Error::Unreachable { .. } | Error::Timeout { .. } | Error::Database { .. }
+        Error::Unreachable { .. }
+            | Error::Timeout { .. }
+            | Error::Database { .. }
+            | Error::Store { .. }
     )
 }
 
-/// Connects, retrying while the database is unreachable (a fault may be active while this process starts).
-async fn connect(args: &Args) -> Result<Elector, Error> {
+/// Connects one elector for `lock_id`, retrying while the store is unreachable (a fault may be active
+/// while this process starts).
+async fn connect(args: &Args, lock_id: i64, shared: bool) -> Result<Elector, Error> {
     let mut builder = Elector::builder()
         .with_instance_id(args.id.clone())
-        .with_lock_id(args.lock_id)
+        .with_lock_id(lock_id)
         .with_schema(args.schema.clone())
         .with_lease_duration(Duration::from_millis(args.lease))
         .with_renewal_interval(Duration::from_millis(args.renewal))
@@ -297,7 +366,9 @@ async fn connect(args: &Args) -> Result<Elector, Error> {
     }
     let give_up = tokio::time::Instant::now() + START_DEADLINE;
     loop {
-        let started = if args.shared {
+        let started = if args.nats {
+            connect_nats(builder.clone(), &args.url, &args.bucket).await
+        } else if shared {
             builder.clone().connect_shared(&args.url).await
         } else {
             builder.clone().connect(&args.url).await
@@ -305,12 +376,45 @@ async fn connect(args: &Args) -> Result<Elector, Error> {
         match started {
             Ok(elector) => return Ok(elector),
             Err(e) if retryable(&e) && tokio::time::Instant::now() < give_up => {
-                eprintln!("chaos_candidate {}: start failed, retrying: {e}", args.id);
+                eprintln!(
+                    "chaos_candidate {} lock {lock_id}: start failed, retrying: {e}",
+                    args.id
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+#[cfg(feature = "nats")]
+async fn connect_nats(
+    builder: leaderlease::ElectorBuilder,
+    url: &str,
+    bucket: &str,
+) -> Result<Elector, Error> {
+    builder.connect_nats(url, bucket).await
+}
+
+#[cfg(not(feature = "nats"))]
+async fn connect_nats(
+    _builder: leaderlease::ElectorBuilder,
+    _url: &str,
+    _bucket: &str,
+) -> Result<Elector, Error> {
+    eprintln!("chaos_candidate: --store nats needs the example built with --features nats");
+    std::process::exit(2);
+}
+
+/// Every elector of the process, in the order of the slot records: `(sampler name, lock id, shared)`.
+fn plan(args: &Args) -> Vec<(String, i64, bool)> {
+    let mut out: Vec<(String, i64, bool)> = (0..args.elections)
+        .map(|k| (args.id.clone(), args.lock_id + k as i64, args.shared))
+        .collect();
+    if args.twin && !args.nats {
+        out.push((format!("{}~b", args.id), args.lock_id, true));
+    }
+    out
 }
 
 #[tokio::main]
@@ -340,7 +444,9 @@ async fn run() -> i32 {
             return 2;
         }
     };
-    let mut recorder = match Recorder::create(&args.dir, &args.id) {
+    let plan = plan(&args);
+    let tracks = plan.iter().map(|(s, l, _)| (s.clone(), *l)).collect();
+    let mut recorder = match Recorder::create(&args.dir, &args.id, tracks) {
         Ok(r) => r,
         Err(e) => {
             eprintln!(
@@ -350,7 +456,7 @@ async fn run() -> i32 {
             return 2;
         }
     };
-    recorder.write_slot();
+    recorder.write_slots();
     // Installed before connecting, so that a SIGTERM during the start is a clean exit too.
     let mut sigterm = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -359,9 +465,16 @@ async fn run() -> i32 {
             return 2;
         }
     };
-    let elector = tokio::select! {
-        e = connect(&args) => match e {
-            Ok(e) => Arc::new(e),
+    let connect_all = async {
+        let mut all = Vec::with_capacity(plan.len());
+        for (_, lock, shared) in &plan {
+            all.push(connect(&args, *lock, *shared).await.map(Arc::new)?);
+        }
+        Ok::<_, Error>(all)
+    };
+    let electors: Vec<Arc<Elector>> = tokio::select! {
+        e = connect_all => match e {
+            Ok(e) => e,
             Err(e) => {
                 eprintln!("chaos_candidate {}: could not start: {e}", args.id);
                 return 3;
@@ -376,28 +489,31 @@ async fn run() -> i32 {
 
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
-        let elector = elector.clone();
+        let electors = electors.clone();
         let stop = stop.clone();
         let (t0, every, id) = (args.t0, args.sample_every, args.id.clone());
         std::thread::Builder::new()
             .name("sampler".into())
             .spawn(move || {
                 while !stop.load(Ordering::Acquire) {
-                    // The clock first: a pause between the two reads can only make the recorded time of a
-                    // true answer earlier than the answer, never later.
-                    let t = now_ns(t0);
-                    let leads = elector.is_leader();
-                    let term = if leads {
-                        elector.term().or_else(|| {
-                            elector
-                                .leader()
-                                .filter(|l| l.leader_id == id)
-                                .map(|l| l.term)
-                        })
-                    } else {
-                        None
-                    };
-                    recorder.sample(t, leads, term);
+                    recorder.round(now_ns(t0));
+                    for (k, elector) in electors.iter().enumerate() {
+                        // The clock first: a pause between the two reads can only make the recorded time
+                        // of a true answer earlier than the answer, never later.
+                        let t = now_ns(t0);
+                        let leads = elector.is_leader();
+                        let term = if leads {
+                            elector.term().or_else(|| {
+                                elector
+                                    .leader()
+                                    .filter(|l| l.leader_id == id)
+                                    .map(|l| l.term)
+                            })
+                        } else {
+                            None
+                        };
+                        recorder.sample(k, t, leads, term);
+                    }
                     std::thread::sleep(every);
                 }
                 recorder
@@ -411,24 +527,35 @@ async fn run() -> i32 {
         }
     };
 
-    // The end of stdin (the harness is gone) is watched from a plain thread: Tokio's stdin reads on a
-    // blocking thread that the runtime would wait for at exit.
-    let (stdin_closed_tx, stdin_closed) = tokio::sync::oneshot::channel::<()>();
+    // Commands and the end of stdin (the harness is gone) are read on a plain thread: Tokio's stdin reads
+    // on a blocking thread that the runtime would wait for at exit.
+    let (command_tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<String>();
     let _ = std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
-            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-            let _ = stdin_closed_tx.send(());
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if command_tx.send(line).is_err() {
+                    break;
+                }
+            }
         });
-    tokio::select! {
-        _ = sigterm.recv() => {}
-        _ = stdin_closed => {}
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            line = commands.recv() => match line {
+                None => break,
+                Some(line) => command(&args.id, &electors, &plan, &line),
+            },
+        }
     }
     // Sampling goes on during the shutdown: the release must have stepped down before it deletes the lease.
-    let shutdown = match elector.shutdown().await {
-        Ok(()) => "ok".to_owned(),
-        Err(e) => format!("error: {e}"),
-    };
+    let mut shutdown = "ok".to_owned();
+    for elector in &electors {
+        if let Err(e) = elector.shutdown().await {
+            shutdown = format!("error: {e}");
+        }
+    }
     stop.store(true, Ordering::Release);
     let recorder = match sampler.join() {
         Ok(r) => r,
@@ -440,5 +567,30 @@ async fn run() -> i32 {
     } else {
         eprintln!("chaos_candidate {}: shutdown failed: {shutdown}", args.id);
         5
+    }
+}
+
+/// A command of the harness: `release <lock id>` releases that election's lease (every elector of the
+/// lock id, the twin too) in the background.
+fn command(id: &str, electors: &[Arc<Elector>], plan: &[(String, i64, bool)], line: &str) {
+    let mut words = line.split_whitespace();
+    match (
+        words.next(),
+        words.next().and_then(|w| w.parse::<i64>().ok()),
+    ) {
+        (Some("release"), Some(lock)) => {
+            for (elector, (_, l, _)) in electors.iter().zip(plan) {
+                if *l == lock {
+                    let elector = elector.clone();
+                    let id = id.to_owned();
+                    tokio::spawn(async move {
+                        if let Err(e) = elector.release().await {
+                            eprintln!("chaos_candidate {id}: release of lock {lock} failed: {e}");
+                        }
+                    });
+                }
+            }
+        }
+        _ => eprintln!("chaos_candidate {id}: unknown command {line:?}"),
     }
 }
