@@ -12,17 +12,9 @@ import { after, test } from 'node:test';
 import { LeaderElectorCore } from '../dist/index.js';
 import * as native from '../native/index.js';
 import { DATABASE_URL, FAST, dropSchema, randomSchema, waitFor, withClient } from './helpers.js';
+import { NO_ADDON_HOOK } from './packed-app.js';
 
 const DIST_INDEX = resolve(__dirname, '../dist/index.js');
-
-// Preloaded with --require: every native module (`.node`) fails to load, as on a platform with no binary.
-const NO_ADDON_HOOK = `'use strict';
-globalThis.__dlopenCalls = 0;
-process.dlopen = function () {
-  globalThis.__dlopenCalls += 1;
-  throw new Error('simulated: no native binary for this platform');
-};
-`;
 
 const dir = mkdtempSync(join(tmpdir(), 'leaderlease-no-addon-'));
 const hook = join(dir, 'no-addon.cjs');
