@@ -65,7 +65,8 @@ function which(name: string, path: string): string | undefined {
 
 /**
  * A PATH on which no Rust toolchain is reachable: the directories holding `cargo`, `rustc` or `rustup`
- * are left out, and `shimDir` (links to this `node` and to `npm`) comes first so that both still run.
+ * are left out (with a Debian rustc that is /usr/bin), and `shimDir` (links to this `node`, to `npm` and
+ * to `sh`, which runs the packages' install scripts) comes first so that they still run.
  */
 function pathWithoutRust(shimDir: string): string {
   const path = process.env['PATH'] ?? '';
@@ -74,6 +75,9 @@ function pathWithoutRust(shimDir: string): string {
   mkdirSync(shimDir);
   symlinkSync(process.execPath, join(shimDir, 'node'));
   symlinkSync(realpathSync(npm), join(shimDir, 'npm'));
+  const sh = which('sh', path);
+  assert.ok(sh, 'sh is not on PATH');
+  symlinkSync(realpathSync(sh), join(shimDir, 'sh'));
   const rust = ['cargo', 'rustc', 'rustup'];
   const kept = path.split(delimiter).filter((d) => d !== '' && !rust.some((t) => existsSync(join(d, t))));
   return [shimDir, ...kept].join(delimiter);
