@@ -100,7 +100,9 @@ test('leaderlease/core, installed, elects from CJS and ESM and loads no NestJS, 
   const schema = randomSchema();
   const packed = await pack();
   try {
-    for (const f of ['dist/core.js', 'dist/core.d.ts']) assert.ok(packed.files.includes(f), `the tarball lacks ${f}`);
+    for (const f of ['dist/core.js', 'dist/core.d.ts', 'migrations/0001_leader_lease.up.sql', 'migrations/0001_leader_lease.down.sql']) {
+      assert.ok(packed.files.includes(f), `the tarball lacks ${f}`);
+    }
     const app = await installApp(packed, [
       '@nestjs/common@^12',
       '@nestjs/core@^12',
