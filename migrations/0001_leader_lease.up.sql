@@ -1,7 +1,7 @@
 -- leaderlease schema, version 1.
 --
--- The one source of the lease table's DDL: the Rust crate embeds this file and the TypeScript migration
--- class receives it through the native binding. Placeholders, filled in by the crate only:
+-- The one source of the lease table's DDL: the Rust crate embeds this file, and the npm package ships it
+-- for its TypeScript rendering (ts/sql.ts, byte for byte the crate's: tests/no-addon.test.ts). Placeholders:
 --   {{schema}}    the schema name, already quoted as an identifier ("my_schema")
 --   {{ddl_lock}}  the advisory-lock key pair (two int4 literals) that serialises concurrent runs
 --

@@ -77,6 +77,10 @@ function pathWithoutRust(shimDir: string): string {
   mkdirSync(shimDir);
   symlinkSync(process.execPath, join(shimDir, 'node'));
   symlinkSync(realpathSync(npm), join(shimDir, 'npm'));
+  // With a Debian rustc (/usr/bin/rustc) /usr/bin is left out: keep sh, which runs scripts and the check below.
+  const sh = which('sh', path);
+  assert.ok(sh, 'sh is not on PATH');
+  symlinkSync(realpathSync(sh), join(shimDir, 'sh'));
   const rust = ['cargo', 'rustc', 'rustup'];
   const kept = path.split(delimiter).filter((d) => d !== '' && !rust.some((t) => existsSync(join(d, t))));
   return [shimDir, ...kept].join(delimiter);

@@ -1,14 +1,20 @@
-export {
-  LeaderElectorCore,
-  connectionStringFromDataSource,
-  type DataSourceLike,
-  type LeaderElectorConfig,
-  type LeaderElectorEvents,
-  type LeaderIdentity,
-  type LeaderStatus,
-  type LeadershipEvent,
-  type RepositoryLike,
-} from './leader-elector.core.js';
+// The full entry: the core, the NestJS module and its helpers, the TypeORM entity and migration class.
+//
+// What needs no native addon (errors, SQL helpers, entity, migration class, decorator, constants) is
+// loaded at once. What needs it (the elector and everything built on it) is loaded on first access, so
+// that a TypeORM migration run, or anything else that uses only the former, works where no prebuilt
+// binary fits; reading one of the latter there throws the addon loader's error. Each lazy export is
+// written in the one `Object.defineProperty(exports, name, { get: function () { return a.b; } })` shape
+// Node's CommonJS export detection accepts, so ES modules can import it by name (an ES module reads every
+// export when it imports this file: without the addon the lazy ones are then `undefined`, and a process
+// warning `LEADERLEASE_NO_ADDON` says why). `leaderlease/core` is the light entry for standalone use.
+
+import type * as CoreModule from './leader-elector.core.js';
+import type * as GuardModule from './leader.guard.js';
+import type * as NestModule from './leader-elector.module.js';
+import type * as ServiceModule from './leader-elector.service.js';
+import type * as Native from '../native/index.js';
+
 export {
   DatabaseError,
   DatabaseUnreachableError,
@@ -25,7 +31,7 @@ export {
   fromNative,
   type LeaderElectionErrorCode,
 } from './errors.js';
-export { upSql, downSql, errorCodes } from '../native/index.js';
+export { upSql, downSql } from './sql.js';
 export {
   LeaderLease,
   createLeaderLeaseEntity,
@@ -33,13 +39,82 @@ export {
   LEADER_LEASE_TABLE,
 } from './leader-lease.entity.js';
 export { LeaderElectionMigrationBase } from './leader-election.migration.js';
-export {
-  LeaderElectorModule,
-  type LeaderElectorModuleAsyncOptions,
-  type LeaderElectorModuleOptions,
-  type LeaderElectorOptionsFactory,
-} from './leader-elector.module.js';
-export { LeaderElectorService } from './leader-elector.service.js';
 export { LeaderOnly, type LeaderOnlyOptions } from './leader-only.decorator.js';
-export { LeaderGuard, type NotLeaderResponseBody } from './leader.guard.js';
 export { LEADER_ELECTOR_MODULE_OPTIONS, LEADER_ONLY_METADATA } from './leader-elector.constants.js';
+export type {
+  DataSourceLike,
+  LeaderElectorConfig,
+  LeaderElectorEvents,
+  LeaderIdentity,
+  LeaderStatus,
+  LeadershipEvent,
+  RepositoryLike,
+} from './leader-elector.core.js';
+export type {
+  LeaderElectorModuleAsyncOptions,
+  LeaderElectorModuleOptions,
+  LeaderElectorOptionsFactory,
+} from './leader-elector.module.js';
+export type { NotLeaderResponseBody } from './leader.guard.js';
+
+// The lazy exports: each a value (declared here, defined by the getters below) and, for the classes, the
+// instance type of the same name.
+export declare const LeaderElectorCore: typeof CoreModule.LeaderElectorCore;
+export type LeaderElectorCore = CoreModule.LeaderElectorCore;
+export declare const connectionStringFromDataSource: typeof CoreModule.connectionStringFromDataSource;
+export declare const LeaderElectorModule: typeof NestModule.LeaderElectorModule;
+export type LeaderElectorModule = NestModule.LeaderElectorModule;
+export declare const LeaderElectorService: typeof ServiceModule.LeaderElectorService;
+export type LeaderElectorService = ServiceModule.LeaderElectorService;
+export declare const LeaderGuard: typeof GuardModule.LeaderGuard;
+export type LeaderGuard = GuardModule.LeaderGuard;
+export declare const errorCodes: typeof Native.errorCodes;
+
+let warned = false;
+
+/** `require(path)`; a failure is thrown again, and reported once as a process warning. */
+function load<T>(path: string): T {
+  try {
+    return require(path) as T;
+  } catch (err) {
+    if (!warned) {
+      warned = true;
+      process.emitWarning(
+        `leaderlease: the native addon could not be loaded, so LeaderElectorCore, LeaderElectorModule, ` +
+          `LeaderElectorService, LeaderGuard, connectionStringFromDataSource and errorCodes are unavailable ` +
+          `(the migration class, the entity, upSql/downSql and the errors work without it): ${String(err)}`,
+        { code: 'LEADERLEASE_NO_ADDON' },
+      );
+    }
+    throw err;
+  }
+}
+
+/** The modules that need the addon, each required on first access (Node caches it after that). */
+const lazy = {
+  get LeaderElectorCore() {
+    return load<typeof CoreModule>('./leader-elector.core.js').LeaderElectorCore;
+  },
+  get connectionStringFromDataSource() {
+    return load<typeof CoreModule>('./leader-elector.core.js').connectionStringFromDataSource;
+  },
+  get LeaderElectorModule() {
+    return load<typeof NestModule>('./leader-elector.module.js').LeaderElectorModule;
+  },
+  get LeaderElectorService() {
+    return load<typeof ServiceModule>('./leader-elector.service.js').LeaderElectorService;
+  },
+  get LeaderGuard() {
+    return load<typeof GuardModule>('./leader.guard.js').LeaderGuard;
+  },
+  get errorCodes() {
+    return load<typeof Native>('../native/index.js').errorCodes;
+  },
+};
+
+Object.defineProperty(exports, 'LeaderElectorCore', { enumerable: true, get: function () { return lazy.LeaderElectorCore; } });
+Object.defineProperty(exports, 'connectionStringFromDataSource', { enumerable: true, get: function () { return lazy.connectionStringFromDataSource; } });
+Object.defineProperty(exports, 'LeaderElectorModule', { enumerable: true, get: function () { return lazy.LeaderElectorModule; } });
+Object.defineProperty(exports, 'LeaderElectorService', { enumerable: true, get: function () { return lazy.LeaderElectorService; } });
+Object.defineProperty(exports, 'LeaderGuard', { enumerable: true, get: function () { return lazy.LeaderGuard; } });
+Object.defineProperty(exports, 'errorCodes', { enumerable: true, get: function () { return lazy.errorCodes; } });

@@ -1,12 +1,13 @@
 import type { MigrationInterface, QueryRunner } from 'typeorm';
 
-import { downSql, upSql } from '../native/index.js';
+import { downSql, upSql } from './sql.js';
 
 /**
  * A TypeORM migration creating (or upgrading) the lease table, as nest-leader-election's class of the same
  * name: subclass it, set `name` (and `schema`, default `public`), and list it in the DataSource's
  * `migrations`. It runs the SQL of `migrations/` (the same the elector runs at start), so a migration user
- * can own the DDL while the runtime user starts with `createTableOnInit: false`.
+ * can own the DDL while the runtime user starts with `createTableOnInit: false`. It needs no native addon:
+ * the SQL is rendered in TypeScript, so migrations also run where no prebuilt binary fits.
  *
  * ```ts
  * class LeaderElectionMigration1700000000000 extends LeaderElectionMigrationBase {

@@ -1,0 +1,33 @@
+// `leaderlease/core`: the standalone elector and its errors, without the NestJS module, the TypeORM entity
+// or the migration class, so that importing it loads none of NestJS, TypeORM or rxjs (rxjs is loaded only
+// if `events$` is read). It loads the native addon.
+
+export {
+  LeaderElectorCore,
+  connectionStringFromDataSource,
+  type DataSourceLike,
+  type LeaderElectorConfig,
+  type LeaderElectorEvents,
+  type LeaderIdentity,
+  type LeaderStatus,
+  type LeadershipEvent,
+  type RepositoryLike,
+} from './leader-elector.core.js';
+export {
+  DatabaseError,
+  DatabaseUnreachableError,
+  ElectorShutDownError,
+  InvalidBucketError,
+  LeaderElectionConfigError,
+  LeaderElectionError,
+  LeaderElectionTimeoutError,
+  MissingPeerDependencyError,
+  NotLeaderError,
+  PermissionDeniedError,
+  StoreError,
+  TableMissingError,
+  fromNative,
+  type LeaderElectionErrorCode,
+} from './errors.js';
+export { upSql, downSql } from './sql.js';
+export { errorCodes } from '../native/index.js';
