@@ -73,7 +73,9 @@ pub mod schema;
 
 pub use backend::{AcquireOutcome, Backend, ObservedLease};
 pub use config::*;
-pub use elector::{ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LeaderInfo, Lease, Status};
+pub use elector::{
+    ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LeaderInfo, Lease, Snapshot, Status,
+};
 pub use error::{Error, Result};
 pub use hub::{
     BatchStats, LISTEN_PROBE_INTERVAL, MAX_BATCH_WINDOW, OWNED_POOL_MAX_CONNECTIONS, PgHub,

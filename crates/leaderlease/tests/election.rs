@@ -734,3 +734,96 @@ async fn paused_leader_process_has_stepped_down_when_it_resumes() {
     );
     follower.shutdown().await.unwrap();
 }
+
+/// The snapshot stream: every decision (renewals included) numbered in order, each complete and consistent
+/// with `status`/`lease`; a loss the database decides (a renewal that finds no row) changes the generation
+/// by the time `is_leader()` is false.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_stream_numbers_every_decision_and_a_loss_changes_the_generation() {
+    let s = TestSchema::new("snapshots").await;
+    let a = s
+        .builder()
+        .with_instance_id("a")
+        .connect(&database_url())
+        .await
+        .unwrap();
+    let mut rx = a.subscribe_state();
+    let collector = tokio::spawn(async move {
+        let mut seen = vec![rx.borrow_and_update().clone()];
+        while rx.changed().await.is_ok() {
+            let snapshot = rx.borrow_and_update().clone();
+            let stopped = snapshot.status == Status::Stopped;
+            seen.push(snapshot);
+            if stopped {
+                break;
+            }
+        }
+        seen
+    });
+    wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
+    let snapshot = a.snapshot();
+    assert!(snapshot.is_leader());
+    assert_eq!(snapshot.lease.map(|l| l.term), a.term());
+    assert_eq!(snapshot.generation, a.generation());
+    // Renewals publish: wait for two more decisions of the same leadership.
+    let first = snapshot.seq;
+    wait_until(Duration::from_secs(3), "two renewals", || {
+        a.snapshot().seq >= first + 2
+    })
+    .await;
+    let generation = a.generation();
+
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM {} WHERE id = 1",
+        s.table()
+    )))
+    .execute(&s.pool)
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(3), "the renewal to find no row", || {
+        // is_leader() first: once it is false by a step-down, the generation read after it has changed.
+        let leader = a.is_leader();
+        if !leader {
+            assert_ne!(a.generation(), generation, "not leader, same generation");
+        }
+        !leader
+    })
+    .await;
+    assert_ne!(
+        a.generation(),
+        generation,
+        "a step-down changes the generation"
+    );
+    // It re-acquires at once (the row is gone) with a new leadership.
+    wait_until(Duration::from_secs(3), "a to lead again", || a.is_leader()).await;
+    a.shutdown().await.unwrap();
+    let seen = collector.await.unwrap();
+
+    assert!(
+        seen.windows(2).all(|w| w[1].seq > w[0].seq),
+        "seq grows: {:?}",
+        seen.iter().map(|s| s.seq).collect::<Vec<_>>()
+    );
+    assert_eq!(seen.last().unwrap().status, Status::Stopped);
+    for snap in &seen {
+        match &snap.status {
+            Status::Leader { term } => {
+                assert_eq!(snap.lease.map(|l| l.term), Some(*term), "{snap:?}");
+            }
+            _ => assert_eq!(snap.lease, None, "{snap:?}"),
+        }
+    }
+    let leaderships: Vec<u32> = seen
+        .iter()
+        .filter(|s| s.is_leader())
+        .map(|s| s.generation)
+        .collect();
+    assert!(
+        leaderships.iter().filter(|g| **g == generation).count() >= 3,
+        "elected and renewed in one generation: {leaderships:?}"
+    );
+    assert!(
+        leaderships.iter().any(|g| *g != generation),
+        "the next leadership has another generation: {leaderships:?}"
+    );
+}
