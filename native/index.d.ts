@@ -39,6 +39,13 @@ export declare class Elector {
   get instanceId(): string
   /** The lock id (lease row) of this election. */
   get lockId(): number
+  /** The effective `maxEventLoopStall` in milliseconds; 0 when the event loop check is off. */
+  get maxEventLoopStall(): number
+  /**
+   * Records that the JavaScript event loop is alive (call it from a timer, more often than
+   * `maxEventLoopStall`). Does nothing when the check is off.
+   */
+  heartbeat(): void
   /**
    * Counts this node's step-downs; it changes before `isLeader()` turns false (except by the deadline
    * passing), so a leader snapshot holds only while this still equals its `generation`.
@@ -104,6 +111,12 @@ export interface ElectorOptions {
   safetyMargin?: number
   /** Upper bound of one database operation (default renewalInterval / 2, at most 2000). */
   operationTimeout?: number
+  /**
+   * Longest time the JavaScript event loop may go without a `heartbeat()` while this node acquires or
+   * renews: past it, a leader deletes its lease and steps down, and a candidate waits (default
+   * leaseDuration - safetyMargin; 0 turns the check off; otherwise at least 10).
+   */
+  maxEventLoopStall?: number
 }
 
 /** Every error code the native layer can put on an error (`ERR_INVALID_CONFIG`, ...). */

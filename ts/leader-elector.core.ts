@@ -35,6 +35,15 @@ export interface LeaderElectorConfig {
   /** New: upper bound of one database operation, in ms (default renewalInterval / 2, at most 2000). */
   operationTimeout?: number;
   /**
+   * New: the longest the JavaScript event loop may stall while this node leads, in ms (default
+   * leaseDuration - safetyMargin; `0` turns the check off, for apps that knowingly block their loop;
+   * otherwise between 10 ms and 24 h). An unref'd timer tells the native side that the loop is alive;
+   * when it has not for this long, `amILeader()` turns false, and at its next renewal the leader deletes
+   * its lease so that another instance takes over at once (a stalled loop runs no leader work, so
+   * holding the lease would stop that work cluster-wide). It campaigns again once the loop runs.
+   */
+  maxEventLoopStall?: number;
+  /**
    * New: where the lease lives. Default PostgreSQL (the connection string or DataSource given). With
    * `{ nats: { servers, bucket } }` the lease is a key in a NATS JetStream KV bucket whose `max_age` is
    * `leaseDuration` (created if missing; a bucket with another `max_age`, or none, is refused).
@@ -118,6 +127,7 @@ const NUMBER_FIELDS = [
   'lockId',
   'safetyMargin',
   'operationTimeout',
+  'maxEventLoopStall',
 ] as const;
 const STRING_FIELDS = ['instanceId', 'schema'] as const;
 
@@ -236,18 +246,23 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   #lastGeneration: number | null = null;
   /** `seq` of the last native snapshot processed: they arrive in order; older ones are dropped. */
   #seq = -1;
-  /** This node's lease as the last accepted snapshot told it: term, native generation, deadline on
-   * performance.now(); `#validUntil` is that deadline while the copy stands. */
+  /**
+   * This node's lease as the last accepted snapshot told it: term, native generation, deadline on
+   * performance.now(). `#validUntil` is the earlier of that deadline and the heartbeat's bound.
+   */
   #leaseTerm = 0;
   #leaseGeneration = -1;
   /** Reads the native step-down counter: `Atomics.load` on its memory, or a native call as a fallback. */
   #generationNow: () => number = () => -2;
   #leaseDeadline = -Infinity;
+  #beatUntil = Infinity;
   #validUntil = -Infinity;
   /** release() calls in flight: while any is, no leader snapshot is accepted. */
   #releasing = 0;
   /** Leader snapshots up to this seq were decided before a release completed: never accepted. */
   #fenceSeq = -1;
+  /** The event loop heartbeat (unref'd), while the `maxEventLoopStall` check is on. */
+  #heartbeat: NodeJS.Timeout | null = null;
   /** Aborters of the signals of runWhileLeader, called when the leadership they run in ends. */
   readonly #onLoss = new Set<() => void>();
   /** Fires at `#validUntil` while a runWhileLeader runs: the local deadline passing has no event. */
@@ -287,6 +302,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
       this.#started.catch((reason: unknown) => {
         const err = fromNative(reason);
         this.#releaseKeepAlive();
+        this.#stopHeartbeat();
         if (this.listenerCount('error') > 0) {
           this.emit('error', err);
         } else if (!this.#startAwaited) {
@@ -348,6 +364,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
       await native.shutdown().catch(() => undefined);
     } else {
       this.#native = native;
+      this.#startHeartbeat(native);
       const view = native.generationView();
       this.#generationNow =
         view !== null && native.generationViewIsLive() ? () => Atomics.load(view, 0) : () => native.generation();
@@ -355,6 +372,31 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
       this.#onState(native.state());
     }
     return native;
+  }
+
+  /**
+   * Beats the native event loop check from an unref'd timer, several times per `maxEventLoopStall`.
+   * The JS bound counts from just before each beat reaches the native side, so `amILeader()` turns
+   * false no later than the native check fails.
+   */
+  #startHeartbeat(native: Elector): void {
+    const stall = native.maxEventLoopStall;
+    if (!(stall > 0)) return;
+    const beat = () => {
+      this.#beatUntil = performance.now() + stall;
+      native.heartbeat();
+      this.#validUntil = Math.min(this.#leaseDeadline, this.#beatUntil);
+    };
+    beat();
+    this.#heartbeat = setInterval(beat, Math.min(1000, Math.max(5, stall / 4)));
+    this.#heartbeat.unref();
+  }
+
+  #stopHeartbeat(): void {
+    if (this.#heartbeat !== null) {
+      clearInterval(this.#heartbeat);
+      this.#heartbeat = null;
+    }
   }
 
   /** Forgets the lease copy: `amILeader()` is false from now on, until a snapshot is accepted. */
@@ -494,11 +536,13 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
 
   /**
    * True only while this node holds an unexpired lease, by its local deadline: a cheap synchronous read,
-   * no database access. False before the start completed and after shutdown.
+   * no database access. False before the start completed and after shutdown, and once the event loop has
+   * not run for `maxEventLoopStall` (so never later than the native side stops renewing for that reason).
    *
    * The deadline is a copy in JavaScript of the native one (never later than it), taken from the ordered
    * snapshots of the native layer. A copy alone would lag behind a loss the native side has decided but
-   * whose snapshot is still queued for this thread (a renewal that found no row): the copy would say true while native `isLeader()` says false. So the copy is trusted only while
+   * whose snapshot is still queued for this thread (a renewal that found no row, a step-down for a stalled
+   * loop): the copy would say true while native `isLeader()` says false. So the copy is trusted only while
    * the native step-down counter (bumped before the native clock clears) still equals the generation of
    * the snapshot it came from. That counter is read with `Atomics.load` on its own memory (an external
    * buffer), not with a native call: a sync napi call costs 5-20 times the rest of this function. The
@@ -567,6 +611,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     this.#stopped = true;
     this.#fence();
     this.#releaseKeepAlive();
+    this.#stopHeartbeat();
     if (this.#started === null) {
       this.#onStatus({ state: 'stopped', leaderId: null, term: null }, null);
       return;
@@ -602,7 +647,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     const controller = new AbortController();
     // Aborted when the leadership ends: by the native snapshot that ends it (the core cancelling the
     // leadership's work token publishes one), by release() and shutdown() at once, and by a timer at the
-    // local deadline, which passes without an event. No polling.
+    // local deadline or heartbeat bound, which pass without an event. No polling.
     const lost = () => {
       this.#onLoss.delete(lost);
       if (!controller.signal.aborted) {
@@ -686,7 +731,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
         this.#leaseTerm = s.term;
         this.#leaseGeneration = s.generation;
         this.#leaseDeadline = s.deadline - PERFORMANCE_ORIGIN_MS - DEADLINE_SLACK_MS;
-        this.#validUntil = this.#leaseDeadline;
+        this.#validUntil = Math.min(this.#leaseDeadline, this.#beatUntil);
       }
       if (this.#leaseGeneration === s.generation && this.amILeader()) {
         this.#onStatus({ state: 'leader', leaderId: s.leaderId ?? null, term: s.term }, s.generation);

@@ -10,7 +10,7 @@
 //! Promises; the sync calls read local state only.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use leaderlease::{ConfigError, ElectorConfig};
@@ -80,6 +80,48 @@ pub struct ElectorOptions {
     pub safety_margin: Option<f64>,
     /// Upper bound of one database operation (default renewalInterval / 2, at most 2000).
     pub operation_timeout: Option<f64>,
+    /// Longest time the JavaScript event loop may go without a `heartbeat()` while this node acquires or
+    /// renews: past it, a leader deletes its lease and steps down, and a candidate waits (default
+    /// leaseDuration - safetyMargin; 0 turns the check off; otherwise at least 10).
+    pub max_event_loop_stall: Option<f64>,
+}
+
+/// Smallest accepted non-zero `maxEventLoopStall`.
+const MIN_EVENT_LOOP_STALL: Duration = Duration::from_millis(10);
+
+/// The JavaScript event loop's last sign of life, stored by `heartbeat()` from a JS timer.
+#[derive(Debug)]
+struct Heartbeat {
+    base: Instant,
+    /// Microseconds since `base` at the last beat.
+    last: AtomicU64,
+    bound: Duration,
+}
+
+impl Heartbeat {
+    fn new(bound: Duration) -> Self {
+        Self {
+            base: Instant::now(),
+            last: AtomicU64::new(0),
+            bound,
+        }
+    }
+
+    fn micros(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn beat(&self) {
+        self.last.store(self.micros(), Ordering::Release);
+    }
+
+    /// The loop beat within the bound.
+    fn fresh(&self) -> bool {
+        let age = self
+            .micros()
+            .saturating_sub(self.last.load(Ordering::Acquire));
+        u128::from(age) <= self.bound.as_micros()
+    }
 }
 
 fn millis(
@@ -101,8 +143,11 @@ fn millis(
 }
 
 impl ElectorOptions {
-    /// Applies the given options on top of the core's defaults and validates the result.
-    fn into_config(self) -> std::result::Result<ElectorConfig, ConfigError> {
+    /// Applies the given options on top of the core's defaults and validates the result; with the event
+    /// loop check on, the heartbeat that the config's liveness check reads.
+    fn into_config(
+        self,
+    ) -> std::result::Result<(ElectorConfig, Option<Arc<Heartbeat>>), ConfigError> {
         let mut b = ElectorConfig::builder();
         if let Some(d) = millis("leaseDuration", self.lease_duration)? {
             b = b.with_lease_duration(d);
@@ -141,7 +186,29 @@ impl ElectorOptions {
         if let Some(yes) = self.create_table_on_init {
             b = b.with_create_table_on_init(yes);
         }
-        b.build().map_err(with_js_names)
+        let stall = millis("maxEventLoopStall", self.max_event_loop_stall)?;
+        let config = b.clone().build().map_err(with_js_names)?;
+        let stall = stall.unwrap_or(config.lease_duration() - config.safety_margin());
+        if stall.is_zero() {
+            return Ok((config, None));
+        }
+        if stall < MIN_EVENT_LOOP_STALL || stall > leaderlease::MAX_LEASE_DURATION {
+            return Err(ConfigError::new(
+                "maxEventLoopStall",
+                format!(
+                    "must be 0 (off) or between {} ms and 24 h (got {} ms)",
+                    MIN_EVENT_LOOP_STALL.as_millis(),
+                    stall.as_secs_f64() * 1000.0
+                ),
+            ));
+        }
+        let heartbeat = Arc::new(Heartbeat::new(stall));
+        let check = heartbeat.clone();
+        let config = b
+            .with_liveness_check(move || check.fresh())
+            .build()
+            .map_err(with_js_names)?;
+        Ok((config, Some(heartbeat)))
     }
 }
 
@@ -255,6 +322,8 @@ fn monotonic_ms(at: Instant) -> f64 {
 #[napi]
 pub struct Elector {
     inner: Arc<leaderlease::Elector>,
+    /// The event loop heartbeat, when `maxEventLoopStall` is on.
+    heartbeat: Option<Arc<Heartbeat>>,
     /// The generation view has been handed out (at most one external buffer per memory location).
     view_taken: AtomicBool,
     /// Set when the view's memory was let go by JavaScript: collected, or copied at once by a runtime
@@ -263,9 +332,10 @@ pub struct Elector {
 }
 
 impl Elector {
-    fn new(inner: leaderlease::Elector) -> Self {
+    fn new(inner: leaderlease::Elector, heartbeat: Option<Arc<Heartbeat>>) -> Self {
         Self {
             inner: Arc::new(inner),
+            heartbeat,
             view_taken: AtomicBool::new(false),
             view_released: Arc::new(AtomicBool::new(false)),
         }
@@ -298,14 +368,17 @@ impl Elector {
     /// renewals; the connections close when the last of them shuts down.
     #[napi(factory)]
     pub async fn connect(url: String, options: Option<ElectorOptions>) -> Result<Self> {
-        let config = options
+        let (config, heartbeat) = options
             .unwrap_or_default()
             .into_config()
             .map_err(|e| to_js(e.into()))?;
+        if let Some(h) = &heartbeat {
+            h.beat();
+        }
         let inner = leaderlease::Elector::connect_shared(&url, config)
             .await
             .map_err(to_js)?;
-        Ok(Self::new(inner))
+        Ok(Self::new(inner, heartbeat))
     }
 
     /// Connects to NATS at `url` (e.g. `nats://127.0.0.1:4222`) and campaigns in the JetStream KV
@@ -317,10 +390,13 @@ impl Elector {
         bucket: Option<String>,
         options: Option<ElectorOptions>,
     ) -> Result<Self> {
-        let config = options
+        let (config, heartbeat) = options
             .unwrap_or_default()
             .into_config()
             .map_err(|e| to_js(e.into()))?;
+        if let Some(h) = &heartbeat {
+            h.beat();
+        }
         let bucket = bucket.unwrap_or_else(|| leaderlease::nats::DEFAULT_BUCKET.to_owned());
         let backend = leaderlease::NatsBackend::connect(&url, &bucket, &config)
             .await
@@ -328,7 +404,7 @@ impl Elector {
         let inner = leaderlease::Elector::start(backend, config)
             .await
             .map_err(to_js)?;
-        Ok(Self::new(inner))
+        Ok(Self::new(inner, heartbeat))
     }
 
     /// True only while this node holds an unexpired lease (local deadline included). No database
@@ -371,6 +447,23 @@ impl Elector {
     #[napi(getter, catch_unwind)]
     pub fn lock_id(&self) -> i32 {
         self.inner.config().lock_id()
+    }
+
+    /// The effective `maxEventLoopStall` in milliseconds; 0 when the event loop check is off.
+    #[napi(getter, catch_unwind)]
+    pub fn max_event_loop_stall(&self) -> f64 {
+        self.heartbeat
+            .as_ref()
+            .map_or(0.0, |h| h.bound.as_secs_f64() * 1000.0)
+    }
+
+    /// Records that the JavaScript event loop is alive (call it from a timer, more often than
+    /// `maxEventLoopStall`). Does nothing when the check is off.
+    #[napi(catch_unwind)]
+    pub fn heartbeat(&self) {
+        if let Some(h) = &self.heartbeat {
+            h.beat();
+        }
     }
 
     /// Counts this node's step-downs; it changes before `isLeader()` turns false (except by the deadline

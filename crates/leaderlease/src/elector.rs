@@ -103,6 +103,13 @@ impl Snapshot {
     }
 }
 
+/// Decides whether this node is fit to hold a lease: consulted before every acquire and renew is sent
+/// (see [`ElectorBuilder::with_liveness_check`](crate::ElectorBuilder::with_liveness_check)).
+pub type LivenessCheck = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How often a candidate whose liveness check fails looks at it again (no database access meanwhile).
+pub const LIVENESS_RECHECK_INTERVAL: Duration = Duration::from_millis(50);
+
 enum Command {
     Release(oneshot::Sender<Result<()>>),
 }
@@ -626,6 +633,16 @@ impl Campaign {
         let Some(term) = self.held.as_ref().map(|h| h.term) else {
             return;
         };
+        if !self.config().is_alive() {
+            warn!(
+                term,
+                "liveness check failed: stepping down and deleting the lease so that another node takes over"
+            );
+            if let Err(e) = self.release().await {
+                warn!(error = %e, "could not delete the lease; it will expire by itself");
+            }
+            return;
+        }
         let backend = self.backend.clone();
         let sent = Instant::now();
         match self.guarded(backend.renew(term)).await {
@@ -729,6 +746,11 @@ impl Campaign {
                 return;
             }
             self.stand_back_until = None;
+        }
+        if !self.config().is_alive() {
+            // Unfit to lead: neither read nor acquire until the check passes again.
+            self.next_poll = now + LIVENESS_RECHECK_INTERVAL;
+            return;
         }
         if std::mem::take(&mut self.announced) {
             self.acquire().await;

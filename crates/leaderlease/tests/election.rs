@@ -827,3 +827,54 @@ async fn state_stream_numbers_every_decision_and_a_loss_changes_the_generation()
         "the next leadership has another generation: {leaderships:?}"
     );
 }
+
+/// `with_liveness_check`: a leader whose check fails steps down and deletes its lease at its next
+/// renewal, so another candidate takes over at once; it campaigns again once the check passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_liveness_check_hands_the_lease_over_and_rejoins_when_it_passes() {
+    let s = TestSchema::new("liveness").await;
+    let alive = Arc::new(AtomicBool::new(true));
+    let check = alive.clone();
+    let a = s
+        .builder()
+        .with_instance_id("a")
+        .with_liveness_check(move || check.load(Ordering::SeqCst))
+        .connect(&database_url())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
+    let b = s
+        .builder()
+        .with_instance_id("b")
+        .connect(&database_url())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        a.is_leader() && !b.is_leader(),
+        "a keeps leading while its check passes"
+    );
+
+    alive.store(false, Ordering::SeqCst);
+    let failed_at = Instant::now();
+    wait_until(Duration::from_secs(2), "a to step down", || !a.is_leader()).await;
+    // The lease was deleted, not left to expire: b (polling every 400 ± 100 ms, or woken by the
+    // release notification) leads well before a's lease could have run out.
+    let took = wait_until(Duration::from_secs(2), "b to take over", || {
+        assert!(!(a.is_leader() && b.is_leader()), "two leaders");
+        b.is_leader()
+    })
+    .await;
+    let handover = failed_at.elapsed();
+    assert!(
+        handover < Duration::from_millis(1200),
+        "handover {handover:?} after the check failed ({took:?} after a stepped down)"
+    );
+    // While the check fails, a does not campaign, even with the lease free (b leaves for good).
+    b.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!a.is_leader(), "a campaigned while its check failed");
+    alive.store(true, Ordering::SeqCst);
+    wait_until(Duration::from_secs(3), "a to lead again", || a.is_leader()).await;
+    a.shutdown().await.unwrap();
+}
