@@ -1,6 +1,7 @@
 // Cost of amILeader() per call from JavaScript, against a plain JS function and the raw native call.
 // Usage: npm run build && node bench/am-i-leader.mjs   (DATABASE_URL, else 127.0.0.1:5432/test)
 import { LeaderElectorCore } from '../dist/index.js';
+import native from '../native/index.js';
 
 const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 const schema = `bench_${process.pid}`;
@@ -21,10 +22,18 @@ function measure(name, fn, n = 5_000_000) {
   console.log(`${name.padEnd(28)} ${best.toFixed(1)} ns/call (best of 5 x ${n})`);
 }
 
+// The raw native call, for comparison: what amILeader() would cost if it asked the native side each time
+// (it reads the native step-down counter from shared memory instead).
+// maxEventLoopStall 0: nothing beats this raw elector's event loop check.
+const raw = await native.Elector.connect(url, { schema, lockId: 2, maxEventLoopStall: 0 });
+while (!raw.isLeader()) await new Promise((r) => setTimeout(r, 10));
+
 let flag = true;
 measure('plain JS function', () => flag);
 measure('amILeader()', () => elector.amILeader());
+measure('native isLeader() call', () => raw.isLeader(), 1_000_000);
 await elector.shutdown();
+await raw.shutdown();
 const { Client } = await import('pg');
 const c = new Client({ connectionString: url });
 await c.connect();

@@ -39,25 +39,43 @@ export declare class Elector {
   get instanceId(): string
   /** The lock id (lease row) of this election. */
   get lockId(): number
+  /** The effective `maxEventLoopStall` in milliseconds; 0 when the event loop check is off. */
+  get maxEventLoopStall(): number
   /**
-   * Calls `callback` with every status change from now on, until the elector stops (the last call
-   * reports `stopped`). The callback must not throw. The subscription is weak: it never keeps the
-   * Node process alive.
+   * Records that the JavaScript event loop is alive (call it from a timer, more often than
+   * `maxEventLoopStall`). Does nothing when the check is off.
    */
-  onStatusChange(callback: ((arg: StatusInfo) => void)): void
+  heartbeat(): void
   /**
-   * Calls `callback` with this node's lease now and after every change: `{ term, deadline }` after each
-   * confirmed acquire or renew, where `deadline` is the local lease deadline on the CLOCK_MONOTONIC
-   * clock in milliseconds (the clock of `process.hrtime`), and `null` the moment it steps down. Lets
-   * the TypeScript layer answer `amILeader()` without crossing into native code. Weak, like
-   * `onStatusChange`; ends when the elector stops.
+   * Counts this node's step-downs; it changes before `isLeader()` turns false (except by the deadline
+   * passing), so a leader snapshot holds only while this still equals its `generation`.
    */
-  onLeaseChange(callback: ((arg: LeaseUpdate | undefined | null) => void)): void
+  generation(): number
+  /**
+   * The memory of `generation()` as a `Uint32Array` of length 1, to read with `Atomics.load(view, 0)`
+   * instead of calling `generation()`; null after the first call. Check `generationViewIsLive()` right
+   * after taking it: a runtime without external buffers (Electron) hands out a copy, which never
+   * changes.
+   */
+  generationView(): Uint32Array | null
+  /** True while the view of `generationView()` is the counter's own memory (false if it was copied). */
+  generationViewIsLive(): boolean
+  /** The latest decision (see `onStateChange`). */
+  state(): StateSnapshot
+  /**
+   * Calls `callback` with the current state and then with every decision of the core, complete
+   * (state, leader, term, deadline, generation) and in the order it made them, renewals included,
+   * until the elector stops (the last call reports `stopped`). Decisions made faster than the
+   * callback runs may be skipped, never reordered (`seq` grows). The callback must not throw. The
+   * subscription is weak: it never keeps the Node process alive.
+   */
+  onStateChange(callback: ((arg: StateSnapshot) => void)): void
   /**
    * Gives up leadership now, if held, and stays a candidate (standing back briefly so another node
-   * takes over). Does nothing on a follower.
+   * takes over). Does nothing on a follower. Resolves with the `seq` of the latest decision once the
+   * release is done: every snapshot up to it was decided before the release completed.
    */
-  release(): Promise<void>
+  release(): Promise<number>
   /** Stops campaigning for good: releases the lease if held and closes the connections. Idempotent. */
   shutdown(): Promise<void>
 }
@@ -93,6 +111,12 @@ export interface ElectorOptions {
   safetyMargin?: number
   /** Upper bound of one database operation (default renewalInterval / 2, at most 2000). */
   operationTimeout?: number
+  /**
+   * Longest time the JavaScript event loop may go without a `heartbeat()` while this node acquires or
+   * renews: past it, a leader deletes its lease and steps down, and a candidate waits (default
+   * leaseDuration - safetyMargin; 0 turns the check off; otherwise at least 10).
+   */
+  maxEventLoopStall?: number
 }
 
 /** Every error code the native layer can put on an error (`ERR_INVALID_CONFIG`, ...). */
@@ -111,12 +135,26 @@ export interface LeaderInfo {
 /** Leadership state of this node. */
 export type LeaderState = 'candidate' | 'leader' | 'stopped'
 
-/** This node's lease, as `onLeaseChange` reports it. */
-export interface LeaseUpdate {
-  /** The fencing term. */
-  term: number
-  /** The local lease deadline: CLOCK_MONOTONIC milliseconds (`Number(process.hrtime.bigint()) / 1e6`). */
-  deadline: number
+/** One decision of the election, complete, as `onStateChange` reports it and `state()` returns it. */
+export interface StateSnapshot {
+  /** Numbers the decisions of this elector in the order they were made (0 is the initial state). */
+  seq: number
+  /** `candidate`, `leader` or `stopped`. */
+  state: LeaderState
+  /** The leader's instance id (this node's own while it leads), if known. */
+  leaderId?: string
+  /** The leader's fencing term, if known. */
+  term?: number
+  /**
+   * While leading: the local lease deadline, CLOCK_MONOTONIC milliseconds (the clock of
+   * `process.hrtime`; `Number(process.hrtime.bigint()) / 1e6`).
+   */
+  deadline?: number
+  /**
+   * `generation()` when this was decided: a leader snapshot is this node's lease only while
+   * `generation()` still returns this value.
+   */
+  generation: number
 }
 
 /** A status change: the state, and the leader with its term where known. */

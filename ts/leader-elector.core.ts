@@ -3,7 +3,7 @@ import { performance } from 'node:perf_hooks';
 
 import type * as Rx from 'rxjs';
 
-import { Elector, type ElectorOptions, type LeaseUpdate, type StatusInfo } from '../native/index.js';
+import { Elector, type ElectorOptions, type StateSnapshot, type StatusInfo } from '../native/index.js';
 import { ELECTOR_CONFIG_KEYS, NATS_CONFIG_KEYS, warnUnknownKeys } from './config-keys.js';
 import { ElectorShutDownError, LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
 import { keepAliveWhile } from './keep-alive.js';
@@ -36,6 +36,15 @@ export interface LeaderElectorConfig {
   safetyMargin?: number;
   /** New: upper bound of one database operation, in ms (default renewalInterval / 2, at most 2000). */
   operationTimeout?: number;
+  /**
+   * New: the longest the JavaScript event loop may stall while this node leads, in ms (default
+   * leaseDuration - safetyMargin; `0` turns the check off, for apps that knowingly block their loop;
+   * otherwise between 10 ms and 24 h). An unref'd timer tells the native side that the loop is alive;
+   * when it has not for this long, `amILeader()` turns false, and at its next renewal the leader deletes
+   * its lease so that another instance takes over at once (a stalled loop runs no leader work, so
+   * holding the lease would stop that work cluster-wide). It campaigns again once the loop runs.
+   */
+  maxEventLoopStall?: number;
   /**
    * New: where the lease lives. Default PostgreSQL (the connection string or DataSource given). With
    * `{ nats: { servers, bucket } }` the lease is a key in a NATS JetStream KV bucket whose `max_age` is
@@ -120,6 +129,7 @@ const NUMBER_FIELDS = [
   'lockId',
   'safetyMargin',
   'operationTimeout',
+  'maxEventLoopStall',
 ] as const;
 const STRING_FIELDS = ['instanceId', 'schema'] as const;
 
@@ -238,13 +248,31 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   /** Set by the first {@link start}; null while a deferred start has not happened. */
   #started: Promise<Elector> | null = null;
   #last: LeaderStatus = { state: 'candidate', leaderId: null, term: null };
-  /** This node's lease as the native layer last reported it: term, and deadline on performance.now(). */
+  /** The generation of the leadership `#last` reports (null when not leading). */
+  #lastGeneration: number | null = null;
+  /** `seq` of the last native snapshot processed: they arrive in order; older ones are dropped. */
+  #seq = -1;
+  /**
+   * This node's lease as the last accepted snapshot told it: term, native generation, deadline on
+   * performance.now(). `#validUntil` is the earlier of that deadline and the heartbeat's bound.
+   */
   #leaseTerm = 0;
+  #leaseGeneration = -1;
+  /** Reads the native step-down counter: `Atomics.load` on its memory, or a native call as a fallback. */
+  #generationNow: () => number = () => -2;
   #leaseDeadline = -Infinity;
-  /** Lease reports of this term or older are ignored (set by release and shutdown). */
-  #fencedTerm = 0;
-  /** A `leader` status whose lease report has not arrived yet. */
-  #pendingLeader: StatusInfo | null = null;
+  #beatUntil = Infinity;
+  #validUntil = -Infinity;
+  /** release() calls in flight: while any is, no leader snapshot is accepted. */
+  #releasing = 0;
+  /** Leader snapshots up to this seq were decided before a release completed: never accepted. */
+  #fenceSeq = -1;
+  /** The event loop heartbeat (unref'd), while the `maxEventLoopStall` check is on. */
+  #heartbeat: NodeJS.Timeout | null = null;
+  /** Aborters of the signals of runWhileLeader, called when the leadership they run in ends. */
+  readonly #onLoss = new Set<() => void>();
+  /** Fires at `#validUntil` while a runWhileLeader runs: the local deadline passing has no event. */
+  #lossTimer: NodeJS.Timeout | null = null;
   /** Holds the event loop open while the elector runs (the native status stream does not). */
   #keepAlive: NodeJS.Timeout | null = null;
   /** Called once when the elector stops for good (shutdown, or a failed start). */
@@ -280,6 +308,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
       this.#started.catch((reason: unknown) => {
         const err = fromNative(reason);
         this.#releaseKeepAlive();
+        this.#stopHeartbeat();
         if (this.listenerCount('error') > 0) {
           this.emit('error', err);
         } else if (!this.#startAwaited) {
@@ -336,38 +365,56 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     } catch (err) {
       throw fromNative(err);
     }
-    native.onLeaseChange((lease) => this.#onLease(lease));
-    native.onStatusChange((s) => this.#onStatus(s));
     if (this.#stopped) {
       // shutdown() was called while connecting.
       await native.shutdown().catch(() => undefined);
     } else {
       this.#native = native;
-      this.#onStatus(native.status());
+      this.#startHeartbeat(native);
+      const view = native.generationView();
+      this.#generationNow =
+        view !== null && native.generationViewIsLive() ? () => Atomics.load(view, 0) : () => native.generation();
+      native.onStateChange((s) => this.#onState(s));
+      this.#onState(native.state());
     }
     return native;
   }
 
   /**
-   * Keeps a copy of the native lease so that {@link amILeader} needs no native call. A report that
-   * arrives late only ever carries an earlier deadline than the native one, so the copy errs on the
-   * side of "not leader"; reports of a released term are ignored.
+   * Beats the native event loop check from an unref'd timer, several times per `maxEventLoopStall`.
+   * The JS bound counts from just before each beat reaches the native side, so `amILeader()` turns
+   * false no later than the native check fails.
    */
-  #onLease(lease: LeaseUpdate | null | undefined): void {
-    if (lease == null) {
-      this.#leaseDeadline = -Infinity;
-    } else if (!this.#stopped && lease.term > this.#fencedTerm) {
-      this.#leaseTerm = lease.term;
-      this.#leaseDeadline = lease.deadline - PERFORMANCE_ORIGIN_MS - DEADLINE_SLACK_MS;
-      const pending = this.#pendingLeader;
-      if (pending !== null && pending.term === lease.term) this.#onStatus(pending);
+  #startHeartbeat(native: Elector): void {
+    const stall = native.maxEventLoopStall;
+    if (!(stall > 0)) return;
+    const beat = () => {
+      this.#beatUntil = performance.now() + stall;
+      native.heartbeat();
+      this.#validUntil = Math.min(this.#leaseDeadline, this.#beatUntil);
+    };
+    beat();
+    this.#heartbeat = setInterval(beat, Math.min(1000, Math.max(5, stall / 4)));
+    this.#heartbeat.unref();
+  }
+
+  #stopHeartbeat(): void {
+    if (this.#heartbeat !== null) {
+      clearInterval(this.#heartbeat);
+      this.#heartbeat = null;
     }
+  }
+
+  /** Forgets the lease copy: `amILeader()` is false from now on, until a snapshot is accepted. */
+  #dropLease(): void {
+    this.#leaseDeadline = -Infinity;
+    this.#validUntil = -Infinity;
   }
 
   /** Stops leading locally at once (release and shutdown), before the native layer confirms it. */
   #fence(): void {
-    this.#fencedTerm = Math.max(this.#fencedTerm, this.#leaseTerm);
-    this.#leaseDeadline = -Infinity;
+    this.#dropLease();
+    this.#leadershipLost();
   }
 
   /** Starts on the PostgreSQL server at `url` and resolves once campaigning. */
@@ -496,10 +543,21 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
 
   /**
    * True only while this node holds an unexpired lease, by its local deadline: a cheap synchronous read,
-   * no database access. False before the start completed and after shutdown.
+   * no database access. False before the start completed and after shutdown, and once the event loop has
+   * not run for `maxEventLoopStall` (so never later than the native side stops renewing for that reason).
+   *
+   * The deadline is a copy in JavaScript of the native one (never later than it), taken from the ordered
+   * snapshots of the native layer. A copy alone would lag behind a loss the native side has decided but
+   * whose snapshot is still queued for this thread (a renewal that found no row, a step-down for a stalled
+   * loop): the copy would say true while native `isLeader()` says false. So the copy is trusted only while
+   * the native step-down counter (bumped before the native clock clears) still equals the generation of
+   * the snapshot it came from. That counter is read with `Atomics.load` on its own memory (an external
+   * buffer), not with a native call: a sync napi call costs 5-20 times the rest of this function. The
+   * deadline is compared first, so a follower does not even read it. See docs/design.md, "The Node.js
+   * copy of leadership".
    */
   amILeader(): boolean {
-    return performance.now() < this.#leaseDeadline;
+    return performance.now() < this.#validUntil && this.#generationNow() === this.#leaseGeneration;
   }
 
   /** The fencing term of the current leadership, or null when not leading. */
@@ -534,14 +592,25 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   async #release(): Promise<void> {
     this.#fence();
     if (this.#started === null) return;
-    const native = await this.#started;
-    if (this.#stopped) return;
+    this.#releasing++;
+    let native: Elector | null = null;
+    let doneSeq = -1;
     try {
-      await native.release();
+      native = await this.#started;
+      if (this.#stopped) return;
+      doneSeq = await native.release();
     } catch (err) {
       const e = fromNative(err);
       if (e.code === 'ERR_SHUT_DOWN') return;
       throw e;
+    } finally {
+      // Every snapshot up to the release's completion is fenced; those after it are new decisions.
+      this.#releasing--;
+      if (native !== null && this.#native === native) {
+        const current = native.state();
+        this.#fenceSeq = Math.max(this.#fenceSeq, doneSeq >= 0 ? doneSeq : current.seq);
+        if (this.#releasing === 0) this.#onState(current);
+      }
     }
   }
 
@@ -557,8 +626,9 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     this.#stopped = true;
     this.#fence();
     this.#releaseKeepAlive();
+    this.#stopHeartbeat();
     if (this.#started === null) {
-      this.#onStatus({ state: 'stopped' });
+      this.#onStatus({ state: 'stopped', leaderId: null, term: null }, null);
       return;
     }
     let native: Elector;
@@ -573,7 +643,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     } catch (err) {
       throw fromNative(err);
     }
-    this.#onStatus({ state: 'stopped' });
+    this.#onStatus({ state: 'stopped', leaderId: null, term: null }, null);
   }
 
   /**
@@ -590,36 +660,52 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     await this.ready();
     await this.#untilLeader(options.signal);
     const controller = new AbortController();
-    let watch: NodeJS.Timeout | undefined;
+    // Aborted when the leadership ends: by the native snapshot that ends it (the core cancelling the
+    // leadership's work token publishes one), by release() and shutdown() at once, and by a timer at the
+    // local deadline or heartbeat bound, which pass without an event. No polling.
     const lost = () => {
-      clearInterval(watch);
+      this.#onLoss.delete(lost);
       if (!controller.signal.aborted) {
         controller.abort(new DOMException('leaderlease: leadership lost', 'AbortError'));
       }
     };
-    const onStatus = (s: LeaderStatus) => {
-      if (s.state !== 'leader' || !this.amILeader()) lost();
-    };
     const onOuterAbort = () => controller.abort(options.signal?.reason);
-    this.on('status', onStatus);
     options.signal?.addEventListener('abort', onOuterAbort, { once: true });
     // Aborted after leadership came and before the listener was added: 'abort' will not fire again.
     if (options.signal?.aborted) onOuterAbort();
-    // The status stream reports a lost lease; this also catches the local deadline passing between two
-    // events (amILeader() is a cheap local read).
-    watch = setInterval(() => {
-      if (!this.amILeader()) lost();
-    }, 50);
-    watch.unref();
     try {
-      if (!this.amILeader()) lost();
+      if (this.amILeader()) {
+        this.#onLoss.add(lost);
+        this.#armLossTimer();
+      } else {
+        lost();
+      }
       return await fn(controller.signal);
     } finally {
-      clearInterval(watch);
-      this.off('status', onStatus);
       options.signal?.removeEventListener('abort', onOuterAbort);
       lost();
     }
+  }
+
+  /** Calls the loss listeners: the leadership they ran in has ended. */
+  #leadershipLost(): void {
+    if (this.#lossTimer !== null) {
+      clearTimeout(this.#lossTimer);
+      this.#lossTimer = null;
+    }
+    for (const f of [...this.#onLoss]) f();
+  }
+
+  /** While runWhileLeader runs: a timer at `#validUntil` that calls the loss listeners if it has passed. */
+  #armLossTimer(): void {
+    if (this.#lossTimer !== null || this.#onLoss.size === 0) return;
+    if (!this.amILeader()) return this.#leadershipLost();
+    const wait = Math.max(1, Math.ceil(this.#validUntil - performance.now()));
+    this.#lossTimer = setTimeout(() => {
+      this.#lossTimer = null;
+      this.#armLossTimer();
+    }, wait);
+    this.#lossTimer.unref();
   }
 
   /** Resolves when this node leads; rejects when it stops first or `signal` aborts. */
@@ -644,20 +730,48 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     });
   }
 
-  #onStatus(info: StatusInfo): void {
-    // The lease copy and the status come through two native callbacks with no order between them: a
-    // `leader` status waits until the copy holds its term, so that `elected` listeners and waiters of
-    // runWhileLeader see amILeader() true.
-    if (info.state === 'leader' && !(this.#leaseTerm === info.term && this.amILeader())) {
-      this.#pendingLeader = info;
+  /**
+   * Applies one native snapshot. They arrive in the order the core decided them (some may be skipped,
+   * none reordered), each complete, so the lease copy and the status are set together: an `elected`
+   * listener sees amILeader() true. A leader snapshot is accepted (its lease copied) unless the elector
+   * is shut down, a release is in flight or completed after it was decided (by `seq`), or it is already
+   * stale: its deadline has passed or its leadership has ended natively (generation). Terms are never
+   * compared: they may take any value after a database reset.
+   */
+  #onState(s: StateSnapshot): void {
+    if (s.seq < this.#seq) return;
+    this.#seq = s.seq;
+    if (s.state === 'leader' && s.term != null && s.deadline != null) {
+      if (!this.#stopped && this.#releasing === 0 && s.seq > this.#fenceSeq) {
+        this.#leaseTerm = s.term;
+        this.#leaseGeneration = s.generation;
+        this.#leaseDeadline = s.deadline - PERFORMANCE_ORIGIN_MS - DEADLINE_SLACK_MS;
+        this.#validUntil = Math.min(this.#leaseDeadline, this.#beatUntil);
+      }
+      if (this.#leaseGeneration === s.generation && this.amILeader()) {
+        this.#onStatus({ state: 'leader', leaderId: s.leaderId ?? null, term: s.term }, s.generation);
+      } else if (this.#last.state === 'leader') {
+        // Not (or no longer) leading by this node's own rule, whatever the snapshot said.
+        this.#dropLease();
+        this.#onStatus({ state: 'candidate', leaderId: null, term: null }, null);
+      }
       return;
     }
-    this.#pendingLeader = null;
-    const next = toStatus(info);
+    this.#dropLease();
+    this.#onStatus(toStatus(s), null);
+  }
+
+  #onStatus(next: LeaderStatus, generation: number | null): void {
     const prev = this.#last;
-    if (next.state === prev.state && next.leaderId === prev.leaderId && next.term === prev.term) return;
+    const prevGeneration = this.#lastGeneration;
+    const ended = prev.state === 'leader' && (next.state !== 'leader' || generation !== prevGeneration);
+    const elected = next.state === 'leader' && (prev.state !== 'leader' || generation !== prevGeneration);
+    if (!ended && !elected && next.state === prev.state && next.leaderId === prev.leaderId && next.term === prev.term) {
+      return;
+    }
     this.#last = next;
-    // Called from the native status stream: a listener's exception must not escape into it.
+    this.#lastGeneration = generation;
+    // Called from the native stream: a listener's exception must not escape into it.
     const safeEmit = <K extends keyof LeaderElectorEvents>(event: K, ...args: LeaderElectorEvents[K]) => {
       try {
         this.emit(event, ...(args as never));
@@ -665,16 +779,17 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
         process.emitWarning(`leaderlease: a '${String(event)}' listener threw: ${String(err)}`);
       }
     };
-    if (next.state === 'leader' && prev.state !== 'leader' && next.term !== null) {
-      safeEmit('elected', { term: next.term });
-    }
-    if (prev.state === 'leader' && next.state !== 'leader') {
+    if (ended) {
+      this.#leadershipLost();
       safeEmit('revoked');
+    }
+    if (elected && next.term !== null) {
+      safeEmit('elected', { term: next.term });
     }
     if (
       next.leaderId !== null &&
       next.term !== null &&
-      (next.leaderId !== prev.leaderId || next.term !== prev.term)
+      (elected || next.leaderId !== prev.leaderId || next.term !== prev.term)
     ) {
       safeEmit('leaderChanged', { leaderId: next.leaderId, term: next.term });
     }

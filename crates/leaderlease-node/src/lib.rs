@@ -10,11 +10,12 @@
 //! Promises; the sync calls read local state only.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use leaderlease::{ConfigError, ElectorConfig};
 use napi::Status as NapiStatus;
-use napi::bindgen_prelude::{Result, spawn};
+use napi::bindgen_prelude::{Result, Uint32Array, spawn};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
@@ -79,6 +80,48 @@ pub struct ElectorOptions {
     pub safety_margin: Option<f64>,
     /// Upper bound of one database operation (default renewalInterval / 2, at most 2000).
     pub operation_timeout: Option<f64>,
+    /// Longest time the JavaScript event loop may go without a `heartbeat()` while this node acquires or
+    /// renews: past it, a leader deletes its lease and steps down, and a candidate waits (default
+    /// leaseDuration - safetyMargin; 0 turns the check off; otherwise at least 10).
+    pub max_event_loop_stall: Option<f64>,
+}
+
+/// Smallest accepted non-zero `maxEventLoopStall`.
+const MIN_EVENT_LOOP_STALL: Duration = Duration::from_millis(10);
+
+/// The JavaScript event loop's last sign of life, stored by `heartbeat()` from a JS timer.
+#[derive(Debug)]
+struct Heartbeat {
+    base: Instant,
+    /// Microseconds since `base` at the last beat.
+    last: AtomicU64,
+    bound: Duration,
+}
+
+impl Heartbeat {
+    fn new(bound: Duration) -> Self {
+        Self {
+            base: Instant::now(),
+            last: AtomicU64::new(0),
+            bound,
+        }
+    }
+
+    fn micros(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn beat(&self) {
+        self.last.store(self.micros(), Ordering::Release);
+    }
+
+    /// The loop beat within the bound.
+    fn fresh(&self) -> bool {
+        let age = self
+            .micros()
+            .saturating_sub(self.last.load(Ordering::Acquire));
+        u128::from(age) <= self.bound.as_micros()
+    }
 }
 
 fn millis(
@@ -100,8 +143,11 @@ fn millis(
 }
 
 impl ElectorOptions {
-    /// Applies the given options on top of the core's defaults and validates the result.
-    fn into_config(self) -> std::result::Result<ElectorConfig, ConfigError> {
+    /// Applies the given options on top of the core's defaults and validates the result; with the event
+    /// loop check on, the heartbeat that the config's liveness check reads.
+    fn into_config(
+        self,
+    ) -> std::result::Result<(ElectorConfig, Option<Arc<Heartbeat>>), ConfigError> {
         let mut b = ElectorConfig::builder();
         if let Some(d) = millis("leaseDuration", self.lease_duration)? {
             b = b.with_lease_duration(d);
@@ -140,7 +186,29 @@ impl ElectorOptions {
         if let Some(yes) = self.create_table_on_init {
             b = b.with_create_table_on_init(yes);
         }
-        b.build().map_err(with_js_names)
+        let stall = millis("maxEventLoopStall", self.max_event_loop_stall)?;
+        let config = b.clone().build().map_err(with_js_names)?;
+        let stall = stall.unwrap_or(config.lease_duration() - config.safety_margin());
+        if stall.is_zero() {
+            return Ok((config, None));
+        }
+        if stall < MIN_EVENT_LOOP_STALL || stall > leaderlease::MAX_LEASE_DURATION {
+            return Err(ConfigError::new(
+                "maxEventLoopStall",
+                format!(
+                    "must be 0 (off) or between {} ms and 24 h (got {} ms)",
+                    MIN_EVENT_LOOP_STALL.as_millis(),
+                    stall.as_secs_f64() * 1000.0
+                ),
+            ));
+        }
+        let heartbeat = Arc::new(Heartbeat::new(stall));
+        let check = heartbeat.clone();
+        let config = b
+            .with_liveness_check(move || check.fresh())
+            .build()
+            .map_err(with_js_names)?;
+        Ok((config, Some(heartbeat)))
     }
 }
 
@@ -200,13 +268,36 @@ pub struct LeaderInfo {
     pub expires_in: f64,
 }
 
-/// This node's lease, as `onLeaseChange` reports it.
+/// One decision of the election, complete, as `onStateChange` reports it and `state()` returns it.
 #[napi(object)]
-pub struct LeaseUpdate {
-    /// The fencing term.
-    pub term: f64,
-    /// The local lease deadline: CLOCK_MONOTONIC milliseconds (`Number(process.hrtime.bigint()) / 1e6`).
-    pub deadline: f64,
+#[derive(Debug)]
+pub struct StateSnapshot {
+    /// Numbers the decisions of this elector in the order they were made (0 is the initial state).
+    pub seq: f64,
+    /// `candidate`, `leader` or `stopped`.
+    pub state: LeaderState,
+    /// The leader's instance id (this node's own while it leads), if known.
+    pub leader_id: Option<String>,
+    /// The leader's fencing term, if known.
+    pub term: Option<f64>,
+    /// While leading: the local lease deadline, CLOCK_MONOTONIC milliseconds (the clock of
+    /// `process.hrtime`; `Number(process.hrtime.bigint()) / 1e6`).
+    pub deadline: Option<f64>,
+    /// `generation()` when this was decided: a leader snapshot is this node's lease only while
+    /// `generation()` still returns this value.
+    pub generation: u32,
+}
+
+fn state_snapshot(s: &leaderlease::Snapshot, own_id: &str) -> StateSnapshot {
+    let info = status_info(&s.status, own_id);
+    StateSnapshot {
+        seq: s.seq as f64,
+        state: info.state,
+        leader_id: info.leader_id,
+        term: info.term,
+        deadline: s.lease.map(|l| monotonic_ms(l.deadline)),
+        generation: s.generation,
+    }
 }
 
 /// `at` as CLOCK_MONOTONIC milliseconds. `Instant` reads CLOCK_MONOTONIC on Linux but hides the value, so
@@ -231,6 +322,42 @@ fn monotonic_ms(at: Instant) -> f64 {
 #[napi]
 pub struct Elector {
     inner: Arc<leaderlease::Elector>,
+    /// The event loop heartbeat, when `maxEventLoopStall` is on.
+    heartbeat: Option<Arc<Heartbeat>>,
+    /// The generation view has been handed out (at most one external buffer per memory location).
+    view_taken: AtomicBool,
+    /// Set when the view's memory was let go by JavaScript: collected, or copied at once by a runtime
+    /// without external buffers (then the view would never change, and must not be trusted).
+    view_released: Arc<AtomicBool>,
+}
+
+impl Elector {
+    fn new(inner: leaderlease::Elector, heartbeat: Option<Arc<Heartbeat>>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            heartbeat,
+            view_taken: AtomicBool::new(false),
+            view_released: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// A JavaScript `Uint32Array` of length 1 whose memory is the core's step-down counter itself, so that
+/// JavaScript reads it with `Atomics.load` without calling into native code.
+#[allow(unsafe_code)]
+fn shared_counter(cell: Arc<AtomicU32>, released: Arc<AtomicBool>) -> Uint32Array {
+    let ptr = cell.as_ptr();
+    // SAFETY: `ptr` points to the `u32` inside the `AtomicU32` (same size and alignment) of the `Arc`'s
+    // allocation, which stays alive as long as the clone moved into the finalizer below: that clone is
+    // dropped only when the JavaScript buffer is collected, or at once when the runtime refuses external
+    // buffers and copies the data (then `released` says so). Length 1. The core writes it only with
+    // atomic operations; JavaScript reads it with `Atomics.load` (a 32-bit atomic load) and never writes.
+    unsafe {
+        Uint32Array::with_external_data(ptr, 1, move |_, _| {
+            released.store(true, Ordering::SeqCst);
+            drop(cell);
+        })
+    }
 }
 
 #[napi]
@@ -241,16 +368,17 @@ impl Elector {
     /// renewals; the connections close when the last of them shuts down.
     #[napi(factory)]
     pub async fn connect(url: String, options: Option<ElectorOptions>) -> Result<Self> {
-        let config = options
+        let (config, heartbeat) = options
             .unwrap_or_default()
             .into_config()
             .map_err(|e| to_js(e.into()))?;
+        if let Some(h) = &heartbeat {
+            h.beat();
+        }
         let inner = leaderlease::Elector::connect_shared(&url, config)
             .await
             .map_err(to_js)?;
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        Ok(Self::new(inner, heartbeat))
     }
 
     /// Connects to NATS at `url` (e.g. `nats://127.0.0.1:4222`) and campaigns in the JetStream KV
@@ -262,10 +390,13 @@ impl Elector {
         bucket: Option<String>,
         options: Option<ElectorOptions>,
     ) -> Result<Self> {
-        let config = options
+        let (config, heartbeat) = options
             .unwrap_or_default()
             .into_config()
             .map_err(|e| to_js(e.into()))?;
+        if let Some(h) = &heartbeat {
+            h.beat();
+        }
         let bucket = bucket.unwrap_or_else(|| leaderlease::nats::DEFAULT_BUCKET.to_owned());
         let backend = leaderlease::NatsBackend::connect(&url, &bucket, &config)
             .await
@@ -273,9 +404,7 @@ impl Elector {
         let inner = leaderlease::Elector::start(backend, config)
             .await
             .map_err(to_js)?;
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        Ok(Self::new(inner, heartbeat))
     }
 
     /// True only while this node holds an unexpired lease (local deadline included). No database
@@ -320,73 +449,88 @@ impl Elector {
         self.inner.config().lock_id()
     }
 
-    /// Calls `callback` with every status change from now on, until the elector stops (the last call
-    /// reports `stopped`). The callback must not throw. The subscription is weak: it never keeps the
-    /// Node process alive.
+    /// The effective `maxEventLoopStall` in milliseconds; 0 when the event loop check is off.
+    #[napi(getter, catch_unwind)]
+    pub fn max_event_loop_stall(&self) -> f64 {
+        self.heartbeat
+            .as_ref()
+            .map_or(0.0, |h| h.bound.as_secs_f64() * 1000.0)
+    }
+
+    /// Records that the JavaScript event loop is alive (call it from a timer, more often than
+    /// `maxEventLoopStall`). Does nothing when the check is off.
     #[napi(catch_unwind)]
-    pub fn on_status_change(
+    pub fn heartbeat(&self) {
+        if let Some(h) = &self.heartbeat {
+            h.beat();
+        }
+    }
+
+    /// Counts this node's step-downs; it changes before `isLeader()` turns false (except by the deadline
+    /// passing), so a leader snapshot holds only while this still equals its `generation`.
+    #[napi(catch_unwind)]
+    pub fn generation(&self) -> u32 {
+        self.inner.generation()
+    }
+
+    /// The memory of `generation()` as a `Uint32Array` of length 1, to read with `Atomics.load(view, 0)`
+    /// instead of calling `generation()`; null after the first call. Check `generationViewIsLive()` right
+    /// after taking it: a runtime without external buffers (Electron) hands out a copy, which never
+    /// changes.
+    #[napi(catch_unwind)]
+    pub fn generation_view(&self) -> Option<Uint32Array> {
+        if self.view_taken.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        Some(shared_counter(
+            self.inner.generation_cell(),
+            self.view_released.clone(),
+        ))
+    }
+
+    /// True while the view of `generationView()` is the counter's own memory (false if it was copied).
+    #[napi(catch_unwind)]
+    pub fn generation_view_is_live(&self) -> bool {
+        self.view_taken.load(Ordering::SeqCst) && !self.view_released.load(Ordering::SeqCst)
+    }
+
+    /// The latest decision (see `onStateChange`).
+    #[napi(catch_unwind)]
+    pub fn state(&self) -> StateSnapshot {
+        state_snapshot(&self.inner.snapshot(), self.inner.config().instance_id())
+    }
+
+    /// Calls `callback` with the current state and then with every decision of the core, complete
+    /// (state, leader, term, deadline, generation) and in the order it made them, renewals included,
+    /// until the elector stops (the last call reports `stopped`). Decisions made faster than the
+    /// callback runs may be skipped, never reordered (`seq` grows). The callback must not throw. The
+    /// subscription is weak: it never keeps the Node process alive.
+    #[napi(catch_unwind)]
+    pub fn on_state_change(
         &self,
-        callback: ThreadsafeFunction<StatusInfo, (), StatusInfo, NapiStatus, false, true>,
+        callback: ThreadsafeFunction<StateSnapshot, (), StateSnapshot, NapiStatus, false, true>,
     ) {
-        let mut rx = self.inner.subscribe();
+        let mut rx = self.inner.subscribe_state();
         let own_id = self.inner.config().instance_id().to_owned();
         spawn(async move {
-            while rx.changed().await.is_ok() {
-                let status = rx.borrow_and_update().clone();
-                let info = status_info(&status, &own_id);
-                let stopped = info.state == LeaderState::Stopped;
-                callback.call(info, ThreadsafeFunctionCallMode::NonBlocking);
-                if stopped {
+            loop {
+                let snapshot = state_snapshot(&rx.borrow_and_update(), &own_id);
+                let stopped = snapshot.state == LeaderState::Stopped;
+                callback.call(snapshot, ThreadsafeFunctionCallMode::NonBlocking);
+                if stopped || rx.changed().await.is_err() {
                     break;
                 }
             }
         });
     }
 
-    /// Calls `callback` with this node's lease now and after every change: `{ term, deadline }` after each
-    /// confirmed acquire or renew, where `deadline` is the local lease deadline on the CLOCK_MONOTONIC
-    /// clock in milliseconds (the clock of `process.hrtime`), and `null` the moment it steps down. Lets
-    /// the TypeScript layer answer `amILeader()` without crossing into native code. Weak, like
-    /// `onStatusChange`; ends when the elector stops.
-    #[napi(catch_unwind)]
-    pub fn on_lease_change(
-        &self,
-        callback: ThreadsafeFunction<
-            Option<LeaseUpdate>,
-            (),
-            Option<LeaseUpdate>,
-            NapiStatus,
-            false,
-            true,
-        >,
-    ) {
-        let mut lease = self.inner.subscribe_lease();
-        let mut status = self.inner.subscribe();
-        spawn(async move {
-            loop {
-                let update = lease.borrow_and_update().map(|l| LeaseUpdate {
-                    term: l.term as f64,
-                    deadline: monotonic_ms(l.deadline),
-                });
-                callback.call(update, ThreadsafeFunctionCallMode::NonBlocking);
-                tokio::select! {
-                    changed = lease.changed() => if changed.is_err() { break },
-                    stopped = status.wait_for(|s| *s == leaderlease::Status::Stopped) => {
-                        if stopped.is_ok() {
-                            callback.call(None, ThreadsafeFunctionCallMode::NonBlocking);
-                        }
-                        break;
-                    }
-                }
-            }
-        });
-    }
-
     /// Gives up leadership now, if held, and stays a candidate (standing back briefly so another node
-    /// takes over). Does nothing on a follower.
+    /// takes over). Does nothing on a follower. Resolves with the `seq` of the latest decision once the
+    /// release is done: every snapshot up to it was decided before the release completed.
     #[napi]
-    pub async fn release(&self) -> Result<()> {
-        self.inner.release().await.map_err(to_js)
+    pub async fn release(&self) -> Result<f64> {
+        self.inner.release().await.map_err(to_js)?;
+        Ok(self.inner.snapshot().seq as f64)
     }
 
     /// Stops campaigning for good: releases the lease if held and closes the connections. Idempotent.

@@ -1,7 +1,8 @@
-//! The local lease deadline: two atomics read without locks or allocation by `is_leader()`.
+//! The local lease deadline: two atomics read without locks or allocation by `is_leader()`, and a
+//! step-down counter that changes before `is_leader()` turns false.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 fn base() -> Instant {
@@ -20,6 +21,9 @@ fn ticks(at: Instant) -> u64 {
 pub(crate) struct LeaseClock {
     deadline: AtomicU64,
     term: AtomicU64,
+    /// Bumped by every [`clear`](Self::clear), before the deadline is cleared: whoever sees the clock
+    /// cleared also sees the new generation. Shared (an `Arc`) so that a binding can read it directly.
+    generation: Arc<AtomicU32>,
 }
 
 impl LeaseClock {
@@ -28,6 +32,7 @@ impl LeaseClock {
         Self {
             deadline: AtomicU64::new(0),
             term: AtomicU64::new(0),
+            generation: Arc::new(AtomicU32::new(0)),
         }
     }
 
@@ -37,9 +42,20 @@ impl LeaseClock {
         self.deadline.store(ticks(deadline), Ordering::Release);
     }
 
-    /// Ends leadership now.
+    /// Ends leadership now: bumps the generation, then clears the deadline.
     pub(crate) fn clear(&self) {
-        self.deadline.store(0, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.deadline.store(0, Ordering::SeqCst);
+    }
+
+    /// The number of [`clear`](Self::clear)s so far (wrapping).
+    pub(crate) fn generation(&self) -> u32 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The generation counter itself, for readers that cannot call [`generation`](Self::generation).
+    pub(crate) fn generation_cell(&self) -> Arc<AtomicU32> {
+        self.generation.clone()
     }
 
     /// True while a deadline is set and has not passed.
@@ -86,8 +102,10 @@ mod tests {
         assert!(!c.is_valid());
         assert_eq!(c.term(), None);
         c.set(8, Instant::now() + Duration::from_secs(60));
+        let generation = c.generation();
         c.clear();
         assert!(!c.is_valid());
+        assert_eq!(c.generation(), generation.wrapping_add(1));
         assert_eq!(c.remaining(), None);
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::LivenessCheck;
+
 /// Default lease duration: how long a lease lives in the database without renewal.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_millis(10_000);
 /// Default time between two renewals by the leader (and between two polls by a follower).
@@ -63,6 +65,16 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The liveness check of a config, if any, shown in `Debug` output as present or not.
+#[derive(Clone, Default)]
+pub(crate) struct Liveness(pub(crate) Option<LivenessCheck>);
+
+impl fmt::Debug for Liveness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
+}
+
 /// Validated settings of one election. Build it with [`ElectorConfig::builder`].
 #[derive(Debug, Clone)]
 pub struct ElectorConfig {
@@ -77,6 +89,7 @@ pub struct ElectorConfig {
     pub(crate) safety_margin: Duration,
     pub(crate) operation_timeout: Duration,
     pub(crate) cancellation: Option<CancellationToken>,
+    pub(crate) liveness: Liveness,
 }
 
 impl ElectorConfig {
@@ -128,6 +141,14 @@ impl ElectorConfig {
     pub fn cancellation(&self) -> Option<&CancellationToken> {
         self.cancellation.as_ref()
     }
+    /// Whether a liveness check was set ([`ElectorBuilder::with_liveness_check`]).
+    pub fn has_liveness_check(&self) -> bool {
+        self.liveness.0.is_some()
+    }
+    /// Runs the liveness check: true when none is set.
+    pub fn is_alive(&self) -> bool {
+        self.liveness.0.as_ref().is_none_or(|check| check())
+    }
 }
 
 /// Builds an [`ElectorConfig`]. Every setting has a default; [`build`](Self::build) checks them all.
@@ -164,6 +185,7 @@ pub struct ElectorBuilder {
     safety_margin: Option<Duration>,
     operation_timeout: Option<Duration>,
     cancellation: Option<CancellationToken>,
+    liveness: Liveness,
 }
 
 impl Default for ElectorBuilder {
@@ -180,6 +202,7 @@ impl Default for ElectorBuilder {
             safety_margin: None,
             operation_timeout: None,
             cancellation: None,
+            liveness: Liveness::default(),
         }
     }
 }
@@ -244,6 +267,49 @@ impl ElectorBuilder {
     /// [`Elector::shutdown`](crate::Elector::shutdown) does.
     pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
         self.cancellation = Some(token);
+        self
+    }
+
+    /// Ties this node's leadership to a liveness check of the application's own (default: none, the node
+    /// campaigns and renews as long as its Tokio runtime runs).
+    ///
+    /// `check` is called before every acquire and every renewal is sent, on the elector's task; it must
+    /// be cheap and must not block (read an atomic, compare a timestamp). When it returns false:
+    /// - while leading, the node steps down (the work token of
+    ///   [`run_while_leader`](crate::Elector::run_while_leader) is cancelled), deletes its lease (so
+    ///   another candidate takes over at once, as after [`release`](crate::Elector::release), without
+    ///   waiting for that work to return) and stands back as a released leader does;
+    /// - as a candidate, it neither reads nor acquires the lease, and calls `check` again every
+    ///   [`LIVENESS_RECHECK_INTERVAL`](crate::LIVENESS_RECHECK_INTERVAL) until it passes, then
+    ///   campaigns as usual.
+    ///
+    /// The typical check is a heartbeat: the part of the application that does the leader's work stores a
+    /// monotonic timestamp in an atomic from a periodic timer, and the check compares its age with a
+    /// bound. A stalled work loop then hands its leadership over instead of holding it while doing
+    /// nothing. Pick the bound below `lease_duration - safety_margin` so a stall is noticed while the
+    /// lease still stands; `is_leader()` is not affected by the check, so code that reads it from the
+    /// stalled part should also compare the heartbeat's age itself.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::time::{Duration, Instant};
+    /// use leaderlease::ElectorConfig;
+    ///
+    /// let start = Instant::now();
+    /// let last_beat = Arc::new(AtomicU64::new(0)); // ms since `start`, stored by the worker's timer
+    /// let beat = last_beat.clone();
+    /// let config = ElectorConfig::builder()
+    ///     .with_liveness_check(move || {
+    ///         let now = start.elapsed().as_millis() as u64;
+    ///         now.saturating_sub(beat.load(Ordering::Acquire)) <= 5_000
+    ///     })
+    ///     .build()?;
+    /// assert!(config.has_liveness_check());
+    /// # Ok::<(), leaderlease::ConfigError>(())
+    /// ```
+    pub fn with_liveness_check(mut self, check: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.liveness = Liveness(Some(std::sync::Arc::new(check)));
         self
     }
 
@@ -367,6 +433,7 @@ impl ElectorBuilder {
             safety_margin,
             operation_timeout,
             cancellation: self.cancellation,
+            liveness: self.liveness,
         })
     }
 }

@@ -75,6 +75,41 @@ impl Status {
     }
 }
 
+/// One decision of the election, complete: published on [`Elector::subscribe_state`] every time the
+/// background task changes anything a reader could see (elected, renewed, stepped down, another leader
+/// observed, stopped), in the order it decided them.
+///
+/// It is what a binding that keeps its own copy of leadership needs, in one value: the status, this
+/// node's lease (term and local deadline) while it leads, the generation of that leadership, and a
+/// sequence number. A `watch` receiver may skip snapshots it did not read in time, never reorder them;
+/// a skipped step-down still shows as a changed [`generation`](Self::generation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Numbers the snapshots of this elector from 0 (the initial one), one per decision.
+    pub seq: u64,
+    /// The status decided.
+    pub status: Status,
+    /// This node's lease while it leads (`Some` exactly when `status` is [`Status::Leader`]).
+    pub lease: Option<Lease>,
+    /// The value of [`Elector::generation`] when this was decided: every step-down changes it, so two
+    /// leader snapshots with the same generation belong to one leadership.
+    pub generation: u32,
+}
+
+impl Snapshot {
+    /// True when this snapshot decided that this node leads (its deadline may have passed since).
+    pub fn is_leader(&self) -> bool {
+        self.status.is_leader()
+    }
+}
+
+/// Decides whether this node is fit to hold a lease: consulted before every acquire and renew is sent
+/// (see [`ElectorBuilder::with_liveness_check`](crate::ElectorBuilder::with_liveness_check)).
+pub type LivenessCheck = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How often a candidate whose liveness check fails looks at it again (no database access meanwhile).
+pub const LIVENESS_RECHECK_INTERVAL: Duration = Duration::from_millis(50);
+
 enum Command {
     Release(oneshot::Sender<Result<()>>),
 }
@@ -84,6 +119,8 @@ struct Shared {
     clock: LeaseClock,
     status: watch::Sender<Status>,
     lease: watch::Sender<Option<Lease>>,
+    /// Every decision, complete and numbered; `status` and `lease` are updated before it.
+    state: watch::Sender<Snapshot>,
     leader: Mutex<Option<LeaderInfo>>,
     /// Token of the current leadership, cancelled when it ends.
     work: Mutex<Option<CancellationToken>>,
@@ -228,9 +265,18 @@ impl Elector {
         }
         let (status, _) = watch::channel(Status::Candidate { leader: None });
         let (active_work, _) = watch::channel(0);
+        let clock = LeaseClock::new();
+        let state = watch::channel(Snapshot {
+            seq: 0,
+            status: Status::Candidate { leader: None },
+            lease: None,
+            generation: clock.generation(),
+        })
+        .0;
         let shared = Arc::new(Shared {
-            clock: LeaseClock::new(),
+            clock,
             status,
+            state,
             lease: watch::channel(None).0,
             leader: Mutex::new(None),
             work: Mutex::new(None),
@@ -298,6 +344,32 @@ impl Elector {
     /// A stream of status changes: elected, stepped down, another leader seen, stopped.
     pub fn subscribe(&self) -> watch::Receiver<Status> {
         self.shared.status.subscribe()
+    }
+
+    /// The stream of [`Snapshot`]s: every decision (renewals included), complete and in order. The
+    /// status of each equals what [`subscribe`](Self::subscribe) held when it was published, and its
+    /// lease what [`subscribe_lease`](Self::subscribe_lease) held.
+    pub fn subscribe_state(&self) -> watch::Receiver<Snapshot> {
+        self.shared.state.subscribe()
+    }
+
+    /// The latest [`Snapshot`].
+    pub fn snapshot(&self) -> Snapshot {
+        self.shared.state.borrow().clone()
+    }
+
+    /// Counts this node's step-downs (wrapping): it changes before [`is_leader`](Self::is_leader) turns
+    /// false for any reason but the deadline passing. A binding that keeps a copy of the lease (from a
+    /// [`Snapshot`]) can trust that copy only while this still equals the snapshot's `generation`; it
+    /// learns of a loss this way before the snapshot reporting it reaches it.
+    pub fn generation(&self) -> u32 {
+        self.shared.clock.generation()
+    }
+
+    /// The counter behind [`generation`](Self::generation), for a binding that shares it with another
+    /// runtime's memory (read it with an acquire or sequentially consistent load; never write it).
+    pub fn generation_cell(&self) -> Arc<std::sync::atomic::AtomicU32> {
+        self.shared.clock.generation_cell()
     }
 
     /// The settings this election runs with.
@@ -483,6 +555,7 @@ impl Campaign {
         self.step_down("shutdown");
         self.backend.close().await;
         self.shared.status.send_replace(Status::Stopped);
+        self.publish();
         info!("elector stopped");
     }
 
@@ -560,6 +633,16 @@ impl Campaign {
         let Some(term) = self.held.as_ref().map(|h| h.term) else {
             return;
         };
+        if !self.config().is_alive() {
+            warn!(
+                term,
+                "liveness check failed: stepping down and deleting the lease so that another node takes over"
+            );
+            if let Err(e) = self.release().await {
+                warn!(error = %e, "could not delete the lease; it will expire by itself");
+            }
+            return;
+        }
         let backend = self.backend.clone();
         let sent = Instant::now();
         match self.guarded(backend.renew(term)).await {
@@ -615,11 +698,31 @@ impl Campaign {
             self.shared.status.send_replace(Status::Leader { term });
             info!(term, "elected leader");
         }
+        self.publish();
+    }
+
+    /// Publishes the current decision as the next [`Snapshot`].
+    fn publish(&self) {
+        let status = self.shared.status.borrow().clone();
+        let lease = if status.is_leader() {
+            *self.shared.lease.borrow()
+        } else {
+            None
+        };
+        let generation = self.shared.clock.generation();
+        self.shared.state.send_modify(|s| {
+            *s = Snapshot {
+                seq: s.seq + 1,
+                status,
+                lease,
+                generation,
+            }
+        });
     }
 
     fn step_down(&mut self, reason: &str) {
         self.shared.clock.clear();
-        self.shared.lease.send_if_modified(|l| l.take().is_some());
+        let had_lease = self.shared.lease.send_if_modified(|l| l.take().is_some());
         if let Some(token) = lock(&self.shared.work).take() {
             token.cancel();
         }
@@ -629,6 +732,9 @@ impl Campaign {
             self.shared
                 .status
                 .send_replace(Status::Candidate { leader: None });
+        }
+        if had_lease || self.shared.state.borrow().is_leader() {
+            self.publish();
         }
     }
 
@@ -640,6 +746,11 @@ impl Campaign {
                 return;
             }
             self.stand_back_until = None;
+        }
+        if !self.config().is_alive() {
+            // Unfit to lead: neither read nor acquire until the check passes again.
+            self.next_poll = now + LIVENESS_RECHECK_INTERVAL;
+            return;
         }
         if std::mem::take(&mut self.announced) {
             self.acquire().await;
@@ -730,7 +841,7 @@ impl Campaign {
         let status = Status::Candidate {
             leader: Some((lease.leader_id.clone(), lease.term)),
         };
-        self.shared.status.send_if_modified(|s| {
+        let modified = self.shared.status.send_if_modified(|s| {
             if *s == status {
                 false
             } else {
@@ -738,6 +849,9 @@ impl Campaign {
                 true
             }
         });
+        if modified {
+            self.publish();
+        }
     }
 
     async fn release(&mut self) -> Result<()> {

@@ -19,6 +19,12 @@
 //!   renewals and lease reads, so the database load stays nearly flat as they grow.
 //! - **Errors are not loss.** A failed renewal is retried quickly; leadership is kept until the local
 //!   deadline and no longer. A database outage means "not leader", then recovery.
+//! - **A stalled worker can let go.** With
+//!   [`ElectorBuilder::with_liveness_check`](crate::ElectorBuilder::with_liveness_check), renewals and
+//!   acquisitions are tied to a check of the application's own (typically the age of a heartbeat that
+//!   its work loop stores in an atomic): a leader whose check fails deletes its lease so that another
+//!   node takes over at once, and campaigns again once the check passes. Without it, the elector renews
+//!   as long as its Tokio runtime runs.
 //!
 //! Its limits: the local deadline assumes the monotonic clock runs at about the database's rate (the
 //! safety margin covers drift and scheduling) and stops counting while the whole machine is suspended, so
@@ -73,7 +79,10 @@ pub mod schema;
 
 pub use backend::{AcquireOutcome, Backend, ObservedLease};
 pub use config::*;
-pub use elector::{ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LeaderInfo, Lease, Status};
+pub use elector::{
+    ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LIVENESS_RECHECK_INTERVAL, LeaderInfo, Lease,
+    LivenessCheck, Snapshot, Status,
+};
 pub use error::{Error, Result};
 pub use hub::{
     BatchStats, LISTEN_PROBE_INTERVAL, MAX_BATCH_WINDOW, OWNED_POOL_MAX_CONNECTIONS, PgHub,

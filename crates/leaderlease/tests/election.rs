@@ -734,3 +734,147 @@ async fn paused_leader_process_has_stepped_down_when_it_resumes() {
     );
     follower.shutdown().await.unwrap();
 }
+
+/// The snapshot stream: every decision (renewals included) numbered in order, each complete and consistent
+/// with `status`/`lease`; a loss the database decides (a renewal that finds no row) changes the generation
+/// by the time `is_leader()` is false.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_stream_numbers_every_decision_and_a_loss_changes_the_generation() {
+    let s = TestSchema::new("snapshots").await;
+    let a = s
+        .builder()
+        .with_instance_id("a")
+        .connect(&database_url())
+        .await
+        .unwrap();
+    let mut rx = a.subscribe_state();
+    let collector = tokio::spawn(async move {
+        let mut seen = vec![rx.borrow_and_update().clone()];
+        while rx.changed().await.is_ok() {
+            let snapshot = rx.borrow_and_update().clone();
+            let stopped = snapshot.status == Status::Stopped;
+            seen.push(snapshot);
+            if stopped {
+                break;
+            }
+        }
+        seen
+    });
+    wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
+    let snapshot = a.snapshot();
+    assert!(snapshot.is_leader());
+    assert_eq!(snapshot.lease.map(|l| l.term), a.term());
+    assert_eq!(snapshot.generation, a.generation());
+    // Renewals publish: wait for two more decisions of the same leadership.
+    let first = snapshot.seq;
+    wait_until(Duration::from_secs(3), "two renewals", || {
+        a.snapshot().seq >= first + 2
+    })
+    .await;
+    let generation = a.generation();
+
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM {} WHERE id = 1",
+        s.table()
+    )))
+    .execute(&s.pool)
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(3), "the renewal to find no row", || {
+        // is_leader() first: once it is false by a step-down, the generation read after it has changed.
+        let leader = a.is_leader();
+        if !leader {
+            assert_ne!(a.generation(), generation, "not leader, same generation");
+        }
+        !leader
+    })
+    .await;
+    assert_ne!(
+        a.generation(),
+        generation,
+        "a step-down changes the generation"
+    );
+    // It re-acquires at once (the row is gone) with a new leadership.
+    wait_until(Duration::from_secs(3), "a to lead again", || a.is_leader()).await;
+    a.shutdown().await.unwrap();
+    let seen = collector.await.unwrap();
+
+    assert!(
+        seen.windows(2).all(|w| w[1].seq > w[0].seq),
+        "seq grows: {:?}",
+        seen.iter().map(|s| s.seq).collect::<Vec<_>>()
+    );
+    assert_eq!(seen.last().unwrap().status, Status::Stopped);
+    for snap in &seen {
+        match &snap.status {
+            Status::Leader { term } => {
+                assert_eq!(snap.lease.map(|l| l.term), Some(*term), "{snap:?}");
+            }
+            _ => assert_eq!(snap.lease, None, "{snap:?}"),
+        }
+    }
+    let leaderships: Vec<u32> = seen
+        .iter()
+        .filter(|s| s.is_leader())
+        .map(|s| s.generation)
+        .collect();
+    assert!(
+        leaderships.iter().filter(|g| **g == generation).count() >= 3,
+        "elected and renewed in one generation: {leaderships:?}"
+    );
+    assert!(
+        leaderships.iter().any(|g| *g != generation),
+        "the next leadership has another generation: {leaderships:?}"
+    );
+}
+
+/// `with_liveness_check`: a leader whose check fails steps down and deletes its lease at its next
+/// renewal, so another candidate takes over at once; it campaigns again once the check passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_liveness_check_hands_the_lease_over_and_rejoins_when_it_passes() {
+    let s = TestSchema::new("liveness").await;
+    let alive = Arc::new(AtomicBool::new(true));
+    let check = alive.clone();
+    let a = s
+        .builder()
+        .with_instance_id("a")
+        .with_liveness_check(move || check.load(Ordering::SeqCst))
+        .connect(&database_url())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
+    let b = s
+        .builder()
+        .with_instance_id("b")
+        .connect(&database_url())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        a.is_leader() && !b.is_leader(),
+        "a keeps leading while its check passes"
+    );
+
+    alive.store(false, Ordering::SeqCst);
+    let failed_at = Instant::now();
+    wait_until(Duration::from_secs(2), "a to step down", || !a.is_leader()).await;
+    // The lease was deleted, not left to expire: b (polling every 400 ± 100 ms, or woken by the
+    // release notification) leads well before a's lease could have run out.
+    let took = wait_until(Duration::from_secs(2), "b to take over", || {
+        assert!(!(a.is_leader() && b.is_leader()), "two leaders");
+        b.is_leader()
+    })
+    .await;
+    let handover = failed_at.elapsed();
+    assert!(
+        handover < Duration::from_millis(1200),
+        "handover {handover:?} after the check failed ({took:?} after a stepped down)"
+    );
+    // While the check fails, a does not campaign, even with the lease free (b leaves for good).
+    b.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!a.is_leader(), "a campaigned while its check failed");
+    alive.store(true, Ordering::SeqCst);
+    wait_until(Duration::from_secs(3), "a to lead again", || a.is_leader()).await;
+    a.shutdown().await.unwrap();
+}
