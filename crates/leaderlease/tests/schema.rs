@@ -291,3 +291,222 @@ async fn runtime_user_without_privileges_gets_a_clear_error() {
     .await
     .unwrap();
 }
+
+// Terms: for a lock id, every leadership's term is greater than every earlier one's, whatever happens to
+// the row, the sequence or the table in between (docs/design.md, "Terms").
+
+async fn exec(s: &TestSchema, sql: String) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&s.pool)
+        .await
+        .unwrap();
+}
+
+fn sequence(s: &TestSchema) -> String {
+    format!("{}.leader_lease_term_seq", schema::quote_ident(&s.name))
+}
+
+/// The table as a hand-written migration or TypeORM's `synchronize` creates it: every column, no sequence.
+fn hand_made_ddl(s: &TestSchema) -> String {
+    format!(
+        "CREATE TABLE {} (
+             id INT PRIMARY KEY,
+             leader_id TEXT NOT NULL,
+             expires_at TIMESTAMPTZ NOT NULL,
+             created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+             term BIGINT NOT NULL DEFAULT 0,
+             renewed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+             CHECK (expires_at > created_at))",
+        s.table()
+    )
+}
+
+/// Starts an election on `s`, waits for it to lead and returns it with its term.
+async fn lead(s: &TestSchema, id: &str) -> (Elector, u64) {
+    let e = s
+        .builder()
+        .with_instance_id(id)
+        .connect(&database_url())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "leadership", || e.is_leader()).await;
+    let term = e.term().unwrap();
+    (e, term)
+}
+
+/// The term of lock id 1's row once a row is there.
+async fn row_term(s: &TestSchema) -> i64 {
+    let start = std::time::Instant::now();
+    loop {
+        let term: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT term FROM {} WHERE id = 1",
+            s.table()
+        )))
+        .fetch_optional(&s.pool)
+        .await
+        .unwrap();
+        if let Some(term) = term {
+            return term;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no lease row after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terms_grow_across_down_then_up_under_a_live_leader() {
+    let s = TestSchema::new("term_downup").await;
+    let (a, t) = lead(&s, "a").await;
+    // A leader with term t is still running (it could be paused, with writes in flight) when the table and
+    // its sequence are dropped and created again.
+    exec(&s, schema::down_sql(&s.name)).await;
+    exec(&s, schema::up_sql(&s.name)).await;
+    let b = s
+        .builder()
+        .with_instance_id("b")
+        .connect(&database_url())
+        .await
+        .unwrap();
+    let next = row_term(&s).await;
+    assert!(
+        next > t as i64,
+        "a leadership after DOWN then UP got term {next}, not above the live leader's {t}"
+    );
+    wait_until(Duration::from_secs(5), "the new leader", || {
+        [&a, &b]
+            .iter()
+            .any(|e| e.is_leader() && e.term() == Some(next as u64))
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_sequence_never_issues_a_term_the_table_already_holds() {
+    let s = TestSchema::new("term_fresh").await;
+    exec(&s, schema::up_sql(&s.name)).await;
+    // An expired lease with term 1, and the sequence gone (dropped by hand, or by a DOWN of an older
+    // version): the migration at start creates it afresh.
+    exec(
+        &s,
+        format!(
+            "INSERT INTO {} (id, leader_id, expires_at, created_at, term) \
+             VALUES (1, 'old-node', now() - interval '1 second', now() - interval '1 minute', 1)",
+            s.table()
+        ),
+    )
+    .await;
+    exec(&s, format!("DROP SEQUENCE {}", sequence(&s))).await;
+    let (e, t) = lead(&s, "new").await;
+    assert!(t > 1, "the takeover of term 1's lease issued term {t}");
+    e.shutdown().await.unwrap();
+    let (e, t2) = lead(&s, "next").await;
+    assert!(t2 > t, "term {t2} after {t}");
+    e.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terms_grow_after_the_sequence_is_set_back_by_hand() {
+    let s = TestSchema::new("term_setval").await;
+    let mut last = 0;
+    for round in 0..4 {
+        if round >= 2 {
+            // A restore of an older dump, or a hand-made fix, puts the sequence back.
+            exec(&s, format!("SELECT setval('{}', 1)", sequence(&s))).await;
+        }
+        let (e, t) = lead(&s, &format!("n{round}")).await;
+        assert!(t > last, "round {round}: term {t} after {last}");
+        last = t;
+        e.shutdown().await.unwrap(); // deletes the row: only the sequence remembers
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terms_grow_after_the_table_is_dropped_and_recreated_by_hand() {
+    for drop_sequence in [false, true] {
+        let s = TestSchema::new("term_recreate").await;
+        let (a, t) = lead(&s, "a").await;
+        a.shutdown().await.unwrap();
+        exec(&s, format!("DROP TABLE {}", s.table())).await;
+        if drop_sequence {
+            exec(&s, format!("DROP SEQUENCE {}", sequence(&s))).await;
+        }
+        exec(&s, hand_made_ddl(&s)).await;
+        let (b, t2) = lead(&s, "b").await;
+        assert!(
+            t2 > t,
+            "term {t2} after {t} (sequence dropped too: {drop_sequence})"
+        );
+        b.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_with_a_term_ahead_of_the_clock_and_sequence_is_still_overtaken() {
+    let s = TestSchema::new("term_ahead").await;
+    exec(&s, schema::up_sql(&s.name)).await;
+    // Written while the database clock was an hour ahead (since stepped back), or copied from elsewhere.
+    let ahead: i64 = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint + 3600000000",
+    )
+    .fetch_one(&s.pool)
+    .await
+    .unwrap();
+    exec(
+        &s,
+        format!(
+            "INSERT INTO {} (id, leader_id, expires_at, created_at, term) \
+             VALUES (1, 'old-node', now() - interval '1 second', now() - interval '1 minute', {ahead})",
+            s.table()
+        ),
+    )
+    .await;
+    let (e, t) = lead(&s, "a").await;
+    assert!(t > ahead as u64, "takeover term {t}, the row had {ahead}");
+    e.shutdown().await.unwrap(); // the row is gone: the next term must come from the sequence
+    let (e, t2) = lead(&s, "b").await;
+    assert!(t2 > t, "term {t2} after {t}");
+    e.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sequence_holds_the_largest_term_after_concurrent_acquisitions() {
+    const N: i64 = 24;
+    let s = TestSchema::new("term_concurrent").await;
+    exec(&s, schema::up_sql(&s.name)).await;
+    for round in 0..3 {
+        // Elections of many lock ids, each on a pool of its own, acquiring at the same moment.
+        let mut starts = tokio::task::JoinSet::new();
+        for id in 1..=N {
+            let builder = s
+                .builder()
+                .with_lock_id(id)
+                .with_instance_id(format!("r{round}-{id}"));
+            starts.spawn(async move { builder.connect(&database_url()).await.unwrap() });
+        }
+        let electors: Vec<Elector> = starts.join_all().await;
+        wait_until(Duration::from_secs(10), "all elections led", || {
+            electors.iter().all(|e| e.is_leader())
+        })
+        .await;
+        let (last_value, max_term): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT (SELECT last_value FROM {}), (SELECT max(term) FROM {})",
+            sequence(&s),
+            s.table()
+        )))
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+        assert!(
+            last_value >= max_term,
+            "round {round}: the sequence is at {last_value}, below the term {max_term} it issued"
+        );
+        for e in &electors {
+            e.shutdown().await.unwrap();
+        }
+    }
+}
