@@ -268,10 +268,25 @@ async fn runtime_user_without_privileges_gets_a_clear_error() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "ERR_PERMISSION_DENIED", "{err}");
-    assert!(err.to_string().contains("USAGE on its sequence"), "{err}");
-    // With the sequence granted too, the runtime user needs no DDL rights.
+    assert!(err.to_string().contains("UPDATE on its sequence"), "{err}");
+    // USAGE allows nextval but not the setval an acquisition also runs: still a clear error at start.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "GRANT USAGE ON {q}.leader_lease_term_seq TO {role}"
+    )))
+    .execute(&s.pool)
+    .await
+    .unwrap();
+    let err = s
+        .builder()
+        .with_create_table_on_init(false)
+        .connect(&url)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ERR_PERMISSION_DENIED", "{err}");
+    assert!(err.to_string().contains("UPDATE on its sequence"), "{err}");
+    // With UPDATE on the sequence too, the runtime user needs no DDL rights.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "GRANT UPDATE ON {q}.leader_lease_term_seq TO {role}"
     )))
     .execute(&s.pool)
     .await
@@ -475,18 +490,18 @@ async fn a_row_with_a_term_ahead_of_the_clock_and_sequence_is_still_overtaken() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sequence_holds_the_largest_term_after_concurrent_acquisitions() {
-    const N: i64 = 24;
+    const N: i64 = 32;
     let s = TestSchema::new("term_concurrent").await;
     exec(&s, schema::up_sql(&s.name)).await;
     for round in 0..3 {
-        // Elections of many lock ids, each on a pool of its own, acquiring at the same moment.
+        // Elections of many lock ids on one shared hub (a pool of 4), acquiring at the same moment.
         let mut starts = tokio::task::JoinSet::new();
         for id in 1..=N {
             let builder = s
                 .builder()
                 .with_lock_id(id)
                 .with_instance_id(format!("r{round}-{id}"));
-            starts.spawn(async move { builder.connect(&database_url()).await.unwrap() });
+            starts.spawn(async move { builder.connect_shared(&database_url()).await.unwrap() });
         }
         let electors: Vec<Elector> = starts.join_all().await;
         wait_until(Duration::from_secs(10), "all elections led", || {
@@ -508,5 +523,44 @@ async fn the_sequence_holds_the_largest_term_after_concurrent_acquisitions() {
         for e in &electors {
             e.shutdown().await.unwrap();
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terms_after_a_1_1_2_upgrade_are_above_its_rows_term_0() {
+    let s = TestSchema::new("term_upgrade").await;
+    exec(&s, original_ddl(&s.name)).await;
+    exec(
+        &s,
+        format!(
+            "INSERT INTO {} (id, leader_id, expires_at, created_at) VALUES \
+             (1, 'old-1', now() - interval '1 second', now() - interval '1 minute'), \
+             (2, 'old-2', now() - interval '1 second', now() - interval '1 minute')",
+            s.table()
+        ),
+    )
+    .await;
+    exec(&s, schema::up_sql(&s.name)).await;
+    let terms: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT term FROM {} ORDER BY id",
+        s.table()
+    )))
+    .fetch_all(&s.pool)
+    .await
+    .unwrap();
+    assert_eq!(terms, [0, 0], "rows written by 1.1.2 have term 0");
+    for lock_id in [1, 2] {
+        let e = s
+            .builder()
+            .with_lock_id(lock_id)
+            .connect(&database_url())
+            .await
+            .unwrap();
+        wait_until(Duration::from_secs(5), "takeover of the 1.1.2 row", || {
+            e.is_leader()
+        })
+        .await;
+        assert!(e.term().unwrap() > 0);
+        e.shutdown().await.unwrap();
     }
 }
