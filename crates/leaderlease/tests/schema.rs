@@ -564,3 +564,38 @@ async fn terms_after_a_1_1_2_upgrade_are_above_its_rows_term_0() {
         e.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_term_is_issued_only_under_the_schemas_term_lock() {
+    let s = TestSchema::new("term_lock").await;
+    exec(&s, schema::up_sql(&s.name)).await;
+    let sequence_state = || async {
+        sqlx::query_as::<_, (i64, bool)>(sqlx::AssertSqlSafe(format!(
+            "SELECT last_value, is_called FROM {}",
+            sequence(&s)
+        )))
+        .fetch_one(&s.pool)
+        .await
+        .unwrap()
+    };
+    // While another transaction holds the term lock, an acquisition waits before it touches the sequence.
+    let mut holder = s.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
+        .bind(schema::term_lock_namespace(&s.name))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let e = s.builder().connect(&database_url()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!e.is_leader());
+    assert_eq!(sequence_state().await, (1, false), "the sequence moved");
+    holder.commit().await.unwrap();
+    wait_until(Duration::from_secs(5), "leadership", || e.is_leader()).await;
+    let (last_value, _) = sequence_state().await;
+    assert_eq!(
+        last_value as u64,
+        e.term().unwrap(),
+        "the sequence holds the term"
+    );
+    e.shutdown().await.unwrap();
+}
