@@ -599,3 +599,39 @@ async fn a_term_is_issued_only_under_the_schemas_term_lock() {
     );
     e.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_runtime_user_with_only_some_table_rights_gets_a_clear_error_at_start() {
+    let s = TestSchema::new("privs_partial").await;
+    exec(&s, schema::up_sql(&s.name)).await;
+    let role = unique("ll_role");
+    let q = schema::quote_ident(&s.name);
+    // Reading is not enough: acquiring inserts or updates the row, releasing deletes it.
+    exec(
+        &s,
+        format!(
+            "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {q} TO {role}; \
+             GRANT SELECT ON {q}.leader_lease TO {role}; \
+             GRANT USAGE, UPDATE ON {q}.leader_lease_term_seq TO {role};"
+        ),
+    )
+    .await;
+    let url = database_url().replacen("postgres@", &format!("{role}@"), 1);
+    let started = s
+        .builder()
+        .with_create_table_on_init(false)
+        .connect(&url)
+        .await;
+    let outcome = match &started {
+        Ok(_) => "started".to_owned(),
+        Err(err) => format!("{} {err}", err.code()),
+    };
+    if let Ok(e) = started {
+        e.shutdown().await.unwrap();
+    }
+    exec(&s, format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
+    assert!(
+        outcome.starts_with("ERR_PERMISSION_DENIED") && outcome.contains("INSERT"),
+        "{outcome}"
+    );
+}
