@@ -214,7 +214,9 @@ impl PgBackend {
         let table = schema::qualified_table(&self.schema);
         let ok: bool = with_conn!(self, "prepare", START_CONNECT_TIMEOUT, |c| {
             sqlx::query_scalar(
-                "SELECT has_table_privilege($1, 'SELECT, INSERT, UPDATE, DELETE') \
+                // One privilege a call: with a list, has_*_privilege is true if ANY of them is held.
+                "SELECT has_table_privilege($1, 'SELECT') AND has_table_privilege($1, 'INSERT') \
+                AND has_table_privilege($1, 'UPDATE') AND has_table_privilege($1, 'DELETE') \
                 AND has_sequence_privilege($2, 'UPDATE')",
             )
             .bind(&table)
