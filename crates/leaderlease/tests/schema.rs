@@ -635,3 +635,23 @@ async fn a_runtime_user_with_only_some_table_rights_gets_a_clear_error_at_start(
         "{outcome}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_waits_for_a_concurrent_migration_longer_than_the_operation_timeout() {
+    let s = TestSchema::new("migrate_wait").await;
+    // Another starter (or a migration user) is running the migration on the fresh schema, slowly.
+    let mut other = s.pool.begin().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(schema::up_sql(&s.name)))
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let builder = s
+        .builder()
+        .with_operation_timeout(Duration::from_millis(200));
+    let start = tokio::spawn(async move { builder.connect(&database_url()).await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    other.commit().await.unwrap();
+    let e = start.await.unwrap().unwrap();
+    wait_until(Duration::from_secs(5), "leadership", || e.is_leader()).await;
+    e.shutdown().await.unwrap();
+}
