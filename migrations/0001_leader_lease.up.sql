@@ -13,8 +13,11 @@ SELECT pg_advisory_xact_lock({{ddl_lock}});
 
 CREATE SCHEMA IF NOT EXISTS {{schema}};
 
--- Fencing tokens: one sequence per schema, so a lock id's term never goes backwards, even after its row
--- has been deleted by release or cleanup.
+-- Fencing tokens: one sequence per schema. An acquisition takes the largest of its next value, the
+-- database clock in epoch microseconds and the row's previous term + 1, and writes that back, so the
+-- sequence holds the largest term issued. It is one of three memories of earlier terms: a sequence
+-- created afresh here (or set back) is overtaken by the clock and by a remaining row, so nothing has to be
+-- synchronised after this script (docs/design.md, "Terms").
 CREATE SEQUENCE IF NOT EXISTS {{schema}}.leader_lease_term_seq AS BIGINT MINVALUE 1;
 
 CREATE TABLE IF NOT EXISTS {{schema}}.leader_lease (

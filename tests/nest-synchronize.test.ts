@@ -6,7 +6,9 @@ import { after, describe, test } from 'node:test';
 import { Test } from '@nestjs/testing';
 import { TypeOrmModule } from '@nestjs/typeorm';
 
-import { LeaderElectorModule, LeaderElectorService } from '../dist/index.js';
+import { DataSource } from 'typeorm';
+
+import { LeaderElectionMigrationBase, LeaderElectorModule, LeaderElectorService } from '../dist/index.js';
 import { DATABASE_URL, FAST, dropSchema, randomSchema, waitFor, withClient } from './helpers.js';
 
 // A file of its own: @nestjs/typeorm keeps the autoLoadEntities registrations of every app in a
@@ -26,7 +28,7 @@ describe('synchronize: true with the Quick Start', () => {
   const schema = randomSchema();
   after(() => dropSchema(schema));
 
-  test('an app with synchronize and autoLoadEntities leaves the lease table as the migration made it', async () => {
+  test('an app with synchronize and autoLoadEntities leaves the lease table as the migration made it, and terms grow after it is recreated', async () => {
     const snapshot = () =>
       withClient(async (c) => {
         const cols = await c.query(
@@ -69,7 +71,39 @@ describe('synchronize: true with the Quick Start', () => {
     );
     // Second start on the existing table: synchronize changes nothing.
     app = await open();
+    const second = app.get(LeaderElectorService);
+    assert.ok(await waitFor(() => second.amILeader(), 5000));
+    const earlier = second.term()!;
+    // The migration class's down (the table and its sequence dropped) under the live leader, then a start
+    // on the empty schema: synchronize creates the table again, the elector adds the sequence, and the
+    // new leadership's term is above the earlier one.
+    const migration = new (class extends LeaderElectionMigrationBase {
+      override schema = schema;
+      override name = 'LeaderElection1700000000000';
+    })();
+    const runner = app.get(DataSource).createQueryRunner();
+    try {
+      await migration.down(runner);
+    } finally {
+      await runner.release();
+    }
     await app.close();
+    const gone = await withClient((c) =>
+      c.query(
+        `SELECT to_regclass(format('%I.leader_lease', $1::text)) AS t,
+                to_regclass(format('%I.leader_lease_term_seq', $1::text)) AS s`,
+        [schema],
+      ),
+    );
+    assert.deepEqual(gone.rows, [{ t: null, s: null }]);
+    app = await open();
+    try {
+      const third = app.get(LeaderElectorService);
+      assert.ok(await waitFor(() => third.amILeader(), 5000));
+      assert.ok(third.term()! > earlier, `term ${third.term()} after the recreated table, earlier ${earlier}`);
+    } finally {
+      await app.close();
+    }
     assert.deepEqual(await snapshot(), before);
   });
 });

@@ -10,8 +10,10 @@
 //!   from when the request was sent. A paused, stalled or partitioned leader therefore stops saying it
 //!   leads before the database lets anyone else in. Expiry in the database is judged by the database
 //!   clock only.
-//! - **A fencing token.** Each leadership gets a term from a sequence: it only grows for a lock id, even
-//!   after the row is deleted. [`Elector::term`] returns it while leading.
+//! - **A fencing token.** Each leadership gets a term, the largest of the database clock in microseconds,
+//!   a sequence and its row's previous term + 1: it only grows for a lock id, even after the row is
+//!   deleted, the table and sequence are dropped and created again, or the sequence is set back.
+//!   [`Elector::term`] returns it while leading.
 //! - **Bounded failover.** Followers wake just after the lease they saw is due to expire and take an
 //!   expired lease over directly (no cleanup needed). A release is announced with `NOTIFY` and waiting
 //!   candidates (one `LISTEN` connection per [`PgHub`]) try at once; without `LISTEN` they poll.

@@ -1,4 +1,5 @@
-//! The PostgreSQL backend: one row per lock id in `"schema".leader_lease`, terms from a sequence.
+//! The PostgreSQL backend: one row per lock id in `"schema".leader_lease`; terms from the database clock,
+//! a sequence and the row (docs/design.md, "Terms").
 //!
 //! Every statement that changes a lease is a single conditional statement judged by the database clock
 //! (`clock_timestamp()`), so no read-then-write race exists between candidates, and no client clock is
@@ -41,17 +42,26 @@ impl Statements {
             observe: format!("SELECT {} FROM {t} WHERE id = $1", hub::LEASE_COLUMNS).into(),
             // One statement: the advisory lock turns concurrent attempts away at once, the NOT EXISTS
             // keeps the sequence from advancing when a live lease stands, and ON CONFLICT .. WHERE
-            // re-checks expiry on the latest row version under its row lock.
+            // re-checks expiry on the latest row version under its row lock. The term is the largest of
+            // the sequence's next value, the database clock in epoch microseconds and (on a takeover)
+            // the row's term + 1; it is issued under the schema's term lock (CASE evaluates the lock
+            // first), and written back to the sequence, so the sequence only moves forward and holds
+            // the largest term issued. See docs/design.md, "Terms".
             acquire: format!(
                 "WITH lk AS (SELECT pg_try_advisory_xact_lock($4, $1) AS got), \
                       n AS (SELECT clock_timestamp() AS t) \
                  INSERT INTO {t} AS l (id, leader_id, expires_at, created_at, renewed_at, term) \
-                 SELECT $1, $2, n.t + $3 * interval '1 millisecond', n.t, n.t, nextval($5::regclass) \
+                 SELECT $1, $2, n.t + $3 * interval '1 millisecond', n.t, n.t, \
+                     CASE WHEN pg_advisory_xact_lock($6, 0)::text IS NOT NULL \
+                          THEN setval($5::regclass, GREATEST(nextval($5::regclass), \
+                              (extract(epoch FROM n.t) * 1000000)::bigint)) END \
                  FROM lk, n \
                  WHERE lk.got AND NOT EXISTS (SELECT 1 FROM {t} c WHERE c.id = $1 AND c.expires_at > n.t) \
                  ON CONFLICT (id) DO UPDATE SET leader_id = EXCLUDED.leader_id, \
                      expires_at = EXCLUDED.expires_at, created_at = EXCLUDED.created_at, \
-                     renewed_at = EXCLUDED.renewed_at, term = EXCLUDED.term \
+                     renewed_at = EXCLUDED.renewed_at, \
+                     term = CASE WHEN l.term < EXCLUDED.term THEN EXCLUDED.term \
+                                 ELSE setval($5::regclass, l.term + 1) END \
                  WHERE l.expires_at <= EXCLUDED.created_at \
                  RETURNING term"
             )
@@ -87,6 +97,7 @@ pub struct PgBackend {
     schema: String,
     lock_id: i32,
     namespace: i32,
+    term_lock: i32,
     instance_id: Arc<str>,
     lease_ms: f64,
     timeout: Duration,
@@ -147,6 +158,7 @@ impl PgBackend {
             schema: config.schema().to_owned(),
             lock_id: config.lock_id(),
             namespace: schema::lock_namespace(config.schema()),
+            term_lock: schema::term_lock_namespace(config.schema()),
             instance_id: config.instance_id().into(),
             lease_ms: config.lease_duration().as_secs_f64() * 1000.0,
             timeout: config.operation_timeout(),
@@ -172,10 +184,6 @@ impl PgBackend {
         &self.pool
     }
 
-    fn sequence(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), schema::TERM_SEQUENCE)
-    }
-
     /// What of the schema is missing, or `None` when the table is complete.
     async fn missing_parts(&self) -> Result<Option<String>> {
         let table = schema::qualified_table(&self.schema);
@@ -186,7 +194,7 @@ impl PgBackend {
                        AND attname IN ('term', 'renewed_at') AND NOT attisdropped) AS new_columns"
         )
         .bind(&table)
-        .bind(self.sequence())
+        .bind(&self.sql.sequence)
         .fetch_one(c))?;
         let has_table: bool = row.get(0);
         let has_seq: bool = row.get(1);
@@ -200,16 +208,19 @@ impl PgBackend {
         })
     }
 
-    /// Checks that this database user may use the table and the sequence.
+    /// Checks that this database user may use the table and the sequence (UPDATE: an acquisition calls
+    /// `nextval` and `setval` on it).
     async fn check_privileges(&self) -> Result<()> {
         let table = schema::qualified_table(&self.schema);
         let ok: bool = with_conn!(self, "prepare", START_CONNECT_TIMEOUT, |c| {
             sqlx::query_scalar(
-                "SELECT has_table_privilege($1, 'SELECT, INSERT, UPDATE, DELETE') \
-                AND has_sequence_privilege($2, 'USAGE')",
+                // One privilege a call: with a list, has_*_privilege is true if ANY of them is held.
+                "SELECT has_table_privilege($1, 'SELECT') AND has_table_privilege($1, 'INSERT') \
+                AND has_table_privilege($1, 'UPDATE') AND has_table_privilege($1, 'DELETE') \
+                AND has_sequence_privilege($2, 'UPDATE')",
             )
             .bind(&table)
-            .bind(self.sequence())
+            .bind(&self.sql.sequence)
             .fetch_one(c)
         })?;
         if ok {
@@ -217,38 +228,29 @@ impl PgBackend {
         } else {
             Err(Error::PermissionDenied {
                 object: table,
-                needs: "SELECT, INSERT, UPDATE, DELETE on the table and USAGE on its sequence \
+                needs: "SELECT, INSERT, UPDATE, DELETE on the table and UPDATE on its sequence \
                         leader_lease_term_seq"
                     .to_owned(),
             })
         }
     }
 
-    /// Runs the up migration, then moves the term sequence past any term already in the table (in case
-    /// the sequence was dropped and recreated while rows remained), so terms keep growing.
+    /// Runs the up migration. Terms need no step after it: a sequence created afresh (or set back) is
+    /// overtaken by the clock and by a remaining row's own term in the acquisition itself.
     async fn migrate(&self) -> Result<()> {
-        // A bounded wait for the table's lock, so the election's own statements never queue behind a
-        // long transaction holding it (SET LOCAL: only for this run of the script).
+        // The DDL may wait on the DDL advisory lock of a concurrent starter, so it gets a longer bound,
+        // on the server too: the hub's sessions have statement_timeout = the operation timeout. A bounded
+        // wait for the table's lock, so the election's own statements never queue behind a long
+        // transaction holding it. SET LOCAL: only for this run of the script.
+        let bound = self.timeout.max(Duration::from_secs(30));
         let sql = format!(
-            "SET LOCAL lock_timeout = '10s';\n{}",
+            "SET LOCAL statement_timeout = {};\nSET LOCAL lock_timeout = '10s';\n{}",
+            bound.as_millis(),
             schema::up_sql(&self.schema)
         );
-        // The DDL may wait on the DDL advisory lock of a concurrent starter, so it gets a longer bound.
-        let bound = self.timeout.max(Duration::from_secs(30));
         with_conn!(self, "migrate", bound, |c| sqlx::raw_sql(AssertSqlSafe(
             sql
         ))
-        .execute(c))?;
-        let table = schema::qualified_table(&self.schema);
-        let seq = self.sequence();
-        let resync = format!(
-            "SELECT setval($1::regclass, m) FROM (SELECT max(term) AS m FROM {table}) x \
-             WHERE m > (SELECT last_value FROM {seq})"
-        );
-        with_conn!(self, "migrate", bound, |c| sqlx::query(AssertSqlSafe(
-            resync
-        ))
-        .bind(&seq)
         .execute(c))?;
         Ok(())
     }
@@ -303,6 +305,7 @@ impl Backend for PgBackend {
             .bind(self.lease_ms)
             .bind(self.namespace)
             .bind(&self.sql.sequence)
+            .bind(self.term_lock)
             .fetch_optional(c))?;
             match row {
                 Some(row) => Ok(AcquireOutcome::Acquired {

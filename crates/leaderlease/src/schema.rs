@@ -35,6 +35,13 @@ pub fn lock_namespace(schema: &str) -> i32 {
     fnv1a(b"leaderlease:", schema)
 }
 
+/// The first key of the advisory lock (second key 0) under which an acquisition in `schema` issues its
+/// term: taken for the rest of the acquiring transaction, so terms are issued one at a time per schema
+/// and the term sequence never moves backwards (see docs/design.md, "Terms").
+pub fn term_lock_namespace(schema: &str) -> i32 {
+    fnv1a(b"leaderlease-term:", schema)
+}
+
 fn ddl_lock_namespace(schema: &str) -> i32 {
     fnv1a(b"leaderlease-ddl:", schema)
 }
@@ -110,6 +117,8 @@ mod tests {
     fn namespaces_depend_on_the_schema() {
         assert_ne!(lock_namespace("a"), lock_namespace("b"));
         assert_ne!(lock_namespace("a"), ddl_lock_namespace("a"));
+        assert_ne!(lock_namespace("a"), term_lock_namespace("a"));
+        assert_ne!(term_lock_namespace("a"), ddl_lock_namespace("a"));
         assert_eq!(lock_namespace("public"), lock_namespace("public"));
     }
 }
