@@ -66,6 +66,7 @@ mod elector;
 mod error;
 #[macro_use]
 mod hub;
+pub mod leases;
 #[cfg(feature = "nats")]
 pub mod nats;
 mod postgres;
