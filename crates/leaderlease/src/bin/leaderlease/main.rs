@@ -90,6 +90,7 @@ fn init_logging(run: bool) {
         .unwrap_or_else(|_| EnvFilter::new(if run { "info" } else { "warn" }));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
