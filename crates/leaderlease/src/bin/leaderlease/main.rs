@@ -42,8 +42,18 @@ enum Command {
     Watchdog(watchdog::WatchdogArgs),
 }
 
+/// Set by the npm package's `bin` wrapper (`npx leaderlease`) to its own pid.
+pub const WRAPPER_PID_ENV: &str = "LEADERLEASE_WRAPPER_PID";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Status(_) | Command::Migrate(_) | Command::Run(_)
+    ) && !follow_wrapper()
+    {
+        return ExitCode::from(128 + 15);
+    }
     match cli.command {
         // The child: nothing else may run before the command replaces this process.
         Command::Exec(a) => run::exec_child(a),
@@ -64,6 +74,24 @@ fn main() -> ExitCode {
             block_on(run::main(a))
         }
     }
+}
+
+/// Under the npm wrapper, this process gets SIGTERM when the wrapper dies, even by SIGKILL, and so
+/// stops its command and releases as on any SIGTERM (Node cannot `exec`, so the wrapper stays the
+/// parent). False when the wrapper is already gone.
+fn follow_wrapper() -> bool {
+    use rustix::process::{Signal, getppid, set_parent_process_death_signal};
+    let Some(wrapper) = std::env::var(WRAPPER_PID_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return true;
+    };
+    // The wrapper forks from Node's main thread, which lives as long as the wrapper.
+    if set_parent_process_death_signal(Some(Signal::TERM)).is_err() {
+        return true;
+    }
+    getppid().map(|p| p.as_raw_nonzero().get()) == Some(wrapper)
 }
 
 /// One thread: the child is forked by this (main) thread, which lives as long as the process, so the

@@ -330,7 +330,8 @@ async fn run_once(
         .args(&a.command)
         .env("LEADERLEASE_TERM", term.to_string())
         .env("LEADERLEASE_LOCK_ID", c.lock_id().to_string())
-        .env("LEADERLEASE_INSTANCE_ID", c.instance_id());
+        .env("LEADERLEASE_INSTANCE_ID", c.instance_id())
+        .env_remove(crate::WRAPPER_PID_ENV);
     // Forked by this (the main) thread: see `block_on` in main.rs.
     let mut child = match tokio::process::Command::from(cmd).spawn() {
         Ok(child) => child,
@@ -348,7 +349,8 @@ async fn run_once(
         .args(["--kill-at", &kill_at(&lease).to_string()])
         .args(["--grace", &grace.as_nanos().to_string()])
         .stdin(Stdio::piped())
-        .stdout(Stdio::null());
+        .stdout(Stdio::null())
+        .env_remove(crate::WRAPPER_PID_ENV);
     let mut watchdog = match tokio::process::Command::from(wd).spawn() {
         Ok(w) => w,
         Err(e) => {
