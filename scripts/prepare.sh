@@ -49,4 +49,6 @@ if $packing; then
     [ -f "$f" ] || { say "$f is missing: run \`npm run build:ts\` and \`npm run build\` first"; exit 1; }
   done
   addon || { say "no native/leaderlease.*.node to pack: run \`npm run build\` first"; exit 1; }
+  compgen -G 'native/leaderlease-*' >/dev/null ||
+    { say "no native/leaderlease-<platform> (the command line) to pack: run \`npm run build\` first"; exit 1; }
 fi

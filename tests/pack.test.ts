@@ -13,6 +13,8 @@ import { DATABASE_URL, dropSchema, randomSchema } from './helpers.js';
 
 const REPO = resolve(__dirname, '..');
 const ADDON = 'native/leaderlease.linux-x64-gnu.node';
+/** The command line (scripts/build-cli.sh), run by bin/leaderlease.js. */
+const CLI = 'native/leaderlease-linux-x64-gnu';
 
 interface Run {
   code: number | null;
@@ -240,7 +242,8 @@ test('the npm tarball installs into a fresh NestJS app with no Rust toolchain an
     const [info] = JSON.parse(json) as { filename: string; files: { path: string }[] }[];
     assert.ok(info, 'npm pack reported no tarball');
     const files = info.files.map((f) => f.path);
-    for (const f of ['package.json', 'dist/index.js', 'dist/index.d.ts', 'native/index.js', 'native/index.d.ts', ADDON]) {
+    const required = ['package.json', 'dist/index.js', 'dist/index.d.ts', 'native/index.js', 'native/index.d.ts', ADDON];
+    for (const f of [...required, 'bin/leaderlease.js', CLI]) {
       assert.ok(files.includes(f), `the tarball lacks ${f}: ${files.join(', ')}`);
     }
     for (const f of files) {
@@ -277,6 +280,9 @@ test('the npm tarball installs into a fresh NestJS app with no Rust toolchain an
       150_000,
     );
     assert.ok(existsSync(join(appDir, 'node_modules/leaderlease', ADDON)), 'the addon was not installed');
+    // `npx leaderlease`: the bin runs the Rust command line shipped in the tarball.
+    const version = await ok('leaderlease --version', join(appDir, 'node_modules/.bin/leaderlease'), ['--version'], appDir, env, 30_000);
+    assert.match(version.stdout, /^leaderlease \d+\.\d+\.\d+/, describe('leaderlease --version', version));
     lap('installed');
 
     // 3. CommonJS: the Nest app elects itself through TypeORM, closes, and exits by itself.

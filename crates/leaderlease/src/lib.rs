@@ -74,6 +74,7 @@ mod elector;
 mod error;
 #[macro_use]
 mod hub;
+pub mod leases;
 #[cfg(feature = "nats")]
 pub mod nats;
 mod postgres;
