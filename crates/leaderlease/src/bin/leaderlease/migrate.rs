@@ -103,6 +103,6 @@ async fn down(hub: &leaderlease::PgHub, schema: &str, force: bool) -> Result<Str
         .map_err(err)?;
     tx.commit().await.map_err(err)?;
     Ok(format!(
-        "dropped {table} and its term sequence (after the next `migrate up`, terms start again at 1)"
+        "dropped {table} and its term sequence (terms issued after the next `migrate up` still grow: they carry the database clock)"
     ))
 }
