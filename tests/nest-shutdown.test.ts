@@ -42,7 +42,14 @@ function startApp(instance: string, schema: string, lockId: number, markerDir: s
     while ((nl = out.indexOf('\n')) >= 0) {
       const line = out.slice(0, nl);
       out = out.slice(nl + 1);
-      const { event } = JSON.parse(line) as { event: string };
+      // Nest's logger writes its warnings to stdout too: those lines are kept with stderr, for the report.
+      let event: string;
+      try {
+        ({ event } = JSON.parse(line) as { event: string });
+      } catch {
+        app.stderr += `${line}\n`;
+        continue;
+      }
       if (event === 'up') app.up = true;
       else app.events.push(event);
     }
@@ -105,6 +112,7 @@ describe('a NestJS app with enableShutdownHooks(), SIGTERMed while it leads', ()
     }
     const complete = (o: string) => /signal SIGTERM .* flush hook ran \(SIGTERM\)/.test(o) || /exit code 143 .* flush hook ran/.test(o);
     for (const o of outcomes) t.diagnostic(o);
+    for (const a of apps) if (a.stderr.trim() !== '') t.diagnostic(`${a.instance} printed: ${a.stderr.trim()}`);
     const cut = outcomes.filter((o) => !complete(o));
     assert.equal(cut.length, 0, `${cut.length} of ${rounds} shutdowns cut short:\n${outcomes.join('\n')}`);
   });

@@ -146,6 +146,8 @@ pub(crate) struct HubInner {
     stop: CancellationToken,
     /// Where the `LISTEN` task connects; taken when it starts (at the first election's start).
     listen_options: Mutex<Option<PgConnectOptions>>,
+    /// The `LISTEN` task, awaited at shutdown so that its connection is closed when the hub is.
+    listen_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Key in the process-wide registry of [`PgHub::shared`].
     shared_key: Option<String>,
 }
@@ -340,6 +342,7 @@ impl PgHub {
             stats: Arc::default(),
             stop: CancellationToken::new(),
             listen_options: Mutex::new(Some(options)),
+            listen_task: Mutex::new(None),
             shared_key,
         });
         Self { inner }
@@ -380,6 +383,11 @@ impl PgHub {
         self.inner.stop.cancel();
         self.inner.listening.store(false, Ordering::Release);
         lock(&self.inner.batchers).clear();
+        // The LISTEN task closes its connection as it ends; bounded like the pool below.
+        let listen_task = lock(&self.inner.listen_task).take();
+        if let Some(task) = listen_task {
+            let _ = tokio::time::timeout(self.inner.timeout, task).await;
+        }
         if self.inner.owns_pool {
             // Waits for checked-out connections; bounded so a hung socket cannot hold shutdown.
             let _ = tokio::time::timeout(self.inner.timeout, self.inner.pool.close()).await;
@@ -399,7 +407,8 @@ impl PgHub {
                 self.inner.listening.clone(),
                 self.inner.stop.clone(),
             );
-            tokio::spawn(listener.instrument(info_span!("leaderlease_listener")));
+            let task = tokio::spawn(listener.instrument(info_span!("leaderlease_listener")));
+            *lock(&self.inner.listen_task) = Some(task);
         }
         let namespace = schema::lock_namespace(schema);
         let released = Arc::new(Notify::new());
