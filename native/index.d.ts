@@ -60,6 +60,12 @@ export declare class Elector {
   generationView(): Uint32Array | null
   /** True while the view of `generationView()` is the counter's own memory (false if it was copied). */
   generationViewIsLive(): boolean
+  /**
+   * Now on the clock of `StateSnapshot.deadline`, in milliseconds: `deadline - clockNow()` is how long
+   * the lease has left. Read `performance.now()` before calling it, so that a deadline converted to
+   * `performance.now()` comes out early, never late.
+   */
+  static clockNow(): number
   /** The latest decision (see `onStateChange`). */
   state(): StateSnapshot
   /**
@@ -146,8 +152,8 @@ export interface StateSnapshot {
   /** The leader's fencing term, if known. */
   term?: number
   /**
-   * While leading: the local lease deadline, CLOCK_MONOTONIC milliseconds (the clock of
-   * `process.hrtime`; `Number(process.hrtime.bigint()) / 1e6`).
+   * While leading: the local lease deadline in milliseconds on the clock of `Elector.clockNow()`
+   * (the core's monotonic clock, not `performance.now()`'s: compare it only with `clockNow()`).
    */
   deadline?: number
   /**

@@ -64,45 +64,14 @@ fi
 npm install --prefix bench --no-audit --no-fund --loglevel=error >&2
 
 # A throwaway PostgreSQL: own port, own data directory, every statement logged with its application_name.
-pg_bin=""
-for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && pg_bin="$d"; done
-if [ -z "$pg_bin" ] && command -v initdb >/dev/null 2>&1; then pg_bin=$(dirname "$(command -v initdb)"); fi
-if [ -z "$pg_bin" ]; then
-  say "PostgreSQL's server binaries (initdb, pg_ctl) are not installed (apt-get install postgresql)"
-  exit 1
-fi
-as_postgres() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-pg_dir=$(mktemp -d /tmp/leaderlease-bench-pg.XXXXXX)
-cleanup() {
-  as_postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate -w stop >/dev/null 2>&1 || true
-  rm -rf "$pg_dir"
-}
+pg_dir=$(bash scripts/throwaway-pg.sh start -c max_connections=2600 -c log_statement=all -c 'log_line_prefix=%n|%a|%p| ') \
+  || { say "could not start a throwaway PostgreSQL (see above)"; exit 1; }
+cleanup() { bash scripts/throwaway-pg.sh destroy "$pg_dir"; }
 trap cleanup EXIT
-chmod 755 "$pg_dir"
-[ "$(id -u)" = 0 ] && chown postgres:postgres "$pg_dir"
-for _ in $(seq 1 50); do
-  port=$((20000 + RANDOM % 20000))
-  port_open "$port" || break
-done
-as_postgres "$pg_bin/initdb" -D "$pg_dir/data" -U postgres -A trust --no-sync >/dev/null
-cat >>"$pg_dir/data/postgresql.conf" <<EOF
-port = $port
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$pg_dir'
-fsync = off
-max_connections = 2600
-log_statement = 'all'
-log_line_prefix = '%n|%a|%p| '
-EOF
-as_postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w start >/dev/null
-say "throwaway PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port ($pg_dir)"
+say "throwaway PostgreSQL $(cat "$pg_dir/version") on $(cat "$pg_dir/url") ($pg_dir)"
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-export BENCH_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+export BENCH_DATABASE_URL="$(cat "$pg_dir/url")"
 export BENCH_PG_LOG="$pg_dir/log"
 export BENCH_REV="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates ts 2>/dev/null || echo ' with uncommitted changes in crates/ or ts/')"
 node bench/run.mjs "${pass[@]}"

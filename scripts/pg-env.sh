@@ -2,23 +2,10 @@
 #  1. DATABASE_URL already set: used as it is.
 #  2. A server answers on 127.0.0.1:5432: postgres://postgres@127.0.0.1:5432/test (the database is created
 #     if missing).
-#  3. Otherwise a throwaway server is started in a temporary directory (PostgreSQL's initdb and pg_ctl
-#     must be installed: Debian package `postgresql`) and removed when the calling script exits.
+#  3. Otherwise a throwaway server is started (scripts/throwaway-pg.sh; PostgreSQL's server binaries must be
+#     installed: Debian package `postgresql`) and removed when the calling script exits.
 
 pg_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-pg_bin_dir() {
-  local d
-  for d in /usr/lib/postgresql/*/bin; do
-    [ -x "$d/initdb" ] && { echo "$d"; return 0; }
-  done
-  command -v initdb >/dev/null 2>&1 && { dirname "$(command -v initdb)"; return 0; }
-  return 1
-}
-
-as_postgres() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
 
 if [ -n "${DATABASE_URL:-}" ]; then
   echo "leaderlease: using DATABASE_URL" >&2
@@ -30,23 +17,15 @@ elif pg_port_open 5432; then
   fi
   echo "leaderlease: using the PostgreSQL server on 127.0.0.1:5432" >&2
 else
-  if ! LL_PG_BIN=$(pg_bin_dir); then
+  LL_THROWAWAY_PG="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/throwaway-pg.sh"
+  if ! LL_PG_DIR=$(bash "$LL_THROWAWAY_PG" start -c max_connections=300); then
     echo "leaderlease: no PostgreSQL reachable: DATABASE_URL is unset, nothing listens on 127.0.0.1:5432," >&2
-    echo "and initdb is not installed to start a throwaway server (apt-get install postgresql)." >&2
+    echo "and no throwaway server could be started (see above)." >&2
     exit 1
   fi
-  LL_PG_DIR=$(mktemp -d /tmp/leaderlease-pg.XXXXXX)
-  chmod 755 "$LL_PG_DIR"
-  [ "$(id -u)" = 0 ] && chown postgres:postgres "$LL_PG_DIR"
-  LL_PG_PORT=$(( 20000 + RANDOM % 20000 ))
-  as_postgres "$LL_PG_BIN/initdb" -D "$LL_PG_DIR/data" -U postgres -A trust --no-sync >/dev/null
-  as_postgres "$LL_PG_BIN/pg_ctl" -D "$LL_PG_DIR/data" -l "$LL_PG_DIR/log" -w \
-    -o "-p $LL_PG_PORT -k $LL_PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
-  ll_pg_cleanup() {
-    as_postgres "$LL_PG_BIN/pg_ctl" -D "$LL_PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
-    rm -rf "$LL_PG_DIR"
-  }
+  ll_pg_cleanup() { bash "$LL_THROWAWAY_PG" destroy "$LL_PG_DIR"; }
   trap ll_pg_cleanup EXIT
-  export DATABASE_URL="postgres://postgres@127.0.0.1:$LL_PG_PORT/postgres"
-  echo "leaderlease: started a throwaway PostgreSQL on 127.0.0.1:$LL_PG_PORT" >&2
+  DATABASE_URL=$(cat "$LL_PG_DIR/url")
+  export DATABASE_URL
+  echo "leaderlease: started a throwaway PostgreSQL: $DATABASE_URL ($LL_PG_DIR)" >&2
 fi

@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 . scripts/nats-env.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+# The crate as crates.io would get it: packaged (the SQL and licence files in it) and built from the package
+# alone. Needs crates.io; about 80 s the first time (it builds in target/package), 5 s after.
+cargo publish --dry-run -p leaderlease --allow-dirty
 cargo test --workspace --all-features
 # The Node package: the addon, the TypeScript API and its tests (npm install, build, node --test).
 bash scripts/test-node.sh

@@ -5,6 +5,7 @@ import type * as Rx from 'rxjs';
 
 import { Elector, type ElectorOptions, type StateSnapshot, type StatusInfo } from '../native/index.js';
 import { ELECTOR_CONFIG_KEYS, NATS_CONFIG_KEYS, warnUnknownKeys } from './config-keys.js';
+import { localDeadline } from './deadline.js';
 import { ElectorShutDownError, LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
 import { keepAliveWhile } from './keep-alive.js';
 import { requirePeer } from './optional-deps.js';
@@ -53,13 +54,8 @@ export interface LeaderElectorConfig {
   backend?: { nats: { servers: string; bucket?: string } };
 }
 
-/**
- * `performance.now()` and the native lease deadline read the same CLOCK_MONOTONIC clock (libuv's hrtime);
- * this is the hrtime, in ms, at which `performance.now()` is 0. The two readings are microseconds apart.
- */
-const PERFORMANCE_ORIGIN_MS = Number(process.hrtime.bigint()) / 1e6 - performance.now();
-/** Taken off every deadline copied from the native layer, to cover the origin's rounding. */
-const DEADLINE_SLACK_MS = 1;
+/** Now on the native deadline clock (see deadline.ts). */
+const nativeClockNow = (): number => Elector.clockNow();
 
 /** The leader as this node last saw it (itself while it leads). */
 export interface LeaderIdentity {
@@ -745,7 +741,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
       if (!this.#stopped && this.#releasing === 0 && s.seq > this.#fenceSeq) {
         this.#leaseTerm = s.term;
         this.#leaseGeneration = s.generation;
-        this.#leaseDeadline = s.deadline - PERFORMANCE_ORIGIN_MS - DEADLINE_SLACK_MS;
+        this.#leaseDeadline = localDeadline(s.deadline, nativeClockNow);
         this.#validUntil = Math.min(this.#leaseDeadline, this.#beatUntil);
       }
       if (this.#leaseGeneration === s.generation && this.amILeader()) {

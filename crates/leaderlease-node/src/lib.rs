@@ -280,8 +280,8 @@ pub struct StateSnapshot {
     pub leader_id: Option<String>,
     /// The leader's fencing term, if known.
     pub term: Option<f64>,
-    /// While leading: the local lease deadline, CLOCK_MONOTONIC milliseconds (the clock of
-    /// `process.hrtime`; `Number(process.hrtime.bigint()) / 1e6`).
+    /// While leading: the local lease deadline in milliseconds on the clock of `Elector.clockNow()`
+    /// (the core's monotonic clock, not `performance.now()`'s: compare it only with `clockNow()`).
     pub deadline: Option<f64>,
     /// `generation()` when this was decided: a leader snapshot is this node's lease only while
     /// `generation()` still returns this value.
@@ -295,26 +295,22 @@ fn state_snapshot(s: &leaderlease::Snapshot, own_id: &str) -> StateSnapshot {
         state: info.state,
         leader_id: info.leader_id,
         term: info.term,
-        deadline: s.lease.map(|l| monotonic_ms(l.deadline)),
+        deadline: s.lease.map(|l| clock_ms(l.deadline)),
         generation: s.generation,
     }
 }
 
-/// `at` as CLOCK_MONOTONIC milliseconds. `Instant` reads CLOCK_MONOTONIC on Linux but hides the value, so
-/// one pair of readings taken together maps one to the other.
-fn monotonic_ms(at: Instant) -> f64 {
-    static BASE: std::sync::OnceLock<(Instant, f64)> = std::sync::OnceLock::new();
-    let (base, base_ms) = *BASE.get_or_init(|| {
-        // The raw clock first: the instant read after it is a little later, so a converted deadline comes
-        // out a little early, never late.
-        let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-        let instant = Instant::now();
-        (instant, ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1e6)
-    });
+/// `at` on the binding's deadline clock: milliseconds of `Instant` (the core's monotonic clock) since the
+/// addon first read it. JavaScript never assumes this shares a time base with `performance.now()` (it does
+/// not on macOS, where `Instant` reads CLOCK_UPTIME_RAW and libuv `mach_continuous_time`): it converts a
+/// deadline by reading `performance.now()` and then `Elector.clockNow()` (see ts/deadline.ts).
+fn clock_ms(at: Instant) -> f64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
     if at >= base {
-        base_ms + (at - base).as_secs_f64() * 1000.0
+        (at - base).as_secs_f64() * 1000.0
     } else {
-        base_ms - (base - at).as_secs_f64() * 1000.0
+        -((base - at).as_secs_f64() * 1000.0)
     }
 }
 
@@ -492,6 +488,14 @@ impl Elector {
     #[napi(catch_unwind)]
     pub fn generation_view_is_live(&self) -> bool {
         self.view_taken.load(Ordering::SeqCst) && !self.view_released.load(Ordering::SeqCst)
+    }
+
+    /// Now on the clock of `StateSnapshot.deadline`, in milliseconds: `deadline - clockNow()` is how long
+    /// the lease has left. Read `performance.now()` before calling it, so that a deadline converted to
+    /// `performance.now()` comes out early, never late.
+    #[napi(catch_unwind)]
+    pub fn clock_now() -> f64 {
+        clock_ms(Instant::now())
     }
 
     /// The latest decision (see `onStateChange`).

@@ -67,6 +67,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// The crate README's example is compiled as a doctest too.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod backend;
 mod clock;
 mod config;

@@ -1,7 +1,15 @@
 //! The lease table's DDL (from `migrations/`), rendered for a schema, and identifier quoting.
 
-const UP: &str = include_str!("../../../migrations/0001_leader_lease.up.sql");
-const DOWN: &str = include_str!("../../../migrations/0001_leader_lease.down.sql");
+// `build.rs` finds the directory: the crate's `migrations/` (a symlink to the top-level one in the
+// repository, the files themselves in a published crate).
+const UP: &str = include_str!(concat!(
+    env!("LEADERLEASE_MIGRATIONS_DIR"),
+    "/0001_leader_lease.up.sql"
+));
+const DOWN: &str = include_str!(concat!(
+    env!("LEADERLEASE_MIGRATIONS_DIR"),
+    "/0001_leader_lease.down.sql"
+));
 
 /// Name of the lease table inside its schema (the name nest-leader-election uses).
 pub const TABLE: &str = "leader_lease";

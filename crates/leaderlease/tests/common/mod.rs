@@ -2,7 +2,6 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -168,42 +167,28 @@ pub async fn assert_never_two_leaders(electors: &[&Elector], duration: Duration)
     }
 }
 
-pub fn pg_bin(name: &str) -> PathBuf {
-    for dir in [
-        "/usr/lib/postgresql/15/bin",
-        "/usr/lib/postgresql/16/bin",
-        "/usr/lib/postgresql/17/bin",
-    ] {
-        let p = PathBuf::from(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    PathBuf::from(name)
+/// The project's one throwaway-PostgreSQL script (also used by the shell scripts and the chaos harness).
+const THROWAWAY_PG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/throwaway-pg.sh");
+
+fn throwaway_pg(args: &[&str]) -> std::process::Output {
+    let out = Command::new("bash")
+        .arg(THROWAWAY_PG)
+        .args(args)
+        .output()
+        .expect("bash runs scripts/throwaway-pg.sh");
+    assert!(
+        out.status.success(),
+        "throwaway-pg.sh {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// A PostgreSQL server of the test's own (for tests that stop and start the database), on a free port,
-/// in a temporary directory owned by `postgres`; stopped and removed on drop.
+/// in a temporary directory (scripts/throwaway-pg.sh: initdb, as `postgres` when root); removed on drop.
 pub struct ThrowawayPg {
     pub port: u16,
-    dir: PathBuf,
-}
-
-fn as_postgres(program: PathBuf, args: &[&str]) -> Command {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
-    if root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program).args(args);
-        c
-    } else {
-        let mut c = Command::new(program);
-        c.args(args);
-        c
-    }
+    dir: String,
 }
 
 impl ThrowawayPg {
@@ -213,95 +198,31 @@ impl ThrowawayPg {
             .local_addr()
             .unwrap()
             .port();
-        let dir = std::env::temp_dir().join(unique("ll_pg"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let _ = Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(&dir)
-            .status();
-        let data = dir.join("data");
-        let out = as_postgres(
-            pg_bin("initdb"),
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "--no-sync",
-            ],
-        )
-        .output()
-        .expect("initdb (package postgresql) must be installed for this test");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let pg = Self { port, dir };
-        pg.pg_ctl_start();
-        pg
+        let out = throwaway_pg(&["start", "--port", &port.to_string()]);
+        let dir = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        Self { port, dir }
     }
 
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    fn pg_ctl_start(&self) {
-        let data = self.dir.join("data");
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
-            self.dir.display()
-        );
-        let log = self.dir.join("log");
-        let out = as_postgres(
-            pg_bin("pg_ctl"),
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "-o",
-                &opts,
-                "start",
-            ],
-        )
-        .output()
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
+    /// Stops the server at once (`pg_ctl stop -m immediate`): sessions are cut, nothing is flushed.
     pub fn stop(&self) {
-        let data = self.dir.join("data");
-        let _ = as_postgres(
-            pg_bin("pg_ctl"),
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        )
-        .output();
+        throwaway_pg(&["stop", &self.dir, "immediate"]);
     }
 
+    /// Starts the stopped server again, same port and settings.
     pub fn restart(&self) {
-        self.pg_ctl_start();
+        throwaway_pg(&["start-again", &self.dir]);
     }
 }
 
 impl Drop for ThrowawayPg {
     fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = Command::new("bash")
+            .arg(THROWAWAY_PG)
+            .args(["destroy", &self.dir])
+            .output();
     }
 }
