@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the `leaderlease` command line (the Rust crate with the cargo feature `cli`) and puts it next
-# to the addon as native/leaderlease-<platform>, the file that bin/leaderlease.js (`npx leaderlease`)
+# to the addon as native/leaderlease-<platform>, the file that dist/cli.js (`npx leaderlease`)
 # runs. One implementation: the same binary `cargo install leaderlease --features cli` gives.
 #   bash scripts/build-cli.sh [release|release-fast|dev]   (default release)
 set -euo pipefail

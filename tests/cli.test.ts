@@ -8,7 +8,7 @@ import { after, test } from 'node:test';
 
 import { DATABASE_URL, dropSchema, randomSchema, sleep, withClient } from './helpers.js';
 
-const BIN = join(__dirname, '..', 'bin', 'leaderlease.js');
+const BIN = join(__dirname, '..', 'dist', 'cli.js');
 const schema = randomSchema();
 after(() => dropSchema(schema));
 

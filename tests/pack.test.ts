@@ -13,7 +13,7 @@ import { DATABASE_URL, dropSchema, randomSchema } from './helpers.js';
 
 const REPO = resolve(__dirname, '..');
 const ADDON = 'native/leaderlease.linux-x64-gnu.node';
-/** The command line (scripts/build-cli.sh), run by bin/leaderlease.js. */
+/** The command line (scripts/build-cli.sh), run by dist/cli.js (ts/cli.ts). */
 const CLI = 'native/leaderlease-linux-x64-gnu';
 
 interface Run {
@@ -243,7 +243,7 @@ test('the npm tarball installs into a fresh NestJS app with no Rust toolchain an
     assert.ok(info, 'npm pack reported no tarball');
     const files = info.files.map((f) => f.path);
     const required = ['package.json', 'dist/index.js', 'dist/index.d.ts', 'native/index.js', 'native/index.d.ts', ADDON];
-    for (const f of [...required, 'bin/leaderlease.js', CLI]) {
+    for (const f of [...required, 'dist/cli.js', CLI]) {
       assert.ok(files.includes(f), `the tarball lacks ${f}: ${files.join(', ')}`);
     }
     for (const f of files) {

@@ -1,5 +1,4 @@
 #!/usr/bin/env node
-'use strict';
 // `npx leaderlease …`: the command line of the Rust crate (crates/leaderlease, cargo feature `cli`),
 // built next to the addon as native/leaderlease-<platform>. Nothing is implemented here: this wrapper
 // runs that binary with the same arguments and standard streams, forwards SIGTERM, SIGINT and SIGHUP to
@@ -7,15 +6,15 @@
 // another program, so the wrapper stays the binary's parent: it passes its pid in LEADERLEASE_WRAPPER_PID,
 // and the binary asks the kernel for SIGTERM when the wrapper dies (even by SIGKILL), so that
 // `leaderlease run` then stops its command and releases the lease.
-const { spawn } = require('node:child_process');
-const { existsSync } = require('node:fs');
-const { join } = require('node:path');
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 
-function platformTag() {
+function platformTag(): string {
   const { platform, arch } = process;
   if (platform !== 'linux') return `${platform}-${arch}`;
-  const header = process.report && process.report.getReport().header;
-  const glibc = header && header.glibcVersionRuntime;
+  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
+  const glibc = report?.header?.glibcVersionRuntime;
   return `${platform}-${arch}-${glibc ? 'gnu' : 'musl'}`;
 }
 
@@ -33,8 +32,8 @@ const child = spawn(binary, process.argv.slice(2), {
   stdio: 'inherit',
   env: { ...process.env, LEADERLEASE_WRAPPER_PID: String(process.pid) },
 });
-const forwarded = ['SIGTERM', 'SIGINT', 'SIGHUP'];
-const forward = (signal) => {
+const forwarded: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
+const forward = (signal: NodeJS.Signals): void => {
   if (child.exitCode === null && child.signalCode === null) child.kill(signal);
 };
 for (const signal of forwarded) process.on(signal, forward);
