@@ -382,9 +382,11 @@ async fn the_nats_server_restarting_is_survived() {
     assert!(term > first_term, "term {term} after {first_term}");
 
     // The key watch works again after the restart: a release is taken at once, not at the next poll.
-    wait_until(Duration::from_secs(3), "the follower to see the leader", || {
-        follower.leader().is_some()
-    })
+    wait_until(
+        Duration::from_secs(3),
+        "the follower to see the leader",
+        || follower.leader().is_some(),
+    )
     .await;
     let released = Instant::now();
     leader.release().await.unwrap();
@@ -393,6 +395,7 @@ async fn the_nats_server_restarting_is_survived() {
     })
     .await;
     let handover = released.elapsed();
+    eprintln!("leader again {took:?} after the restart; handover after it {handover:?}");
     assert!(
         handover < Duration::from_millis(700),
         "handover after the restart took {handover:?}"
