@@ -53,7 +53,8 @@ const CHILD = `
       send(out);
       await c.end();
       await e.shutdown();
-      return;
+      process.exit(0); // stdin (the command channel) would keep the process alive
+
     }
   })().catch((err) => { send({ type: 'error', message: String(err && err.stack || err) }); process.exit(1); });
 `;
@@ -78,6 +79,7 @@ describe('fence', () => {
       env: { ...process.env, PKG: PACKAGE, DATABASE_URL, CONFIG: JSON.stringify(config), WORK: work },
       stdio: ['pipe', 'pipe', 'inherit'],
     });
+    const exited = once(child, 'exit');
     const lines = createInterface({ input: child.stdout! });
     const messages: Record<string, unknown>[] = [];
     lines.on('line', (l) => messages.push(JSON.parse(l) as Record<string, unknown>));
@@ -104,7 +106,7 @@ describe('fence', () => {
       assert.equal(result['withoutTerm'], 'ERR_FENCED null', 'without a term of its own it is refused locally');
       const rows = await withClient((c) => c.query(`SELECT count(*)::int AS n FROM ${work}`));
       assert.equal(rows.rows[0].n, 0);
-      await once(child, 'exit');
+      await exited;
     } finally {
       child.kill('SIGCONT');
       child.kill('SIGKILL');
