@@ -45,15 +45,17 @@ async fn count(pool: &PgPool, work: &str, term: u64) -> i64 {
     .unwrap()
 }
 
-/// Mean µs of `writes` transactions BEGIN, INSERT, (fence,) COMMIT on `conn`.
-async fn mean_us(
+/// `writes` transactions BEGIN, INSERT, (fence,) COMMIT on `conn`: the mean µs of a whole transaction,
+/// and every fence call's own µs.
+async fn run_writes(
     conn: &mut sqlx::PgConnection,
     work: &str,
     leader: &Elector,
     writes: u64,
     fenced: bool,
-) -> f64 {
+) -> (f64, Vec<f64>) {
     let insert = format!("INSERT INTO {work} VALUES ($1, -1)");
+    let mut fences = Vec::new();
     let t = Instant::now();
     for _ in 0..writes {
         let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
@@ -63,11 +65,17 @@ async fn mean_us(
             .await
             .unwrap();
         if fenced {
+            let f = Instant::now();
             leader.fence(&mut tx).await.unwrap();
+            fences.push(f.elapsed().as_secs_f64() * 1e6);
         }
         tx.commit().await.unwrap();
     }
-    t.elapsed().as_secs_f64() * 1e6 / writes as f64
+    (t.elapsed().as_secs_f64() * 1e6 / writes as f64, fences)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -175,23 +183,36 @@ async fn main() {
     wait_for("a leader", || current(&electors).is_some()).await;
     let leader = &electors[current(&electors).unwrap()];
     let mut conn = pool.acquire().await.unwrap();
+    // Commits without waiting for the disk, so that the fsync does not drown the fence's own cost.
+    sqlx::raw_sql("SET synchronous_commit = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
     // Warm up, then alternate to spread the machine's noise over both.
-    let _ = mean_us(&mut conn, &work, leader, writes, false).await;
-    let (mut plain, mut guarded) = (0.0, 0.0);
+    let _ = run_writes(&mut conn, &work, leader, writes / 3, true).await;
+    let (mut plain, mut guarded, mut fences) = (0.0, 0.0, Vec::new());
     for _ in 0..3 {
-        plain += mean_us(&mut conn, &work, leader, writes, false).await / 3.0;
-        guarded += mean_us(&mut conn, &work, leader, writes, true).await / 3.0;
+        plain += run_writes(&mut conn, &work, leader, writes, false).await.0 / 3.0;
+        let (mean, f) = run_writes(&mut conn, &work, leader, writes, true).await;
+        guarded += mean / 3.0;
+        fences.extend(f);
     }
     drop(conn);
+    fences.sort_by(f64::total_cmp);
 
     println!(
         "fence trials: {trials} in {trial_secs:.1} s; fenced commits that passed {passed}, refused {refused}; \
          stale commits (an old term's write landing after the next leader's first look): {stale}"
     );
     println!(
-        "cost: BEGIN+INSERT+COMMIT {plain:.0} µs, with the fence {guarded:.0} µs: {:.0} µs per guarded write \
-         ({writes} writes x 3 rounds each)",
-        guarded - plain
+        "cost (synchronous_commit off): BEGIN+INSERT+COMMIT {plain:.0} µs, with the fence {guarded:.0} µs \
+         (difference {:.0} µs); the fence call itself: median {:.0} µs, p90 {:.0} µs, p99 {:.0} µs \
+         ({} calls)",
+        guarded - plain,
+        percentile(&fences, 0.5),
+        percentile(&fences, 0.9),
+        percentile(&fences, 0.99),
+        fences.len()
     );
     for e in &electors {
         e.shutdown().await.unwrap();
