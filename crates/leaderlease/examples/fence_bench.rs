@@ -9,6 +9,8 @@
 //!    transaction over many, on one connection.
 //!
 //! Options: `--trials N` (default 1000), `--writes N` (default 3000). `DATABASE_URL` or the local server.
+#![allow(clippy::print_stdout)]
+
 use std::time::{Duration, Instant};
 
 use leaderlease::{Elector, Error, schema::quote_ident};
