@@ -5,7 +5,9 @@
 export {
   LeaderElectorCore,
   connectionStringFromDataSource,
+  FENCE_SQLSTATE,
   type DataSourceLike,
+  type FenceRunner,
   type LeaderElectorConfig,
   type LeaderElectorEvents,
   type LeaderIdentity,
@@ -17,6 +19,7 @@ export {
   DatabaseError,
   DatabaseUnreachableError,
   ElectorShutDownError,
+  FencedError,
   InvalidBucketError,
   LeaderElectionConfigError,
   LeaderElectionError,

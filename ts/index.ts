@@ -19,6 +19,7 @@ export {
   DatabaseError,
   DatabaseUnreachableError,
   ElectorShutDownError,
+  FencedError,
   InvalidBucketError,
   LeaderElectionConfigError,
   LeaderElectionError,
@@ -43,6 +44,7 @@ export { LeaderOnly, type LeaderOnlyOptions } from './leader-only.decorator.js';
 export { LEADER_ELECTOR_MODULE_OPTIONS, LEADER_ONLY_METADATA } from './leader-elector.constants.js';
 export type {
   DataSourceLike,
+  FenceRunner,
   LeaderElectorConfig,
   LeaderElectorEvents,
   LeaderIdentity,

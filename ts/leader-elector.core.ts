@@ -6,8 +6,9 @@ import type * as Rx from 'rxjs';
 import { Elector, type ElectorOptions, type StateSnapshot, type StatusInfo } from '../native/index.js';
 import { ELECTOR_CONFIG_KEYS, NATS_CONFIG_KEYS, warnUnknownKeys } from './config-keys.js';
 import { localDeadline } from './deadline.js';
-import { ElectorShutDownError, LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
+import { ElectorShutDownError, FencedError, LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
 import { keepAliveWhile } from './keep-alive.js';
+import { quoteIdent } from './sql.js';
 import { requirePeer } from './optional-deps.js';
 
 /**
@@ -53,6 +54,14 @@ export interface LeaderElectorConfig {
    */
   backend?: { nats: { servers: string; bucket?: string } };
 }
+
+/** What {@link LeaderElectorCore.fence} runs its statement on: anything with `query(sql, params)`. */
+export interface FenceRunner {
+  query(sql: string, parameters?: unknown[]): Promise<unknown>;
+}
+
+/** The SQLSTATE of the fence function's refusal. */
+export const FENCE_SQLSTATE = 'LLF01';
 
 /** Now on the native deadline clock (see deadline.ts). */
 const nativeClockNow = (): number => Elector.clockNow();
@@ -559,6 +568,53 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   /** The fencing term of the current leadership, or null when not leading. */
   term(): number | null {
     return this.amILeader() ? this.#leaseTerm : null;
+  }
+
+  /**
+   * The fence the database enforces: run it inside the transaction that does the leader's work, as the
+   * last statement before COMMIT. It passes only while `term` (default: the current one) holds an
+   * unexpired lease by the database clock, and share-locks the lease row until the transaction ends, so
+   * nobody can take over before the commit. Otherwise it rejects with {@link FencedError}: roll back.
+   *
+   * `runner` is whatever runs SQL in that transaction and has `query(sql, params)`: a TypeORM
+   * `EntityManager` of `dataSource.transaction(...)`, a `QueryRunner` after `startTransaction()`, or a
+   * `pg` client after `BEGIN` (not a pool: outside a transaction the lock ends at once). Pass the `term`
+   * the work saved when it began to require that very leadership. PostgreSQL only; the table's migration
+   * must have run (it installs `leader_lease_fence`).
+   *
+   * ```ts
+   * await dataSource.transaction(async (m) => {
+   *   await m.insert(Report, { day });
+   *   await elector.fence(m);
+   * });
+   * ```
+   */
+  async fence(runner: FenceRunner, term: number | null = this.term()): Promise<number> {
+    const native = this.#native;
+    if (this.#config.backend?.nats) {
+      throw new LeaderElectionConfigError('fence(): needs the PostgreSQL backend (the lease is in NATS here)');
+    }
+    if (!runner || typeof (runner as { query?: unknown }).query !== 'function') {
+      throw new LeaderElectionConfigError('fence(runner): runner must have a query(sql, params) method (an EntityManager, a QueryRunner or a pg client)');
+    }
+    const lockId = native?.lockId ?? this.#config.lockId ?? 1;
+    if (term === null || native === null) {
+      throw new FencedError(`fenced: this node does not lead lock ${lockId}`, { lockId, term: null });
+    }
+    if (!Number.isSafeInteger(term) || term < 0) {
+      throw new LeaderElectionConfigError(`fence(runner, term): term must be a non-negative safe integer (got ${term})`);
+    }
+    try {
+      await runner.query(`SELECT ${quoteIdent(native.schema)}.leader_lease_fence($1, $2)`, [lockId, String(term)]);
+    } catch (err) {
+      const e = err as { code?: unknown; driverError?: { code?: unknown }; message?: unknown };
+      const code = e?.code ?? e?.driverError?.code;
+      if (code === FENCE_SQLSTATE) {
+        throw new FencedError(`fenced: ${String(e.message ?? err)}`, { cause: err, lockId, term });
+      }
+      throw err;
+    }
+    return term;
   }
 
   /** The leader this node last observed (itself while leading), or null. */
