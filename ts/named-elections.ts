@@ -21,9 +21,9 @@ export interface SpreadOptions {
   /** How often an instance looks at the spread, in ms (default: the `renewalInterval`). */
   checkInterval?: number;
   /**
-   * The first wait, in ms, before an instance that leads more than its share of the names it sees gives
-   * one up to find instances that lead none (default 4 x `leaseDuration`; doubled after each search
-   * that found nobody, up to 64 x).
+   * How long, in ms, an instance that leads more than its share of the names it sees waits between
+   * giving one up to find instances that lead none (default 4 x `leaseDuration`; doubled after each
+   * search that found nobody new, up to 64 x). The first search is one to two leases after the start.
    */
   discoveryInterval?: number;
 }
@@ -61,6 +61,7 @@ export class NamedElections {
   #nextDiscovery = Infinity;
   #discoveryWait = 0;
   #probe: { name: string; known: Set<string> } | null = null;
+  readonly #lease: number;
 
   constructor(
     private readonly app: LeaderElectorService,
@@ -70,6 +71,7 @@ export class NamedElections {
   ) {
     const renewal = base.renewalInterval ?? 3000;
     const lease = base.leaseDuration ?? 10000;
+    this.#lease = lease;
     if (spread === false) {
       this.#spread = null;
     } else {
@@ -230,9 +232,9 @@ export class NamedElections {
     const spread = this.#spread;
     if (spread === null || this.#spreadTimer !== null || this.#stopped) return;
     this.#discoveryWait = spread.discoveryInterval;
-    // The first search after about one to two discovery waits: instances that start together see
-    // each other first.
-    this.#nextDiscovery = Date.now() + spread.discoveryInterval * (1 + Math.random());
+    // The first search one to two leases after the start (instances that start together are found
+    // early); later ones after `discoveryInterval`, doubled after each that found nobody new.
+    this.#nextDiscovery = Date.now() + this.#lease * (1 + Math.random());
     this.#spreadTimer = setInterval(() => this.#rebalance(), spread.checkInterval);
     this.#spreadTimer.unref();
   }
@@ -284,10 +286,14 @@ export class NamedElections {
     const k = mine.length;
     if (n < 2 || k === 0 || now < this.#nextShed) return;
     const p = leaders.size;
-    // The one to give up: a name without a running job, if there is one (no job waits on the handover).
-    const pick = () => mine.find((e) => e.runningJobs === 0) ?? mine[0]!;
-    if (k > Math.ceil(n / p)) {
-      void pick().release().catch(() => undefined);
+    // Names without a running job first (no job waits on their handover).
+    mine.sort((a, b) => a.runningJobs - b.runningJobs);
+    const pick = () => mine[0]!;
+    const excess = k - Math.ceil(n / p);
+    if (excess > 0) {
+      // Half the excess at a time (at least one): the others take the names at once; several instances
+      // shedding together do not overshoot.
+      for (const e of mine.slice(0, Math.ceil(excess / 2))) void e.release().catch(() => undefined);
       this.#nextShed = now + spread.checkInterval;
     } else if (k >= 2 && k > Math.ceil(n / (p + 1)) && now >= this.#nextDiscovery && probe === null) {
       const e = pick();
