@@ -424,3 +424,66 @@ describe('drained handover: a NestJS worker SIGTERMed in the middle of a 1.5 s j
     }
   });
 });
+
+describe('module options the Nest way', () => {
+  const schema = randomSchema();
+  const apps: INestApplication[] = [];
+  after(async () => {
+    for (const app of apps) await app.close();
+    await dropSchema(schema);
+  });
+
+  test('forRootAsync with useExisting, extraProviders and isGlobal: false; forFeature settings; election(name) before the start', async () => {
+    const SETTINGS = 'SETTINGS';
+    class Options {
+      createLeaderElectorOptions() {
+        return { connectionString: DATABASE_URL, schema, lockId: 51, ...FAST, spread: false };
+      }
+    }
+    /** Asks for its election while the app initialises, before the elections start. */
+    @Injectable()
+    class EarlyUser {
+      constructor(readonly elector: LeaderElectorService) {}
+      early: LeaderElectorService | undefined;
+      onModuleInit(): void {
+        this.early = this.elector.election('early');
+      }
+    }
+    @Module({
+      imports: [
+        LeaderElectorModule.forRootAsync({
+          isGlobal: false,
+          useExisting: Options,
+          extraProviders: [Options, { provide: SETTINGS, useValue: 'extra' }],
+        }),
+        LeaderElectorModule.forFeature([{ name: 'slow', leaseDuration: 4000, renewalInterval: 1000 }]),
+      ],
+      providers: [EarlyUser],
+    })
+    class AppModule {}
+    const m = await Test.createTestingModule({ imports: [AppModule] }).compile();
+    const app = m.createNestApplication({ logger: false });
+    apps.push(app);
+    await app.init();
+    const service = app.get(LeaderElectorService);
+    assert.equal(app.get(SETTINGS, { strict: false }), 'extra', 'extraProviders are registered');
+    const early = app.get(EarlyUser).early!;
+    assert.equal(early, service.election('early'), 'election(name) gives one elector per name');
+    assert.ok(await waitFor(() => early.amILeader() && service.election('slow').amILeader() && service.amILeader(), 5000));
+    assert.equal(early.instanceId, service.instanceId, 'made before the start, it still takes the app instance id');
+    // `slow`'s own lease duration (4000 ms) is what its row gets; the app-wide one keeps FAST's 1500 ms.
+    const rows = await withClient((c) =>
+      c.query<{ id: number; ms: number }>(
+        `SELECT id, extract(epoch FROM expires_at - renewed_at) * 1000 AS ms FROM ${quote(schema)}.leader_lease`,
+      ),
+    );
+    const ms = new Map(rows.rows.map((r) => [Number(r.id), Math.round(Number(r.ms))]));
+    assert.equal(ms.get(lockIdForName('slow')), 4000);
+    assert.equal(ms.get(51), FAST.leaseDuration);
+
+    // isGlobal: the original's module is global, and stays so unless told otherwise.
+    assert.equal(LeaderElectorModule.forRoot({ connectionString: DATABASE_URL }).global, true);
+    assert.equal(LeaderElectorModule.forRoot({ connectionString: DATABASE_URL, isGlobal: false }).global, false);
+    assert.equal(LeaderElectorModule.forRootAsync({ useFactory: () => ({}) }).global, true);
+  });
+});

@@ -50,6 +50,11 @@ export type NamedElectorFactory = (config: LeaderElectorConfig, name: string) =>
 export class NamedElections {
   readonly #declared = new Map<string, Declared>();
   readonly #electors = new Map<string, LeaderElectorService>();
+  /**
+   * The settings each elector was made with (the elector reads them when it starts): one made before
+   * the app-wide election started gets the app's instance id in start().
+   */
+  readonly #configs = new Map<string, LeaderElectorConfig>();
   /** Lock id keys in use: `<store>|<lockId>` -> election name (`null`: the app-wide election). */
   readonly #lockOwners = new Map<string, string | null>();
   #started = false;
@@ -151,7 +156,7 @@ export class NamedElections {
   #config(name: string): LeaderElectorConfig {
     const own = this.#declared.get(name)?.settings ?? {};
     const config: LeaderElectorConfig = { ...this.base, ...own, lockId: own.lockId ?? lockIdForName(name) };
-    const id = this.base.instanceId ?? this.#instanceId;
+    const id = this.base.instanceId ?? this.#instanceId ?? this.app.instanceId ?? undefined;
     if (id !== undefined) config.instanceId = id;
     else delete config.instanceId;
     return config;
@@ -189,8 +194,10 @@ export class NamedElections {
     this.#claim(name, config);
     const elector = this.make(config, name);
     this.#electors.set(name, elector);
+    this.#configs.set(name, config);
     if (this.#started) {
       elector.start().catch(() => undefined); // its failure is reported by ready(), 'error' or a warning
+      this.#startSpreading();
     }
     return elector;
   }
@@ -209,6 +216,9 @@ export class NamedElections {
     for (const name of this.#declared.keys()) this.#claim(name, this.#config(name));
     await this.app.ready();
     this.#instanceId = this.app.instanceId ?? undefined;
+    for (const config of this.#configs.values()) {
+      if (config.instanceId === undefined && this.#instanceId !== undefined) config.instanceId = this.#instanceId;
+    }
     this.#started = true;
     for (const name of this.#declared.keys()) this.#create(name);
     await Promise.all([...this.#electors.values()].map((e) => e.start()));
