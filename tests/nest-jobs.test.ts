@@ -192,6 +192,24 @@ describe('lock ids of named elections', () => {
     assert.equal(lockIdForName('foobar'), 0x7f9cf968);
   });
 
+  test('bad names and lock ids in the decorator and forFeature: typed errors naming the field', () => {
+    for (const [make, field] of [
+      [() => LeaderOnly(''), /`name` must be a non-empty string/],
+      [() => LeaderOnly({ lockId: 3 }), /`lockId` needs a `name`/],
+      [() => LeaderOnly({ name: 'x', lockId: 2 ** 31 }), /`lockId` must be an integer between/],
+      [() => LeaderOnly({ name: 'x', lockId: 1.5 }), /`lockId` must be an integer between/],
+      [() => LeaderElectorModule.forFeature([{ name: '' }]), /`name` must be a non-empty string/],
+      [() => LeaderGuard.for(''), /`name` must be a non-empty string/],
+    ] as const) {
+      assert.throws(make, (err: unknown) => {
+        assert.ok(err instanceof LeaderElectionConfigError, String(err));
+        assert.equal(err.code, 'ERR_INVALID_CONFIG');
+        assert.match(err.message, field);
+        return true;
+      });
+    }
+  });
+
   test('two names on one lock id, or a name on the app-wide lock id: the app does not start, with a typed error', async () => {
     // Two names whose derived lock ids collide: found by trying names (about 40,000 on average).
     const seen = new Map<number, string>();

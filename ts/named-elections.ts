@@ -221,7 +221,13 @@ export class NamedElections {
     }
     this.#started = true;
     for (const name of this.#declared.keys()) this.#create(name);
-    await Promise.all([...this.#electors.values()].map((e) => e.start()));
+    try {
+      await Promise.all([...this.#electors.values()].map((e) => e.start()));
+    } catch (err) {
+      // The app does not start: leave nothing running (nothing may shut these down later).
+      await this.shutdown().catch(() => undefined);
+      throw err;
+    }
     this.#startSpreading();
   }
 
