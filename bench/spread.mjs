@@ -20,15 +20,24 @@ import pg from 'pg';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const fixture = join(root, 'dist-tests', 'fixtures', 'jobs-app.js');
-const { values } = parseArgs({
-  options: {
-    instances: { type: 'string', default: '3' },
-    names: { type: 'string', default: '30' },
-    seconds: { type: 'string', default: '45' },
-    stagger: { type: 'string', default: '0,5000' },
-    lease: { type: 'string', default: '3000' },
-  },
-});
+let values;
+try {
+  ({ values } = parseArgs({
+    options: {
+      instances: { type: 'string', default: '3' },
+      names: { type: 'string', default: '30' },
+      seconds: { type: 'string', default: '45' },
+      stagger: { type: 'string', default: '0,5000' },
+      lease: { type: 'string', default: '3000' },
+    },
+  }));
+  for (const k of ['instances', 'names', 'seconds', 'lease']) {
+    if (!(Number(values[k]) > 0)) throw new Error(`--${k} needs a positive number (got ${values[k]})`);
+  }
+} catch (e) {
+  console.error(`${e.message}\nusage: node bench/spread.mjs [--instances N] [--names N] [--seconds S] [--stagger MS,MS] [--lease MS]`);
+  process.exit(2);
+}
 const instances = Number(values.instances);
 const names = Number(values.names);
 const seconds = Number(values.seconds);

@@ -7,10 +7,18 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
 
 const APP = fileURLToPath(new URL('../../dist-examples/nest/app.js', import.meta.url));
-const i = process.argv.indexOf('--seconds');
-const SECONDS = i > 0 ? Number(process.argv[i + 1]) : 40;
+let SECONDS;
+try {
+  const { values } = parseArgs({ options: { seconds: { type: 'string', default: '40' } } });
+  SECONDS = Number(values.seconds);
+  if (!Number.isInteger(SECONDS) || SECONDS <= 0) throw new Error(`--seconds needs a positive integer (got ${values.seconds})`);
+} catch (e) {
+  console.error(`${e.message}\nusage: node examples/nest/view.mjs [--seconds N]`);
+  process.exit(2);
+}
 const SCHEMA = `leaderlease_nest_demo_${randomBytes(3).toString('hex')}`;
 const t0 = Date.now();
 const workers = [];
