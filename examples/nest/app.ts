@@ -17,6 +17,8 @@ import { LeaderElectorModule, LeaderElectorService, LeaderGuard, LeaderOnly } fr
 
 const instance = process.env['INSTANCE'] ?? `worker-${process.pid}`;
 const say = (line: object) => process.stdout.write(`${JSON.stringify({ ...line, t: Date.now() })}\n`);
+// The live view may be gone before this worker (Ctrl-C): its output is then dropped, not fatal.
+process.stdout.on('error', () => undefined);
 
 @Injectable()
 class Jobs {
