@@ -158,6 +158,11 @@ describe('named elections in three NestJS apps', () => {
     // LeaderGuard.for('alpha'): 200 on alpha's leader, 503 naming it elsewhere.
     const alphaId = services[alphaLeader]!.election('alpha').instanceId;
     assert.equal(alphaId, services[alphaLeader]!.instanceId, 'named elections share the app instance id');
+    // An app that just gave alpha up (spreading) learns its new leader at its next look, after standing back.
+    assert.ok(
+      await waitFor(() => services.every((s) => s.election('alpha').leader()?.leaderId === alphaId), 3000),
+      'every app knows alpha\'s leader within 3 s',
+    );
     for (const [i, app] of apps.entries()) {
       const res = await get(app, '/jobs/alpha');
       if (i === alphaLeader) assert.deepEqual(res, { status: 200, body: { ran: 'alpha' } });
@@ -252,6 +257,21 @@ describe('lock ids of named elections', () => {
       const explicit = await start([ClashModule]);
       assert.ok(explicit instanceof LeaderElectionConfigError, String(explicit));
       assert.match(explicit.message, /`lockId` 1 of election 'clash' is already the lock id of the app-wide election/);
+
+      // A name only a LeaderGuard.for(name) uses is checked at the start too.
+      @Controller('clash')
+      @UseGuards(LeaderGuard.for(pair[1]))
+      class GuardedController {
+        @Get()
+        get(): string {
+          return 'ok';
+        }
+      }
+      @Module({ controllers: [GuardedController] })
+      class GuardedModule {}
+      const guarded = await start([LeaderElectorModule.forFeature([{ name: pair[0] }]), GuardedModule]);
+      assert.ok(guarded instanceof LeaderElectionConfigError, String(guarded));
+      assert.match(guarded.message, new RegExp(`election '${pair[1]}'.* is already the lock id of election '${pair[0]}'`));
 
       // An explicit lockId settles a clash.
       const settled = await start([

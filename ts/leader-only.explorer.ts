@@ -3,7 +3,19 @@ import type * as NestCore from '@nestjs/core';
 import { LEADER_ONLY_METADATA } from './leader-elector.constants.js';
 import { namedElectionsOf, type LeaderElectorService } from './leader-elector.service.js';
 import { bindLeaderOnly, isLeaderOnlyMethod, leaderOnlyMetadataOf, type LeaderOnlyMetadata } from './leader-only.decorator.js';
+import { electionOfGuard } from './leader.guard.js';
 import { NamedElectionDeclaration } from './named-elections.js';
+
+/** Where `@UseGuards()` keeps a class's or a method's guards (@nestjs/common's `GUARDS_METADATA`). */
+const GUARDS_METADATA = '__guards__';
+
+/** The election names of the `LeaderGuard.for(name)` guards in `@UseGuards()` metadata on `target`. */
+function guardedElections(target: object): string[] {
+  const reflect = Reflect as unknown as { getMetadata?: (key: string, target: object) => unknown };
+  const guards = reflect.getMetadata?.(GUARDS_METADATA, target);
+  if (!Array.isArray(guards)) return [];
+  return guards.map(electionOfGuard).filter((n): n is string => n !== undefined);
+}
 
 /**
  * Finds the providers and controllers with `@LeaderOnly()` methods (through `DiscoveryService` and
@@ -33,10 +45,20 @@ export class LeaderOnlyExplorer {
       }
       const proto: object | null = Object.getPrototypeOf(instance);
       if (proto === null) continue;
+      // Names of LeaderGuard.for(name) on controllers and their routes: checked and started with the rest.
+      const className = proto.constructor?.name ?? 'object';
+      if (typeof proto.constructor === 'function') {
+        for (const name of guardedElections(proto.constructor)) {
+          named?.declare(name, {}, `LeaderGuard.for('${name}') on ${className}`);
+        }
+      }
       let marked = false;
       for (const methodName of this.scanner.getAllMethodNames(proto)) {
         const method = (instance as Record<string, unknown>)[methodName];
         if (typeof method !== 'function') continue;
+        for (const name of guardedElections(method)) {
+          named?.declare(name, {}, `LeaderGuard.for('${name}') on ${className}.${methodName}`);
+        }
         const meta: LeaderOnlyMetadata | undefined =
           leaderOnlyMetadataOf(method) ?? this.reflector.get(LEADER_ONLY_METADATA, method);
         if (!isLeaderOnlyMethod(method) && meta === undefined) continue;

@@ -21,6 +21,13 @@ export interface NotLeaderResponseBody {
 
 /** The guard classes of the named elections, one per name. */
 const namedGuards = new Map<string, typeof LeaderGuard>();
+/** The election name of each of those classes. */
+const namedGuardElection = new WeakMap<object, string>();
+
+/** The election a `LeaderGuard.for(name)` class follows (undefined for anything else). */
+export function electionOfGuard(guard: unknown): string | undefined {
+  return typeof guard === 'function' ? namedGuardElection.get(guard) : undefined;
+}
 
 /**
  * Lets requests through on the leader only; elsewhere answers 503 Service Unavailable with a
@@ -57,6 +64,7 @@ export class LeaderGuard implements NestCommon.CanActivate {
         }
       }
       Object.defineProperty(NamedLeaderGuard, 'name', { value: `LeaderGuard(${name})` });
+      namedGuardElection.set(NamedLeaderGuard, name);
       guard = NamedLeaderGuard;
       namedGuards.set(name, guard);
     }

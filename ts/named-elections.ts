@@ -1,8 +1,12 @@
+import { warnUnknownKeys } from './config-keys.js';
 import { LeaderElectionConfigError } from './errors.js';
 import type { LeaderElectorConfig } from './leader-elector.core.js';
 import type { LeaderElectorService } from './leader-elector.service.js';
 import { checkLockId } from './leader-only.decorator.js';
 import { lockIdForName } from './lock-id.js';
+
+/** The keys of `spread`. */
+const SPREAD_KEYS = ['checkInterval', 'discoveryInterval'] as const;
 
 /** Default `lockId` of the app-wide election (the native core's). */
 const DEFAULT_LOCK_ID = 1;
@@ -86,7 +90,8 @@ export class NamedElections {
           `invalid leader election config: \`spread\` must be true, false or an object (got ${typeof spread})`,
         );
       }
-      for (const k of ['checkInterval', 'discoveryInterval'] as const) {
+      warnUnknownKeys(o, SPREAD_KEYS, 'LeaderElectorModule `spread` option');
+      for (const k of SPREAD_KEYS) {
         const v = o[k];
         if (v !== undefined && (typeof v !== 'number' || !Number.isFinite(v) || v < 10)) {
           throw new LeaderElectionConfigError(
