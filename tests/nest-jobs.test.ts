@@ -11,6 +11,7 @@ import { Test } from '@nestjs/testing';
 
 import {
   LeaderElectionConfigError,
+  LeaderElectorCore,
   LeaderElectorModule,
   LeaderElectorService,
   LeaderGuard,
@@ -348,6 +349,32 @@ describe('the signal of a leader-only job', () => {
     const byTakeover = waiter.abortedAt[1]! - lostAt;
     assert.ok(byTakeover < 50, `aborted ${byTakeover.toFixed(1)} ms after amILeader() turned false`);
     assert.equal(waiter.started, 2);
+  });
+});
+
+describe('a leader job that releases its own leadership', () => {
+  const schema = randomSchema();
+  after(() => dropSchema(schema));
+
+  test('is not waited for by that release (no wait for the rest of the lease, no drain warning)', async () => {
+    const elector = await LeaderElectorCore.connect(DATABASE_URL, { schema, lockId: 43, leaseDuration: 6000, renewalInterval: 1000, jitterRange: 200 });
+    const warnings: string[] = [];
+    const onWarning = (w: Error & { code?: string }) => warnings.push(String(w.code));
+    process.on('warning', onWarning);
+    try {
+      const took = await elector.runWhileLeader(async (signal) => {
+        const t = performance.now();
+        await elector.release();
+        assert.equal(signal.aborted, true, 'its own signal is aborted by the release');
+        return performance.now() - t;
+      });
+      assert.ok(took < 1000, `the release inside the job took ${took.toFixed(0)} ms`);
+      await sleep(10);
+      assert.ok(!warnings.includes('LEADERLEASE_DRAIN_TIMEOUT'), warnings.join(', '));
+    } finally {
+      process.off('warning', onWarning);
+      await elector.shutdown();
+    }
   });
 });
 

@@ -55,6 +55,9 @@ export interface LeaderElectorConfig {
   backend?: { nats: { servers: string; bucket?: string } };
 }
 
+/** The elector and the tracked Promise of each running leader job, by its context. */
+const jobOf = new WeakMap<LeaderJobContext, { owner: object; job: Promise<void> }>();
+
 /** Now on the native deadline clock (see deadline.ts). */
 const nativeClockNow = (): number => Elector.clockNow();
 
@@ -687,6 +690,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     let finished: () => void = () => undefined;
     const job = new Promise<void>((resolve) => (finished = resolve));
     this.#jobs.add(job);
+    jobOf.set(context, { owner: this, job });
     try {
       if (this.amILeader()) {
         this.#onLoss.add(lost);
@@ -737,6 +741,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
         () => undefined,
       );
       this.#jobs.add(job);
+      jobOf.set(context, { owner: this, job });
       void job.then(() => {
         this.#onLoss.delete(lost);
         this.#jobs.delete(job);
@@ -771,20 +776,25 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
    * performance.now(); those still running then are left behind with a warning.
    */
   async #drain(until: number): Promise<void> {
-    if (this.#jobs.size === 0) return;
+    // A job that releases (or shuts down) its own elector is not waited for: it waits for the release.
+    const context = leaderJobContext.getStore();
+    const own = context !== undefined ? jobOf.get(context) : undefined;
+    const others = () => [...this.#jobs].filter((j) => own?.owner !== this || j !== own.job);
+    if (others().length === 0) return;
     const wait = until - performance.now();
     if (wait > 0) {
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, wait)));
       try {
-        await Promise.race([Promise.all([...this.#jobs]), timeout]);
+        await Promise.race([Promise.all(others()), timeout]);
       } finally {
         clearTimeout(timer);
       }
     }
-    if (this.#jobs.size > 0) {
+    const left = others().length;
+    if (left > 0) {
       process.emitWarning(
-        `leaderlease: ${this.#jobs.size} leader job(s)${this.#name !== null ? ` of election '${this.#name}'` : ''} ` +
+        `leaderlease: ${left} leader job(s)${this.#name !== null ? ` of election '${this.#name}'` : ''} ` +
           'still running when the lease had to be given up (their signal is aborted); releasing anyway',
         { type: 'LeaderElectionWarning', code: 'LEADERLEASE_DRAIN_TIMEOUT' },
       );
