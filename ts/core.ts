@@ -33,4 +33,6 @@ export {
   type LeaderElectionErrorCode,
 } from './errors.js';
 export { upSql, downSql } from './sql.js';
+export { lockIdForName } from './lock-id.js';
+export type { LeaderJobContext } from './leader-job.context.js';
 export { errorCodes } from '../native/index.js';
