@@ -75,6 +75,7 @@ struct ReadmeDoctests;
 pub mod backend;
 mod clock;
 mod config;
+mod conn;
 mod elector;
 mod error;
 #[macro_use]
@@ -87,6 +88,7 @@ pub mod schema;
 
 pub use backend::{AcquireOutcome, Backend, ObservedLease};
 pub use config::*;
+pub use conn::{PgSettings, Pooler, TlsSettings};
 pub use elector::{
     ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LIVENESS_RECHECK_INTERVAL, LeaderInfo, Lease,
     LivenessCheck, Snapshot, Status,
@@ -100,4 +102,5 @@ pub use hub::{
 pub use nats::NatsBackend;
 pub use postgres::PgBackend;
 pub use sqlx::PgPool;
+pub use sqlx::postgres::{PgConnectOptions, PgSslMode};
 pub use tokio_util::sync::CancellationToken;

@@ -17,6 +17,7 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::backend::{AcquireOutcome, Backend, BoxFuture, ObservedLease};
 use crate::config::{CLEANUP_GRACE, ElectorConfig};
+use crate::conn::{PgSettings, SessionSetup};
 use crate::hub::{self, MAX_BATCH_WINDOW, Member, PgHub, RELEASE_CHANNEL, START_CONNECT_TIMEOUT};
 use crate::schema::{self, quote_ident};
 use crate::{Error, Result};
@@ -93,6 +94,8 @@ impl Statements {
 pub struct PgBackend {
     pool: PgPool,
     hub: PgHub,
+    /// How the hub's sessions get their settings (a copy, for `with_conn!`).
+    setup: SessionSetup,
     member: OnceLock<Member>,
     schema: String,
     lock_id: i32,
@@ -113,7 +116,12 @@ impl PgBackend {
     /// connection) to `url` and checks that the database answers; both close with the election. See
     /// [`PgHub::connect`] for the session settings.
     pub async fn connect(url: &str, config: &ElectorConfig) -> Result<Self> {
-        let hub = PgHub::open(url, config.operation_timeout(), true, None).await?;
+        Self::connect_settings(&PgSettings::from_url(url), config).await
+    }
+
+    /// Like [`connect`](Self::connect), from settings given field by field (see [`PgSettings`]).
+    pub async fn connect_settings(settings: &PgSettings, config: &ElectorConfig) -> Result<Self> {
+        let hub = PgHub::open(settings, config.operation_timeout(), true, None).await?;
         Ok(Self::on_hub(hub, config, false))
     }
 
@@ -121,7 +129,15 @@ impl PgBackend {
     /// ([`PgHub::shared`]): every election of the process on the same URL shares one pool, one `LISTEN`
     /// connection and batched renewals; the hub closes when the last of them stops.
     pub async fn connect_shared(url: &str, config: &ElectorConfig) -> Result<Self> {
-        let hub = PgHub::shared(url, config.operation_timeout()).await?;
+        Self::connect_shared_settings(&PgSettings::from_url(url), config).await
+    }
+
+    /// Like [`connect_shared`](Self::connect_shared), from settings given field by field.
+    pub async fn connect_shared_settings(
+        settings: &PgSettings,
+        config: &ElectorConfig,
+    ) -> Result<Self> {
+        let hub = PgHub::shared_settings(settings, config.operation_timeout()).await?;
         Ok(Self::on_hub(hub, config, true))
     }
 
@@ -153,6 +169,7 @@ impl PgBackend {
         }
         Self {
             pool: hub.pool().clone(),
+            setup: hub.inner.setup.clone(),
             hub,
             member: OnceLock::new(),
             schema: config.schema().to_owned(),
@@ -193,6 +210,7 @@ impl PgBackend {
                     (SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) \
                        AND attname IN ('term', 'renewed_at') AND NOT attisdropped) AS new_columns"
         )
+        .persistent(self.setup.persistent())
         .bind(&table)
         .bind(&self.sql.sequence)
         .fetch_one(c))?;
@@ -219,6 +237,7 @@ impl PgBackend {
                 AND has_table_privilege($1, 'UPDATE') AND has_table_privilege($1, 'DELETE') \
                 AND has_sequence_privilege($2, 'UPDATE')",
             )
+            .persistent(self.setup.persistent())
             .bind(&table)
             .bind(&self.sql.sequence)
             .fetch_one(c)
@@ -289,6 +308,7 @@ impl Backend for PgBackend {
             let row = with_conn!(self, "observe", |c| sqlx::query(AssertSqlSafe(
                 self.sql.observe.clone()
             ))
+            .persistent(self.setup.persistent())
             .bind(self.lock_id)
             .fetch_optional(c))?;
             Ok(row.map(|row| hub::observed_from(&row, 0)))
@@ -300,6 +320,7 @@ impl Backend for PgBackend {
             let row = with_conn!(self, "acquire", |c| sqlx::query(AssertSqlSafe(
                 self.sql.acquire.clone()
             ))
+            .persistent(self.setup.persistent())
             .bind(self.lock_id)
             .bind(&*self.instance_id)
             .bind(self.lease_ms)
@@ -333,6 +354,7 @@ impl Backend for PgBackend {
             let done = with_conn!(self, "renew", |c| sqlx::query(AssertSqlSafe(
                 self.sql.renew.clone()
             ))
+            .persistent(self.setup.persistent())
             .bind(self.lock_id)
             .bind(&*self.instance_id)
             .bind(term_param(term))
@@ -348,6 +370,7 @@ impl Backend for PgBackend {
             let rows = with_conn!(self, "release", |c| sqlx::query(AssertSqlSafe(
                 self.sql.release.clone()
             ))
+            .persistent(self.setup.persistent())
             .bind(self.lock_id)
             .bind(&*self.instance_id)
             .bind(term_param(term))
@@ -368,6 +391,7 @@ impl Backend for PgBackend {
             let done = with_conn!(self, "cleanup", |c| sqlx::query(AssertSqlSafe(
                 self.sql.cleanup.clone()
             ))
+            .persistent(self.setup.persistent())
             .execute(c))?;
             Ok(done.rows_affected())
         })
