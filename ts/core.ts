@@ -5,6 +5,8 @@
 export {
   LeaderElectorCore,
   connectionStringFromDataSource,
+  connectionSettingsFromDataSource,
+  type SslOptions,
   type DataSourceLike,
   type LeaderElectorConfig,
   type LeaderElectorEvents,
