@@ -29,6 +29,8 @@ const config = {
   leaseDuration: Number(arg('--lease', '1500')),
   renewalInterval: Number(arg('--renewal', '500')),
   jitterRange: Number(arg('--jitter', '200')),
+  // 'transaction' or 'session' behind PgBouncer (examples/cluster.mjs --pooler).
+  ...(process.env.LEADERLEASE_POOLER ? { pooler: process.env.LEADERLEASE_POOLER } : {}),
 };
 const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 

@@ -5,7 +5,9 @@
 // once and that every new leadership had a greater term, and prints a summary.
 //
 //   DATABASE_URL=postgres://postgres@127.0.0.1:5432/test node examples/cluster.mjs [--rounds N]
-//       [--lease MS] [--renewal MS] [--jitter MS]
+//       [--lease MS] [--renewal MS] [--jitter MS] [--pooler transaction|session]
+//
+// --pooler: DATABASE_URL is a PgBouncer in that pool mode; the candidates are told so (`pooler` option).
 //
 // Times come from process.hrtime.bigint() in each process: CLOCK_MONOTONIC, one clock for every process
 // of the machine. A takeover is measured from the SIGKILL to the new leader's own report; a handover from
@@ -43,6 +45,16 @@ const SETTLE_MS = 1000;
 const TAKEOVER_TIMEOUT_MS = 3 * LEASE + 5000;
 const HANDOVER_TIMEOUT_MS = 4 * (RENEWAL + JITTER) + 5000;
 const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+const POOLER = (() => {
+  const i = process.argv.indexOf('--pooler');
+  if (i < 0) return undefined;
+  const v = process.argv[i + 1];
+  if (v !== 'transaction' && v !== 'session' && v !== 'none') {
+    console.error(`--pooler needs transaction, session or none (got ${v ?? 'nothing'})`);
+    process.exit(2);
+  }
+  return v;
+})();
 const SCHEMA = `leaderlease_demo_${process.pid}`;
 
 const now = () => process.hrtime.bigint();
@@ -132,7 +144,10 @@ function spawnCandidate() {
       '--id', id, '--schema', SCHEMA, '--lock-id', '1',
       '--lease', String(LEASE), '--renewal', String(RENEWAL), '--jitter', String(JITTER),
     ],
-    { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: { ...process.env, DATABASE_URL } },
+    {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      env: { ...process.env, DATABASE_URL, ...(POOLER ? { LEADERLEASE_POOLER: POOLER } : {}) },
+    },
   );
   const node = { id, child, ready: false, exited: false, expectExit: false, leader: false, term: null };
   nodes.set(id, node);
@@ -375,7 +390,7 @@ async function main() {
   console.log(
     `leaderlease demo (Node.js): ${CANDIDATES} candidate processes, lease ${LEASE} ms, renewal ${RENEWAL} ± ${JITTER / 2} ms, ${ROUNDS} round(s)`,
   );
-  console.log(`PostgreSQL ${where(DATABASE_URL)}, schema ${SCHEMA}\n`);
+  console.log(`PostgreSQL ${where(DATABASE_URL)}${POOLER ? ` through a pooler in ${POOLER} mode` : ''}, schema ${SCHEMA}\n`);
 
   const first = Array.from({ length: CANDIDATES }, () => spawnCandidate());
   const started = await Promise.all(first.map((n) => waitReady(n)));
