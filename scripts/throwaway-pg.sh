@@ -12,6 +12,11 @@
 #                                                         DIR/tls (ca.pem, other-ca.pem: a CA that signed nothing here,
 #                                                         server.pem for DNS:localhost only, client.pem/client.key for
 #                                                         user ll_cert_user, whom pg_hba.conf admits by certificate only)
+#   throwaway-pg.sh standby PRIMARY_DIR [--port N] [-c name=value]...
+#                                                         a hot standby of that server (pg_basebackup -R, streaming
+#                                                         replication; `-c cluster_name=NAME` names it for the
+#                                                         primary's synchronous_standby_names); prints its directory
+#   throwaway-pg.sh promote DIR                           promote a standby (pg_ctl promote, waits)
 #   throwaway-pg.sh stop DIR [fast|immediate|smart]       stop (default fast); start-again brings it back
 #   throwaway-pg.sh start-again DIR                       start the stopped server with the same settings
 #   throwaway-pg.sh restart DIR                           pg_ctl restart -m fast (same port and settings)
@@ -110,6 +115,53 @@ case "$cmd" in
     echo "postgres://postgres@127.0.0.1:$port/postgres" >"$dir/url"
     "$bin/postgres" --version | awk '{print $3}' >"$dir/version"
     echo "$dir"
+    ;;
+  standby)
+    need_dir "${1:-}"
+    primary=$1
+    shift
+    port="" settings=()
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --port) port=${2:?--port needs a number}; shift 2 ;;
+        -c) settings+=("${2:?-c needs name=value}"); shift 2 ;;
+        *) die "standby: unknown argument '$1'" ;;
+      esac
+    done
+    if [ -z "$port" ]; then
+      for _ in $(seq 1 50); do
+        port=$((20000 + RANDOM % 20000))
+        port_open "$port" || break
+      done
+    fi
+    bin=$(bin_dir)
+    primary_port=$(sed -n 's/^port = //p' "$primary/data/postgresql.conf" | tail -1)
+    dir=$(mktemp -d /tmp/leaderlease-pg.XXXXXX)
+    chmod 755 "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
+    as_postgres "$bin/pg_basebackup" -D "$dir/data" -R -X stream --no-sync -h 127.0.0.1 -p "$primary_port" \
+      -U postgres >/dev/null || { rm -rf "$dir"; die "pg_basebackup from port $primary_port failed"; }
+    {
+      echo "port = $port"
+      echo "unix_socket_directories = '$dir'"
+      echo "hot_standby = on"
+      for s in ${settings[@]+"${settings[@]}"}; do
+        value=${s#*=}
+        echo "${s%%=*} = '${value//\'/\'\'}'"
+      done
+    } | as_postgres tee -a "$dir/data/postgresql.conf" >/dev/null
+    if ! pg_ctl "$dir" -l "$dir/log" -w start >/dev/null; then
+      cat "$dir/log" >&2 || true
+      rm -rf "$dir"
+      die "pg_ctl start of the standby failed (port $port)"
+    fi
+    echo "postgres://postgres@127.0.0.1:$port/postgres" >"$dir/url"
+    "$bin/postgres" --version | awk '{print $3}' >"$dir/version"
+    echo "$dir"
+    ;;
+  promote)
+    need_dir "${1:-}"
+    pg_ctl "$1" -w promote >/dev/null
     ;;
   stop)
     need_dir "${1:-}"
