@@ -26,6 +26,7 @@ export {
   MissingPeerDependencyError,
   NotLeaderError,
   PermissionDeniedError,
+  ReadOnlyDatabaseError,
   StoreError,
   TableMissingError,
   fromNative,

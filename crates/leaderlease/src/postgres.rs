@@ -201,6 +201,32 @@ impl PgBackend {
         &self.pool
     }
 
+    /// Refuses a server that cannot write: a standby in recovery, or one whose transactions are
+    /// read-only.
+    async fn check_writable(&self) -> Result<()> {
+        let row = with_conn!(self, "prepare", START_CONNECT_TIMEOUT, |c| {
+            sqlx::query(
+            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on', \
+                    coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'on a local socket')"
+        )
+        .persistent(self.setup.persistent())
+        .fetch_one(c)
+        })?;
+        let (recovery, read_only, server): (bool, bool, String) =
+            (row.get(0), row.get(1), row.get(2));
+        if recovery || read_only {
+            return Err(Error::ReadOnly {
+                server,
+                why: if recovery {
+                    "a standby in recovery, pg_is_in_recovery()".to_owned()
+                } else {
+                    "transaction_read_only is on".to_owned()
+                },
+            });
+        }
+        Ok(())
+    }
+
     /// What of the schema is missing, or `None` when the table is complete.
     async fn missing_parts(&self) -> Result<Option<String>> {
         let table = schema::qualified_table(&self.schema);
@@ -280,6 +306,7 @@ impl Backend for PgBackend {
         Box::pin(async move {
             self.member
                 .get_or_init(|| self.hub.join(&self.schema, self.lock_id));
+            self.check_writable().await?;
             let Some(problem) = self.missing_parts().await? else {
                 return self.check_privileges().await;
             };

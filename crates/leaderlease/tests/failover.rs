@@ -197,3 +197,24 @@ async fn synchronous_standby_promoted_quickly_while_a_leader_renews() {
 async fn synchronous_standby_promoted_slowly_after_the_lease_ran_out() {
     promote_synchronous_standby(Duration::from_millis(2000)).await;
 }
+
+/// Connected to a standby, the start fails with a typed error that names the server, instead of a
+/// misleading permission or database error (or a candidate that never wins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_on_a_standby_is_a_read_only_error() {
+    let primary = ThrowawayPg::start();
+    let standby = primary.standby(&[]);
+    for create_table_on_init in [true, false] {
+        let err = fast()
+            .with_create_table_on_init(create_table_on_init)
+            .connect(&standby.url())
+            .await
+            .expect_err("a standby cannot hold leases");
+        assert_eq!(err.code(), "ERR_READ_ONLY", "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("127.0.0.1:{}", standby.port)) && text.contains("standby"),
+            "{text}"
+        );
+    }
+}
