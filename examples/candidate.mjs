@@ -36,6 +36,8 @@ const config = {
   leaseDuration: Number(args.lease),
   renewalInterval: Number(args.renewal),
   jitterRange: Number(args.jitter),
+  // 'transaction' or 'session' behind PgBouncer (examples/cluster.mjs --pooler).
+  ...(process.env.LEADERLEASE_POOLER ? { pooler: process.env.LEADERLEASE_POOLER } : {}),
 };
 const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 

@@ -5,7 +5,9 @@
 // once and that every new leadership had a greater term, and prints a summary.
 //
 //   DATABASE_URL=postgres://postgres@127.0.0.1:5432/test node examples/cluster.mjs [--rounds N]
-//       [--lease MS] [--renewal MS] [--jitter MS]
+//       [--lease MS] [--renewal MS] [--jitter MS] [--pooler transaction|session]
+//
+// --pooler: DATABASE_URL is a PgBouncer in that pool mode; the candidates are told so (`pooler` option).
 //
 // Times come from process.hrtime.bigint() in each process: CLOCK_MONOTONIC, one clock for every process
 // of the machine. A takeover is measured from the SIGKILL to the new leader's own report; a handover from
@@ -31,10 +33,11 @@ try {
       lease: { type: 'string', default: '1500' },
       renewal: { type: 'string', default: '500' },
       jitter: { type: 'string', default: '200' },
+      pooler: { type: 'string' },
     },
   }));
 } catch (e) {
-  console.error(`${e.message}\nusage: node examples/cluster.mjs [--rounds N] [--lease MS] [--renewal MS] [--jitter MS]`);
+  console.error(`${e.message}\nusage: node examples/cluster.mjs [--rounds N] [--lease MS] [--renewal MS] [--jitter MS] [--pooler transaction|session]`);
   process.exit(2);
 }
 
@@ -58,6 +61,15 @@ const SETTLE_MS = 1000;
 const TAKEOVER_TIMEOUT_MS = 3 * LEASE + 5000;
 const HANDOVER_TIMEOUT_MS = 4 * (RENEWAL + JITTER) + 5000;
 const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+const POOLER = (() => {
+  const v = options.pooler;
+  if (v === undefined) return undefined;
+  if (v !== 'transaction' && v !== 'session' && v !== 'none') {
+    console.error(`--pooler needs transaction, session or none (got ${v})`);
+    process.exit(2);
+  }
+  return v;
+})();
 const SCHEMA = `leaderlease_demo_${process.pid}`;
 
 const now = () => process.hrtime.bigint();
@@ -147,7 +159,10 @@ function spawnCandidate() {
       '--id', id, '--schema', SCHEMA, '--lock-id', '1',
       '--lease', String(LEASE), '--renewal', String(RENEWAL), '--jitter', String(JITTER),
     ],
-    { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: { ...process.env, DATABASE_URL } },
+    {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      env: { ...process.env, DATABASE_URL, ...(POOLER ? { LEADERLEASE_POOLER: POOLER } : {}) },
+    },
   );
   const node = { id, child, ready: false, exited: false, expectExit: false, leader: false, term: null };
   nodes.set(id, node);
@@ -390,7 +405,7 @@ async function main() {
   console.log(
     `leaderlease demo (Node.js): ${CANDIDATES} candidate processes, lease ${LEASE} ms, renewal ${RENEWAL} ± ${JITTER / 2} ms, ${ROUNDS} round(s)`,
   );
-  console.log(`PostgreSQL ${where(DATABASE_URL)}, schema ${SCHEMA}\n`);
+  console.log(`PostgreSQL ${where(DATABASE_URL)}${POOLER ? ` through a pooler in ${POOLER} mode` : ''}, schema ${SCHEMA}\n`);
 
   const first = Array.from({ length: CANDIDATES }, () => spawnCandidate());
   const started = await Promise.all(first.map((n) => waitReady(n)));

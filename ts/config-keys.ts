@@ -17,7 +17,12 @@ export const ELECTOR_CONFIG_KEYS = [
   'operationTimeout',
   'maxEventLoopStall',
   'backend',
+  'ssl',
+  'pooler',
 ] as const;
+
+/** The keys of an `ssl` object that are applied (node-postgres' TLS options). */
+export const SSL_KEYS = ['ca', 'cert', 'key', 'rejectUnauthorized'] as const;
 
 /** `LeaderElectorModule.forRoot(options)` and what a `forRootAsync` factory returns. */
 export const MODULE_OPTION_KEYS = [...ELECTOR_CONFIG_KEYS, 'connectionString', 'spread', 'isGlobal', 'extraProviders'] as const;

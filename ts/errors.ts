@@ -11,6 +11,7 @@ export type LeaderElectionErrorCode =
   | 'ERR_DATABASE_UNREACHABLE'
   | 'ERR_TABLE_MISSING'
   | 'ERR_PERMISSION_DENIED'
+  | 'ERR_READ_ONLY'
   | 'ERR_TIMEOUT'
   | 'ERR_DATABASE'
   | 'ERR_STORE'
@@ -57,6 +58,16 @@ export class TableMissingError extends LeaderElectionError {
 export class PermissionDeniedError extends LeaderElectionError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('ERR_PERMISSION_DENIED', message, options);
+  }
+}
+
+/**
+ * The server is a read-only standby (or its transactions are read-only): leases are written, so the elector
+ * needs the primary. The message names the server.
+ */
+export class ReadOnlyDatabaseError extends LeaderElectionError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_READ_ONLY', message, options);
   }
 }
 
@@ -141,6 +152,7 @@ const BY_CODE: Record<string, new (message: string, options?: { cause?: unknown 
   ERR_DATABASE_UNREACHABLE: DatabaseUnreachableError,
   ERR_TABLE_MISSING: TableMissingError,
   ERR_PERMISSION_DENIED: PermissionDeniedError,
+  ERR_READ_ONLY: ReadOnlyDatabaseError,
   ERR_TIMEOUT: LeaderElectionTimeoutError,
   ERR_DATABASE: DatabaseError,
   ERR_STORE: StoreError,

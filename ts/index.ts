@@ -27,6 +27,7 @@ export {
   MissingPeerDependencyError,
   NotLeaderError,
   PermissionDeniedError,
+  ReadOnlyDatabaseError,
   StoreError,
   TableMissingError,
   fromNative,

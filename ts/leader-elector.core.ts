@@ -3,8 +3,15 @@ import { performance } from 'node:perf_hooks';
 
 import type * as Rx from 'rxjs';
 
-import { Elector, type ElectorOptions, type StateSnapshot, type StatusInfo } from '../native/index.js';
-import { ELECTOR_CONFIG_KEYS, NATS_CONFIG_KEYS, warnUnknownKeys } from './config-keys.js';
+import {
+  Elector,
+  type ElectorOptions,
+  type PgConnection,
+  type PgSsl,
+  type StateSnapshot,
+  type StatusInfo,
+} from '../native/index.js';
+import { ELECTOR_CONFIG_KEYS, NATS_CONFIG_KEYS, SSL_KEYS, warnUnknownKeys } from './config-keys.js';
 import { localDeadline } from './deadline.js';
 import { ElectorShutDownError, FencedError, LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
 import { keepAliveWhile } from './keep-alive.js';
@@ -54,6 +61,22 @@ export interface LeaderElectorConfig {
    * `leaseDuration` (created if missing; a bucket with another `max_age`, or none, is refused).
    */
   backend?: { nats: { servers: string; bucket?: string } };
+  /**
+   * New: TLS for a connection string (`connect(url, { ssl })`, the module's `connectionString`), as a
+   * TypeORM DataSource's `ssl`: `true` (verify the certificate and the host name against the public
+   * roots), `{ ca, cert, key }` (PEM strings or Buffers; verify against `ca`), `{ rejectUnauthorized:
+   * false }` (encrypt, verify nothing). With a DataSource it replaces the DataSource's `ssl`. The URL's
+   * own `sslmode` / `sslrootcert` win over it.
+   */
+  ssl?: SslOptions;
+  /**
+   * New: the pooler between this process and PostgreSQL: `'transaction'` for PgBouncer (or a managed
+   * "pooled" URL) in transaction mode, `'session'` in session mode, `'none'` (default) for a direct
+   * connection. Behind a transaction pooler every statement runs in a transaction of its own and no
+   * LISTEN is used, so a release is taken within `renewalInterval + jitterRange / 2` (polling) instead of
+   * milliseconds. See docs/design.md, "Production PostgreSQL".
+   */
+  pooler?: 'none' | 'session' | 'transaction';
 }
 
 /** What {@link LeaderElectorCore.fence} runs its statement on: anything with `query(sql, params)`. */
@@ -66,6 +89,23 @@ export const FENCE_SQLSTATE = 'LLF01';
 
 /** The elector and the tracked Promise of each running leader job, by its context. */
 const jobOf = new WeakMap<LeaderJobContext, { owner: object; job: Promise<void> }>();
+
+/** A PEM certificate or key: a string, a Buffer, or a list of them (as Node's `tls` takes them). */
+export type PemInput = string | Buffer | ReadonlyArray<string | Buffer>;
+
+/** TLS settings, as a TypeORM DataSource's (node-postgres') `ssl` option. */
+export type SslOptions =
+  | boolean
+  | {
+      /** Trusted CA certificate(s), PEM. */
+      ca?: PemInput;
+      /** Client certificate, PEM. */
+      cert?: PemInput;
+      /** Client private key, PEM, unencrypted. */
+      key?: PemInput;
+      /** `false`: encrypt without verifying the server's certificate (`sslmode=require`). */
+      rejectUnauthorized?: boolean;
+    };
 
 /** Now on the native deadline clock (see deadline.ts). */
 const nativeClockNow = (): number => Elector.clockNow();
@@ -118,16 +158,23 @@ export interface DataSourceLike {
   options: object;
 }
 
-/** The connection options of a PostgreSQL DataSource that are read. */
-interface PostgresOptionsLike {
-  type?: string;
+/** The credentials of a PostgreSQL DataSource (or of its `replication.master`) that are read. */
+interface PostgresCredentialsLike {
   url?: string;
   host?: string;
   port?: number;
   username?: string;
   password?: string | (() => string) | (() => Promise<string>);
   database?: string;
-  ssl?: boolean | { rejectUnauthorized?: boolean };
+  ssl?: unknown;
+  applicationName?: string;
+}
+
+/** The connection options of a PostgreSQL DataSource that are read. */
+interface PostgresOptionsLike extends PostgresCredentialsLike {
+  type?: string;
+  replication?: { master?: PostgresCredentialsLike };
+  extra?: { ssl?: unknown; application_name?: unknown; options?: unknown };
 }
 
 const NUMBER_FIELDS = [
@@ -141,6 +188,68 @@ const NUMBER_FIELDS = [
   'maxEventLoopStall',
 ] as const;
 const STRING_FIELDS = ['instanceId', 'schema'] as const;
+const POOLERS = ['none', 'session', 'transaction'] as const;
+
+function configError(message: string): LeaderElectionConfigError {
+  return new LeaderElectionConfigError(`invalid leader election config: ${message}`);
+}
+
+/** PEM text from a string, a Buffer or a list of them. */
+function pemText(value: unknown, field: string): string {
+  const parts = Array.isArray(value) ? value : [value];
+  return parts
+    .map((part: unknown) => {
+      if (typeof part === 'string') return part;
+      if (Buffer.isBuffer(part)) return part.toString('utf8');
+      throw configError(`\`${field}\` must be PEM text: a string, a Buffer or a list of them (got ${typeof part})`);
+    })
+    .join('\n');
+}
+
+/**
+ * The native TLS settings of an `ssl` option as node-postgres reads it: `true` and an object verify the
+ * certificate and the host name (`verify-full`), `rejectUnauthorized: false` verifies nothing (`require`),
+ * `false` turns TLS off (`disable`); `undefined` / `null` leaves it to the URL (libpq's default `prefer`).
+ */
+export function sslSettings(ssl: unknown, field = 'ssl'): PgSsl | undefined {
+  if (ssl === undefined || ssl === null) return undefined;
+  if (ssl === true) return { mode: 'verify-full' };
+  if (ssl === false) return { mode: 'disable' };
+  if (typeof ssl !== 'object' || Array.isArray(ssl)) {
+    throw configError(`\`${field}\` must be a boolean or an object (got ${typeof ssl})`);
+  }
+  const o = ssl as Record<string, unknown>;
+  if (o.passphrase !== undefined) {
+    throw configError(`\`${field}.passphrase\`: an encrypted private key is not supported; give the key decrypted`);
+  }
+  warnUnknownKeys(o, SSL_KEYS, `\`${field}\` settings (not applied)`);
+  if (o.rejectUnauthorized !== undefined && typeof o.rejectUnauthorized !== 'boolean') {
+    throw configError(`\`${field}.rejectUnauthorized\` must be a boolean (got ${typeof o.rejectUnauthorized})`);
+  }
+  const out: PgSsl = { mode: o.rejectUnauthorized === false ? 'require' : 'verify-full' };
+  for (const key of ['ca', 'cert', 'key'] as const) {
+    if (o[key] !== undefined && o[key] !== null) out[key] = pemText(o[key], `${field}.${key}`);
+  }
+  if ((out.cert === undefined) !== (out.key === undefined)) {
+    throw configError(`\`${field}.cert\` and \`${field}.key\` must be given together`);
+  }
+  return out;
+}
+
+/** The `pooler` setting, checked. */
+function poolerSetting(config: LeaderElectorConfig | undefined): string | undefined {
+  const pooler: unknown = config?.pooler;
+  if (pooler === undefined || pooler === null) return undefined;
+  if (typeof pooler !== 'string' || !(POOLERS as readonly string[]).includes(pooler)) {
+    throw configError(`\`pooler\` must be 'none', 'session' or 'transaction' (got ${JSON.stringify(pooler)})`);
+  }
+  return pooler;
+}
+
+/** The native connection settings for a connection string and the config's `ssl` and `pooler`. */
+function connectionForUrl(url: string, config: LeaderElectorConfig | undefined): PgConnection {
+  return { url, ssl: sslSettings(config?.ssl), pooler: poolerSetting(config) };
+}
 
 /**
  * Checks the types of the settings (the native core checks their values) and copies the known ones;
@@ -193,9 +302,62 @@ function toNativeOptions(config: LeaderElectorConfig | undefined): ElectorOption
   return out;
 }
 
+/** The DataSource's options, checked to be a PostgreSQL DataSource's. */
+function postgresOptions(dataSource: DataSourceLike): PostgresOptionsLike {
+  const o = dataSource?.options as PostgresOptionsLike | undefined;
+  if (!o || typeof o !== 'object') {
+    throw configError('`dataSource` must be a TypeORM DataSource (it has no `options`)');
+  }
+  if (o.type !== undefined && o.type !== 'postgres') {
+    throw configError(`\`dataSource\` must be a PostgreSQL DataSource (got type ${JSON.stringify(o.type)})`);
+  }
+  return o;
+}
+
+/**
+ * The connection settings of a TypeORM DataSource, field by field, as TypeORM hands them to node-postgres:
+ * the credentials of `replication.master` when replication is set, else the DataSource's own (`url`,
+ * `host`, `port`, `username`, `password` (a function is called), `database`, `ssl` with `ca` / `cert` /
+ * `key` / `rejectUnauthorized`); `applicationName`; from `extra` (which TypeORM applies last) `ssl`,
+ * `application_name` and `options`. What the `url` says wins over the fields, as in node-postgres.
+ */
+export async function connectionSettingsFromDataSource(dataSource: DataSourceLike): Promise<PgConnection> {
+  const o = postgresOptions(dataSource);
+  const master = o.replication?.master;
+  const cred: PostgresCredentialsLike = o.replication ? (master ?? {}) : o;
+  if (o.replication && (master === undefined || master === null || typeof master !== 'object')) {
+    throw configError('`dataSource.options.replication.master` must be an object: the elector writes, so it needs the master');
+  }
+  const password = typeof cred.password === 'function' ? await cred.password() : cred.password;
+  const extra = o.extra !== null && typeof o.extra === 'object' ? o.extra : {};
+  const ssl = 'ssl' in extra ? sslSettings(extra.ssl, 'extra.ssl') : sslSettings(cred.ssl);
+  const appName = 'application_name' in extra ? extra.application_name : (o.applicationName ?? cred.applicationName);
+  const str = (v: unknown, field: string): string | undefined => {
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== 'string') throw configError(`\`${field}\` must be a string (got ${typeof v})`);
+    return v;
+  };
+  const port = cred.port;
+  if (port !== undefined && port !== null && typeof port !== 'number') {
+    throw configError(`\`port\` must be a number (got ${typeof port})`);
+  }
+  return {
+    url: str(cred.url, 'url') || undefined,
+    host: str(cred.host, 'host'),
+    port: port ?? undefined,
+    user: str(cred.username, 'username'),
+    password: str(password, 'password'),
+    database: str(cred.database, 'database'),
+    applicationName: str(appName, 'applicationName'),
+    options: str(extra.options, 'extra.options'),
+    ssl,
+  };
+}
+
 /**
  * A PostgreSQL connection string built from a TypeORM DataSource's options: its `url`, or
- * host/port/username/password/database/ssl.
+ * host/port/username/password/database/ssl. It cannot carry `ssl.ca`, `cert` or `key`: the elector
+ * itself uses {@link connectionSettingsFromDataSource}, which keeps them.
  */
 export async function connectionStringFromDataSource(dataSource: DataSourceLike): Promise<string> {
   const o = dataSource?.options as PostgresOptionsLike | undefined;
@@ -211,7 +373,8 @@ export async function connectionStringFromDataSource(dataSource: DataSourceLike)
   }
   let sslmode: string | null = null;
   if (o.ssl) {
-    sslmode = typeof o.ssl === 'object' && o.ssl.rejectUnauthorized === false ? 'require' : 'verify-full';
+    const ssl = o.ssl as { rejectUnauthorized?: unknown };
+    sslmode = typeof ssl === 'object' && ssl.rejectUnauthorized === false ? 'require' : 'verify-full';
   }
   if (o.url) {
     if (sslmode === null || /[?&]sslmode=/.test(o.url)) return o.url;
@@ -359,11 +522,11 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     try {
       const options = toNativeOptions(config);
       const nats = config?.backend?.nats;
-      let url = '';
+      let connection: PgConnection = {};
       if (nats) {
         // The lease lives in NATS: the source is not used.
       } else if (typeof source === 'string') {
-        url = source;
+        connection = connectionForUrl(source, config);
       } else {
         const ds = source?.manager?.dataSource ?? source?.manager?.connection;
         if (!ds) {
@@ -371,7 +534,9 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
             'invalid leader election config: expected a connection string or a TypeORM repository',
           );
         }
-        url = await connectionStringFromDataSource(ds);
+        connection = await connectionSettingsFromDataSource(ds);
+        if (config?.ssl !== undefined) connection.ssl = sslSettings(config.ssl);
+        connection.pooler = poolerSetting(config);
         const tableSchema = source.metadata?.schema;
         if (options.schema === undefined && typeof tableSchema === 'string' && tableSchema !== '') {
           options.schema = tableSchema;
@@ -379,7 +544,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
       }
       native = nats
         ? await Elector.connectNats(nats.servers, nats.bucket ?? null, options)
-        : await Elector.connect(url, options);
+        : await Elector.connectPg(connection, options);
     } catch (err) {
       throw fromNative(err);
     }
@@ -456,15 +621,19 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     return LeaderElectorCore.connect('', { ...rest, backend: { nats: { servers, bucket } } });
   }
 
-  /** Starts on the server of a TypeORM DataSource (its url, or host/port/user/password/database/ssl). */
+  /**
+   * Starts on the server of a TypeORM DataSource (see {@link connectionSettingsFromDataSource}: its url or
+   * host/port/username/password/database, `ssl` with its certificates, `replication.master`, `extra`).
+   */
   static async create(dataSource: DataSourceLike, config: LeaderElectorConfig = {}): Promise<LeaderElectorCore> {
-    let url: string;
     try {
-      url = await connectionStringFromDataSource(dataSource);
+      postgresOptions(dataSource);
     } catch (err) {
       throw fromNative(err);
     }
-    return LeaderElectorCore.connect(url, config);
+    const elector = new LeaderElectorCore({ manager: { dataSource } }, config);
+    await elector.ready();
+    return elector;
   }
 
   /**

@@ -86,6 +86,99 @@ pub struct ElectorOptions {
     pub max_event_loop_stall: Option<f64>,
 }
 
+/// TLS settings given as values (a TypeORM DataSource's `ssl` object, normalised by the TypeScript
+/// layer): `mode` is an `sslmode` (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`; default
+/// `verify-full`), `ca`, `cert` and `key` are PEM text.
+#[napi(object)]
+#[derive(Debug, Default)]
+pub struct PgSsl {
+    /// The `sslmode`.
+    pub mode: Option<String>,
+    /// Trusted CA certificate(s), PEM.
+    pub ca: Option<String>,
+    /// Client certificate chain, PEM.
+    pub cert: Option<String>,
+    /// Client private key, PEM, unencrypted.
+    pub key: Option<String>,
+}
+
+/// Where and how to connect to PostgreSQL, field by field (the core's `PgSettings`). A `url` is read
+/// as libpq reads it; the other fields fill in what it does not say.
+#[napi(object)]
+#[derive(Debug, Default)]
+pub struct PgConnection {
+    /// A connection string.
+    pub url: Option<String>,
+    /// Host name, IP address, or a Unix socket directory.
+    pub host: Option<String>,
+    /// Port.
+    pub port: Option<f64>,
+    /// User name.
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// Database name.
+    pub database: Option<String>,
+    /// `application_name` of the sessions.
+    pub application_name: Option<String>,
+    /// Startup `options` (`-c name=value ...`).
+    pub options: Option<String>,
+    /// TLS settings given as values.
+    pub ssl: Option<PgSsl>,
+    /// `none`, `session` or `transaction` (default `none`).
+    pub pooler: Option<String>,
+}
+
+impl PgConnection {
+    fn into_settings(self) -> std::result::Result<leaderlease::PgSettings, ConfigError> {
+        let port = match self.port {
+            None => None,
+            Some(p) if p.fract() == 0.0 && (1.0..=65535.0).contains(&p) => Some(p as u16),
+            Some(p) => {
+                return Err(ConfigError::new(
+                    "port",
+                    format!("must be an integer from 1 to 65535 (got {p})"),
+                ));
+            }
+        };
+        let tls = match self.ssl {
+            None => None,
+            Some(ssl) => Some(leaderlease::TlsSettings {
+                mode: match ssl.mode.as_deref() {
+                    None => None,
+                    Some(m) => Some(m.parse::<leaderlease::PgSslMode>().map_err(|_| {
+                        ConfigError::new(
+                            "ssl.mode",
+                            format!(
+                                "must be disable, allow, prefer, require, verify-ca or verify-full \
+                                 (got {m:?})"
+                            ),
+                        )
+                    })?),
+                },
+                ca: ssl.ca,
+                cert: ssl.cert,
+                key: ssl.key,
+            }),
+        };
+        Ok(leaderlease::PgSettings {
+            url: self.url,
+            host: self.host,
+            port,
+            username: self.user,
+            password: self.password,
+            database: self.database,
+            application_name: self.application_name,
+            options: self.options,
+            tls,
+            pooler: match self.pooler.as_deref() {
+                None => leaderlease::Pooler::None,
+                Some(p) => p.parse()?,
+            },
+        })
+    }
+}
+
 /// Smallest accepted non-zero `maxEventLoopStall`.
 const MIN_EVENT_LOOP_STALL: Duration = Duration::from_millis(10);
 
@@ -372,6 +465,28 @@ impl Elector {
             h.beat();
         }
         let inner = leaderlease::Elector::connect_shared(&url, config)
+            .await
+            .map_err(to_js)?;
+        Ok(Self::new(inner, heartbeat))
+    }
+
+    /// Like `connect`, with the connection given field by field (a TypeORM DataSource's settings, TLS
+    /// certificates as PEM text, a pooler in between). Elections whose connection and operation timeout
+    /// are equal share one hub.
+    #[napi(factory)]
+    pub async fn connect_pg(
+        connection: PgConnection,
+        options: Option<ElectorOptions>,
+    ) -> Result<Self> {
+        let settings = connection.into_settings().map_err(|e| to_js(e.into()))?;
+        let (config, heartbeat) = options
+            .unwrap_or_default()
+            .into_config()
+            .map_err(|e| to_js(e.into()))?;
+        if let Some(h) = &heartbeat {
+            h.beat();
+        }
+        let inner = leaderlease::Elector::connect_shared_settings(&settings, config)
             .await
             .map_err(to_js)?;
         Ok(Self::new(inner, heartbeat))

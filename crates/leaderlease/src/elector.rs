@@ -14,6 +14,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::backend::{AcquireOutcome, Backend, ObservedLease};
 use crate::clock::LeaseClock;
 use crate::config::{ElectorBuilder, ElectorConfig};
+use crate::conn::PgSettings;
 use crate::hub::PgHub;
 use crate::postgres::PgBackend;
 use crate::{Error, Result};
@@ -192,6 +193,15 @@ impl ElectorBuilder {
     pub async fn connect(self, url: &str) -> Result<Elector> {
         Elector::connect(url, self.build()?).await
     }
+    /// Builds the config, connects with settings given field by field (see [`PgSettings`]) with a hub of
+    /// its own, and starts campaigning.
+    pub async fn connect_settings(self, settings: &PgSettings) -> Result<Elector> {
+        Elector::connect_settings(settings, self.build()?).await
+    }
+    /// Builds the config and starts campaigning on the process's shared hub for `settings`.
+    pub async fn connect_shared_settings(self, settings: &PgSettings) -> Result<Elector> {
+        Elector::connect_shared_settings(settings, self.build()?).await
+    }
     /// Builds the config and starts campaigning on `hub`, with the other elections of the process on it.
     pub async fn start_with_hub(self, hub: &PgHub) -> Result<Elector> {
         Elector::with_hub(hub, self.build()?).await
@@ -241,6 +251,23 @@ impl Elector {
     /// batched renewals, and the hub closes with the last of them. All must run on one Tokio runtime.
     pub async fn connect_shared(url: &str, config: ElectorConfig) -> Result<Self> {
         let backend = PgBackend::connect_shared(url, &config).await?;
+        Self::start(backend, config).await
+    }
+
+    /// Like [`connect`](Self::connect), from settings given field by field: TLS certificates as values,
+    /// a pooler in between (see [`PgSettings`]).
+    pub async fn connect_settings(settings: &PgSettings, config: ElectorConfig) -> Result<Self> {
+        let backend = PgBackend::connect_settings(settings, &config).await?;
+        Self::start(backend, config).await
+    }
+
+    /// Like [`connect_shared`](Self::connect_shared), from settings given field by field: elections
+    /// whose settings and operation timeout are equal share one hub.
+    pub async fn connect_shared_settings(
+        settings: &PgSettings,
+        config: ElectorConfig,
+    ) -> Result<Self> {
+        let backend = PgBackend::connect_shared_settings(settings, &config).await?;
         Self::start(backend, config).await
     }
 

@@ -42,6 +42,18 @@ pub enum Error {
         /// The privileges needed.
         needs: String,
     },
+    /// The server is a read-only standby (`pg_is_in_recovery()`) or refuses writes
+    /// (`default_transaction_read_only`): leases need the primary.
+    #[error(
+        "the database server {server} is read-only ({why}): leases are written, connect to the primary \
+         (after a failover, to the promoted server)"
+    )]
+    ReadOnly {
+        /// Address and port of the server, as it reports them.
+        server: String,
+        /// Why: a standby in recovery, or read-only transactions.
+        why: String,
+    },
     /// A database operation did not finish within the operation timeout.
     #[error("{operation} timed out after {after:?}")]
     Timeout {
@@ -98,6 +110,7 @@ impl Error {
         "ERR_DATABASE_UNREACHABLE",
         "ERR_TABLE_MISSING",
         "ERR_PERMISSION_DENIED",
+        "ERR_READ_ONLY",
         "ERR_TIMEOUT",
         "ERR_DATABASE",
         "ERR_STORE",
@@ -113,6 +126,7 @@ impl Error {
             Error::Unreachable { .. } => "ERR_DATABASE_UNREACHABLE",
             Error::TableMissing { .. } => "ERR_TABLE_MISSING",
             Error::PermissionDenied { .. } => "ERR_PERMISSION_DENIED",
+            Error::ReadOnly { .. } => "ERR_READ_ONLY",
             Error::Timeout { .. } => "ERR_TIMEOUT",
             Error::Database { .. } => "ERR_DATABASE",
             Error::Store { .. } => "ERR_STORE",
@@ -142,6 +156,10 @@ mod tests {
             Error::PermissionDenied {
                 object: String::new(),
                 needs: String::new(),
+            },
+            Error::ReadOnly {
+                server: String::new(),
+                why: String::new(),
             },
             Error::Timeout {
                 operation: "x",

@@ -3,7 +3,6 @@
 //! reads of many elections into one statement each.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -16,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::backend::ObservedLease;
+use crate::conn::{PgSettings, Pooler, SessionSetup};
 use crate::schema;
 use crate::{Error, Result};
 
@@ -44,7 +44,10 @@ const MAX_BATCH: usize = 1000;
 
 /// Runs `$body` (which uses the connection bound to `$c`) within the operation timeout, the wait for a
 /// connection included. A connection whose statement timed out or broke is closed, not pooled again, so
-/// a half-finished exchange is never reused. `$self` needs `pool` and `timeout` fields.
+/// a half-finished exchange is never reused. Behind a transaction pooler the statement runs in a
+/// transaction of its own, opened with the `SET LOCAL`s of [`SessionSetup`](crate::conn::SessionSetup)
+/// and committed after it (any failure closes the connection, which ends that transaction). `$self`
+/// needs `pool`, `timeout` and `setup` fields.
 macro_rules! with_conn {
     ($self:ident, $op:literal, |$c:ident| $body:expr) => {
         with_conn!($self, $op, $self.timeout, |$c| $body)
@@ -67,10 +70,24 @@ macro_rules! with_conn {
             }
             Ok(Ok(conn)) => conn,
         };
-        let outcome = {
-            let $c = &mut *conn;
-            timeout_at(deadline, $body).await
-        };
+        let begin = $self.setup.begin.clone();
+        let in_transaction = begin.is_some();
+        let outcome = timeout_at(deadline, async {
+            if let Some(begin) = begin {
+                sqlx::raw_sql(AssertSqlSafe(begin.to_string()))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            let value = {
+                let $c = &mut *conn;
+                $body.await?
+            };
+            if in_transaction {
+                sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+            }
+            Ok::<_, sqlx::Error>(value)
+        })
+        .await;
         match outcome {
             Err(_) => {
                 conn.close_on_drop();
@@ -80,7 +97,7 @@ macro_rules! with_conn {
                 })
             }
             Ok(Err(source)) => {
-                if !matches!(source, sqlx::Error::Database(_)) {
+                if in_transaction || !matches!(source, sqlx::Error::Database(_)) {
                     conn.close_on_drop();
                 }
                 Err(Error::Database {
@@ -127,7 +144,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// ```
 #[derive(Clone, Debug)]
 pub struct PgHub {
-    inner: Arc<HubInner>,
+    pub(crate) inner: Arc<HubInner>,
 }
 
 pub(crate) struct HubInner {
@@ -135,6 +152,8 @@ pub(crate) struct HubInner {
     owns_pool: bool,
     /// Operation timeout of the batched statements.
     pub(crate) timeout: Duration,
+    /// How the sessions get their settings, by pooler.
+    pub(crate) setup: SessionSetup,
     /// Closed by the last election that leaves it (hubs made for one election, and shared ones).
     close_when_unused: bool,
     users: AtomicUsize,
@@ -177,7 +196,16 @@ impl PgHub {
     /// `statement_timeout` and `idle_in_transaction_session_timeout` = `operation_timeout`, and
     /// `application_name` `leaderlease` unless the URL sets one.
     pub async fn connect(url: &str, operation_timeout: Duration) -> Result<Self> {
-        Self::open(url, operation_timeout, false, None).await
+        Self::open(&PgSettings::from_url(url), operation_timeout, false, None).await
+    }
+
+    /// Like [`connect`](Self::connect), from settings given field by field (TLS certificates as values,
+    /// a pooler in between; see [`PgSettings`]).
+    pub async fn connect_settings(
+        settings: &PgSettings,
+        operation_timeout: Duration,
+    ) -> Result<Self> {
+        Self::open(settings, operation_timeout, false, None).await
     }
 
     /// The hub of this process for `url` and `operation_timeout`, opened on first use and closed when the
@@ -185,12 +213,25 @@ impl PgHub {
     /// timeout shares its pool, its `LISTEN` connection and its batches. All must run on one Tokio
     /// runtime (as in a Node.js process, or an application with one runtime).
     pub async fn shared(url: &str, operation_timeout: Duration) -> Result<Self> {
-        let key = format!("{}\n{url}", operation_timeout.as_millis());
+        Self::shared_settings(&PgSettings::from_url(url), operation_timeout).await
+    }
+
+    /// Like [`shared`](Self::shared), from settings given field by field: elections share a hub when
+    /// all their settings are equal.
+    pub async fn shared_settings(
+        settings: &PgSettings,
+        operation_timeout: Duration,
+    ) -> Result<Self> {
+        let key = format!(
+            "{}\n{}",
+            operation_timeout.as_millis(),
+            settings.sharing_key()
+        );
         let found = Self::reserve(&mut lock(&SHARED), &key);
         if let Some(hub) = found {
             return Ok(hub);
         }
-        let hub = Self::open(url, operation_timeout, true, Some(key.clone())).await?;
+        let hub = Self::open(settings, operation_timeout, true, Some(key.clone())).await?;
         // Another caller may have opened one meanwhile: use the first, close ours.
         let existing = {
             let mut map = lock(&SHARED);
@@ -227,24 +268,25 @@ impl PgHub {
     }
 
     pub(crate) async fn open(
-        url: &str,
+        settings: &PgSettings,
         timeout: Duration,
         close_when_unused: bool,
         shared_key: Option<String>,
     ) -> Result<Self> {
-        let mut options = PgConnectOptions::from_str(url).map_err(|e| Error::Unreachable {
-            message: format!("invalid connection string: {e}"),
-            source: Some(e),
-        })?;
+        let mut options = settings.connect_options()?;
         if options.get_application_name().is_none() {
             options = options.application_name("leaderlease");
         }
-        let timeout_ms = timeout.as_millis().to_string();
-        options = options.options([
-            ("statement_timeout", timeout_ms.as_str()),
-            ("idle_in_transaction_session_timeout", timeout_ms.as_str()),
-        ]);
-        Self::open_with(options, timeout, close_when_unused, shared_key).await
+        if settings.pooler == Pooler::None {
+            // Startup options: no statement to run. A pooler refuses them; it gets `SET`s instead.
+            let timeout_ms = timeout.as_millis().to_string();
+            options = options.options([
+                ("statement_timeout", timeout_ms.as_str()),
+                ("idle_in_transaction_session_timeout", timeout_ms.as_str()),
+            ]);
+        }
+        let setup = SessionSetup::new(settings.pooler, timeout);
+        Self::open_setup(options, setup, timeout, close_when_unused, shared_key).await
     }
 
     /// Like [`connect`](Self::connect), from parsed options (used as given).
@@ -261,19 +303,50 @@ impl PgHub {
         close_when_unused: bool,
         shared_key: Option<String>,
     ) -> Result<Self> {
+        let setup = SessionSetup::new(Pooler::None, timeout);
+        Self::open_setup(options, setup, timeout, close_when_unused, shared_key).await
+    }
+
+    async fn open_setup(
+        options: PgConnectOptions,
+        setup: SessionSetup,
+        timeout: Duration,
+        close_when_unused: bool,
+        shared_key: Option<String>,
+    ) -> Result<Self> {
         let target = match options.get_socket() {
             Some(dir) => format!("socket in {}", dir.display()),
             None => format!("{}:{}", options.get_host(), options.get_port()),
         };
         let wait = timeout.max(START_CONNECT_TIMEOUT);
-        match tokio::time::timeout(wait, PgConnection::connect_with(&options)).await {
+        let after_connect = setup.after_connect.clone();
+        let check = async {
+            let mut conn = PgConnection::connect_with(&options).await?;
+            if let Some(sql) = &after_connect {
+                sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+                    .execute(&mut conn)
+                    .await?;
+            }
+            let _ = conn.close().await;
+            Ok::<_, sqlx::Error>(())
+        };
+        match tokio::time::timeout(wait, check).await {
             Err(_) => return Err(unreachable_error(sqlx::Error::PoolTimedOut, &target, wait)),
             Ok(Err(e)) => return Err(unreachable_error(e, &target, wait)),
-            Ok(Ok(conn)) => {
-                let _ = conn.close().await;
-            }
+            Ok(Ok(())) => {}
         }
         let pool = PgPoolOptions::new()
+            .after_connect(move |conn, _| {
+                let sql = after_connect.clone();
+                Box::pin(async move {
+                    if let Some(sql) = sql {
+                        sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .max_connections(OWNED_POOL_MAX_CONNECTIONS)
             .min_connections(0)
             // Every runtime operation is bounded by the operation timeout; this only bounds opening a
@@ -286,6 +359,7 @@ impl PgHub {
             pool,
             true,
             options,
+            setup,
             timeout,
             close_when_unused,
             shared_key,
@@ -297,7 +371,15 @@ impl PgHub {
     /// the pool open. Statement timeouts rest on the client side (`operation_timeout`).
     pub fn with_pool(pool: PgPool, operation_timeout: Duration) -> Self {
         let options = (*pool.connect_options()).clone();
-        Self::build(pool, false, options, operation_timeout, false, None)
+        Self::build(
+            pool,
+            false,
+            options,
+            SessionSetup::untouched(),
+            operation_timeout,
+            false,
+            None,
+        )
     }
 
     /// The process's hub for an application pool (keyed by the pool's identity and the timeout), with
@@ -313,6 +395,7 @@ impl PgHub {
             pool,
             false,
             (*options).clone(),
+            SessionSetup::untouched(),
             timeout,
             true,
             Some(key.clone()),
@@ -325,14 +408,18 @@ impl PgHub {
         pool: PgPool,
         owns_pool: bool,
         options: PgConnectOptions,
+        setup: SessionSetup,
         timeout: Duration,
         close_when_unused: bool,
         shared_key: Option<String>,
     ) -> Self {
+        // Behind a transaction pooler a LISTEN holds nothing: no LISTEN connection, candidates poll.
+        let listen_options = (setup.pooler != Pooler::Transaction).then_some(options);
         let inner = Arc::new(HubInner {
             pool,
             owns_pool,
             timeout,
+            setup,
             close_when_unused,
             users: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -341,11 +428,16 @@ impl PgHub {
             batchers: Mutex::default(),
             stats: Arc::default(),
             stop: CancellationToken::new(),
-            listen_options: Mutex::new(Some(options)),
+            listen_options: Mutex::new(listen_options),
             listen_task: Mutex::new(None),
             shared_key,
         });
         Self { inner }
+    }
+
+    /// The pooler the hub's connections go through, as it was told.
+    pub fn pooler(&self) -> Pooler {
+        self.inner.setup.pooler
     }
 
     /// The pool the hub's elections use.
@@ -792,6 +884,7 @@ impl Batcher {
         let runner = BatchRunner {
             pool: hub.pool.clone(),
             timeout: hub.timeout,
+            setup: hub.setup.clone(),
             renew: renew_batch_sql(schema),
             observe: observe_batch_sql(schema),
             stats: hub.stats.clone(),
@@ -834,6 +927,7 @@ fn observe_batch_sql(schema: &str) -> String {
 struct BatchRunner {
     pool: PgPool,
     timeout: Duration,
+    setup: SessionSetup,
     renew: String,
     observe: String,
     stats: Arc<Counters>,
@@ -923,6 +1017,7 @@ impl BatchRunner {
         let rows = with_conn!(self, "renew", |c| sqlx::query(AssertSqlSafe(
             self.renew.as_str()
         ))
+        .persistent(self.setup.persistent())
         .bind(ids)
         .bind(leaders)
         .bind(terms)
@@ -938,6 +1033,7 @@ impl BatchRunner {
         let rows = with_conn!(self, "observe", |c| sqlx::query(AssertSqlSafe(
             self.observe.as_str()
         ))
+        .persistent(self.setup.persistent())
         .bind(ids)
         .fetch_all(c))?;
         Ok(rows
@@ -1027,11 +1123,46 @@ pub(crate) fn unreachable_error(e: sqlx::Error, target: &str, timeout: Duration)
         sqlx::Error::PoolTimedOut => format!(
             "no connection to {target} within {timeout:?} (server down, unreachable or too slow)"
         ),
+        sqlx::Error::Tls(tls) => format!(
+            "TLS with {target} failed: {tls}{}",
+            tls_hint(&tls.to_string())
+        ),
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            // rustls reports a certificate it rejects as invalid data on the socket.
+            format!(
+                "TLS with {target} failed: {io}{}",
+                tls_hint(&io.to_string())
+            )
+        }
+        sqlx::Error::Database(db) if db.message().contains("unsupported startup parameter") => {
+            format!(
+                "{target} refused a startup parameter ({}): a pooler such as PgBouncer is in between; \
+             set `pooler` to `session` or `transaction` (its pool_mode)",
+                db.message()
+            )
+        }
         other => format!("cannot connect to {target}: {other}"),
     };
     Error::Unreachable {
         message,
         source: Some(e),
+    }
+}
+
+/// What to do about a TLS failure, from the words of the TLS library's error.
+fn tls_hint(error: &str) -> &'static str {
+    if error.contains("UnknownIssuer") || error.contains("unknown issuer") {
+        " (the server's certificate is not signed by a trusted CA: give the CA that signed it, \
+         `ssl.ca` or `sslrootcert`)"
+    } else if error.contains("NotValidForName") || error.contains("not valid for name") {
+        " (the server's certificate does not name this host: connect by a name it lists, or use \
+         sslmode=verify-ca to check the CA only)"
+    } else if error.contains("does not support TLS") {
+        " (the server has TLS off: turn `ssl` on there, or connect without TLS)"
+    } else if error.contains("Expired") {
+        " (the server's certificate has expired)"
+    } else {
+        ""
     }
 }
 

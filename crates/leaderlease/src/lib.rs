@@ -75,6 +75,7 @@ struct ReadmeDoctests;
 pub mod backend;
 mod clock;
 mod config;
+mod conn;
 mod elector;
 mod error;
 mod fence;
@@ -88,6 +89,7 @@ pub mod schema;
 
 pub use backend::{AcquireOutcome, Backend, ObservedLease};
 pub use config::*;
+pub use conn::{PgSettings, Pooler, TlsSettings};
 pub use elector::{
     ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LIVENESS_RECHECK_INTERVAL, LeaderInfo, Lease,
     LivenessCheck, Snapshot, Status,
@@ -102,4 +104,5 @@ pub use hub::{
 pub use nats::NatsBackend;
 pub use postgres::PgBackend;
 pub use sqlx::PgPool;
+pub use sqlx::postgres::{PgConnectOptions, PgSslMode};
 pub use tokio_util::sync::CancellationToken;

@@ -17,6 +17,7 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::backend::{AcquireOutcome, Backend, BoxFuture, ObservedLease};
 use crate::config::{CLEANUP_GRACE, ElectorConfig};
+use crate::conn::{PgSettings, SessionSetup};
 use crate::hub::{self, MAX_BATCH_WINDOW, Member, PgHub, RELEASE_CHANNEL, START_CONNECT_TIMEOUT};
 use crate::schema::{self, quote_ident};
 use crate::{Error, Result};
@@ -93,6 +94,8 @@ impl Statements {
 pub struct PgBackend {
     pool: PgPool,
     hub: PgHub,
+    /// How the hub's sessions get their settings (a copy, for `with_conn!`).
+    setup: SessionSetup,
     member: OnceLock<Member>,
     schema: String,
     lock_id: i32,
@@ -113,7 +116,12 @@ impl PgBackend {
     /// connection) to `url` and checks that the database answers; both close with the election. See
     /// [`PgHub::connect`] for the session settings.
     pub async fn connect(url: &str, config: &ElectorConfig) -> Result<Self> {
-        let hub = PgHub::open(url, config.operation_timeout(), true, None).await?;
+        Self::connect_settings(&PgSettings::from_url(url), config).await
+    }
+
+    /// Like [`connect`](Self::connect), from settings given field by field (see [`PgSettings`]).
+    pub async fn connect_settings(settings: &PgSettings, config: &ElectorConfig) -> Result<Self> {
+        let hub = PgHub::open(settings, config.operation_timeout(), true, None).await?;
         Ok(Self::on_hub(hub, config, false))
     }
 
@@ -121,7 +129,15 @@ impl PgBackend {
     /// ([`PgHub::shared`]): every election of the process on the same URL shares one pool, one `LISTEN`
     /// connection and batched renewals; the hub closes when the last of them stops.
     pub async fn connect_shared(url: &str, config: &ElectorConfig) -> Result<Self> {
-        let hub = PgHub::shared(url, config.operation_timeout()).await?;
+        Self::connect_shared_settings(&PgSettings::from_url(url), config).await
+    }
+
+    /// Like [`connect_shared`](Self::connect_shared), from settings given field by field.
+    pub async fn connect_shared_settings(
+        settings: &PgSettings,
+        config: &ElectorConfig,
+    ) -> Result<Self> {
+        let hub = PgHub::shared_settings(settings, config.operation_timeout()).await?;
         Ok(Self::on_hub(hub, config, true))
     }
 
@@ -153,6 +169,7 @@ impl PgBackend {
         }
         Self {
             pool: hub.pool().clone(),
+            setup: hub.inner.setup.clone(),
             hub,
             member: OnceLock::new(),
             schema: config.schema().to_owned(),
@@ -184,6 +201,32 @@ impl PgBackend {
         &self.pool
     }
 
+    /// Refuses a server that cannot write: a standby in recovery, or one whose transactions are
+    /// read-only.
+    async fn check_writable(&self) -> Result<()> {
+        let row = with_conn!(self, "prepare", START_CONNECT_TIMEOUT, |c| {
+            sqlx::query(
+            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on', \
+                    coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'on a local socket')"
+        )
+        .persistent(self.setup.persistent())
+        .fetch_one(c)
+        })?;
+        let (recovery, read_only, server): (bool, bool, String) =
+            (row.get(0), row.get(1), row.get(2));
+        if recovery || read_only {
+            return Err(Error::ReadOnly {
+                server,
+                why: if recovery {
+                    "a standby in recovery, pg_is_in_recovery()".to_owned()
+                } else {
+                    "transaction_read_only is on".to_owned()
+                },
+            });
+        }
+        Ok(())
+    }
+
     /// What of the schema is missing, or `None` when the table is complete. The fence function
     /// ([`crate::fence`]) counts only when `with_fence`: the election itself does not need it, so a table
     /// migrated before it existed is not refused when `create_table_on_init` is off; with it on, the
@@ -201,6 +244,7 @@ impl PgBackend {
                        AND attname IN ('term', 'renewed_at') AND NOT attisdropped) AS new_columns, \
                     to_regprocedure($3) IS NOT NULL AS has_fence"
         )
+        .persistent(self.setup.persistent())
         .bind(&table)
         .bind(&self.sql.sequence)
         .bind(&fence)
@@ -231,6 +275,7 @@ impl PgBackend {
                 AND has_table_privilege($1, 'UPDATE') AND has_table_privilege($1, 'DELETE') \
                 AND has_sequence_privilege($2, 'UPDATE')",
             )
+            .persistent(self.setup.persistent())
             .bind(&table)
             .bind(&self.sql.sequence)
             .fetch_one(c)
@@ -273,6 +318,7 @@ impl Backend for PgBackend {
         Box::pin(async move {
             self.member
                 .get_or_init(|| self.hub.join(&self.schema, self.lock_id));
+            self.check_writable().await?;
             let Some(problem) = self.missing_parts(self.create_table_on_init).await? else {
                 return self.check_privileges().await;
             };
@@ -301,6 +347,7 @@ impl Backend for PgBackend {
             let row = with_conn!(self, "observe", |c| sqlx::query(AssertSqlSafe(
                 self.sql.observe.clone()
             ))
+            .persistent(self.setup.persistent())
             .bind(self.lock_id)
             .fetch_optional(c))?;
             Ok(row.map(|row| hub::observed_from(&row, 0)))
@@ -312,6 +359,7 @@ impl Backend for PgBackend {
             let row = with_conn!(self, "acquire", |c| sqlx::query(AssertSqlSafe(
                 self.sql.acquire.clone()
             ))
+            .persistent(self.setup.persistent())
             .bind(self.lock_id)
             .bind(&*self.instance_id)
             .bind(self.lease_ms)
@@ -345,6 +393,7 @@ impl Backend for PgBackend {
             let done = with_conn!(self, "renew", |c| sqlx::query(AssertSqlSafe(
                 self.sql.renew.clone()
             ))
+            .persistent(self.setup.persistent())
             .bind(self.lock_id)
             .bind(&*self.instance_id)
             .bind(term_param(term))
@@ -360,6 +409,7 @@ impl Backend for PgBackend {
             let rows = with_conn!(self, "release", |c| sqlx::query(AssertSqlSafe(
                 self.sql.release.clone()
             ))
+            .persistent(self.setup.persistent())
             .bind(self.lock_id)
             .bind(&*self.instance_id)
             .bind(term_param(term))
@@ -380,6 +430,7 @@ impl Backend for PgBackend {
             let done = with_conn!(self, "cleanup", |c| sqlx::query(AssertSqlSafe(
                 self.sql.cleanup.clone()
             ))
+            .persistent(self.setup.persistent())
             .execute(c))?;
             Ok(done.rows_affected())
         })

@@ -193,14 +193,63 @@ pub struct ThrowawayPg {
 
 impl ThrowawayPg {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With `ssl = on` and test certificates in `DIR/tls` (see scripts/throwaway-pg.sh `--tls`).
+    pub fn start_tls() -> Self {
+        Self::start_with(&["--tls"])
+    }
+
+    /// With more arguments of `throwaway-pg.sh start` (`-c name=value`, `--tls`).
+    pub fn start_with(args: &[&str]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let out = throwaway_pg(&["start", "--port", &port.to_string()]);
+        let port_arg = port.to_string();
+        let mut all = vec!["start", "--port", &port_arg];
+        all.extend_from_slice(args);
+        let out = throwaway_pg(&all);
         let dir = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         Self { port, dir }
+    }
+
+    /// A file the server's `--tls` made (`ca.pem`, `other-ca.pem`, `client.pem`, `client.key`).
+    pub fn tls_path(&self, name: &str) -> String {
+        format!("{}/tls/{name}", self.dir)
+    }
+
+    /// The text of [`tls_path`](Self::tls_path).
+    pub fn tls_file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.tls_path(name)).expect("a file of the server's --tls")
+    }
+
+    /// The server's directory (for its log, `DIR/log`).
+    pub fn dir(&self) -> &str {
+        &self.dir
+    }
+
+    /// A hot standby of this server (scripts/throwaway-pg.sh `standby`: pg_basebackup, streaming
+    /// replication), with more settings (`-c name=value`).
+    pub fn standby(&self, args: &[&str]) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let port_arg = port.to_string();
+        let mut all = vec!["standby", self.dir.as_str(), "--port", &port_arg];
+        all.extend_from_slice(args);
+        let out = throwaway_pg(&all);
+        let dir = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        Self { port, dir }
+    }
+
+    /// Promotes this standby to a primary (waits until it accepts writes).
+    pub fn promote(&self) {
+        throwaway_pg(&["promote", &self.dir]);
     }
 
     pub fn url(&self) -> String {
@@ -224,5 +273,124 @@ impl Drop for ThrowawayPg {
             .arg(THROWAWAY_PG)
             .args(["destroy", &self.dir])
             .output();
+    }
+}
+
+/// The project's throwaway-PgBouncer script.
+const THROWAWAY_PGBOUNCER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../scripts/throwaway-pgbouncer.sh"
+);
+
+/// A PgBouncer of the test's own in front of `pg` (scripts/throwaway-pgbouncer.sh), on a free port, in
+/// `mode` (`transaction` or `session`) with `pool_size` server connections per user and database;
+/// removed on drop.
+pub struct ThrowawayPgBouncer {
+    pub port: u16,
+    dir: String,
+}
+
+impl ThrowawayPgBouncer {
+    pub fn start(pg: &ThrowawayPg, mode: &str, pool_size: u32) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let out = Command::new("bash")
+            .arg(THROWAWAY_PGBOUNCER)
+            .args([
+                "start",
+                "--to",
+                &pg.port.to_string(),
+                "--mode",
+                mode,
+                "--port",
+                &port.to_string(),
+                "--pool-size",
+                &pool_size.to_string(),
+            ])
+            .output()
+            .expect("bash runs scripts/throwaway-pgbouncer.sh");
+        assert!(
+            out.status.success(),
+            "throwaway-pgbouncer.sh start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        Self { port, dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for ThrowawayPgBouncer {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(THROWAWAY_PGBOUNCER)
+            .args(["destroy", &self.dir])
+            .output();
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 whose target can be switched, as a virtual IP or a failover proxy moves to a
+/// promoted standby: [`switch`](Self::switch) sends new connections to the new target and cuts the open
+/// ones.
+pub struct SwitchProxy {
+    pub port: u16,
+    target: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SwitchProxy {
+    pub async fn start(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
+        let to = target.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let port = to.load(Ordering::SeqCst);
+                let mut cut = cut_rx.clone();
+                cut.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            target,
+            cut,
+            task,
+        }
+    }
+
+    /// New connections go to `port`; open ones are cut.
+    pub fn switch(&self, port: u16) {
+        self.target.store(port, Ordering::SeqCst);
+        self.cut.send_modify(|g| *g += 1);
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for SwitchProxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
