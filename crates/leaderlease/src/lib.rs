@@ -77,9 +77,11 @@ mod clock;
 mod config;
 mod elector;
 mod error;
+pub mod events;
 #[macro_use]
 mod hub;
 pub mod leases;
+pub mod metrics_names;
 #[cfg(feature = "nats")]
 pub mod nats;
 mod postgres;
@@ -89,9 +91,10 @@ pub use backend::{AcquireOutcome, Backend, ObservedLease};
 pub use config::*;
 pub use elector::{
     ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LIVENESS_RECHECK_INTERVAL, LeaderInfo, Lease,
-    LivenessCheck, Snapshot, Status,
+    LivenessCheck, Snapshot, Status, StoreHealth,
 };
 pub use error::{Error, Result};
+pub use events::{Event, EventKind, EventObserver};
 pub use hub::{
     BatchStats, LISTEN_PROBE_INTERVAL, MAX_BATCH_WINDOW, OWNED_POOL_MAX_CONNECTIONS, PgHub,
     RELEASE_CHANNEL, START_CONNECT_TIMEOUT,

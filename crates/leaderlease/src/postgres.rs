@@ -105,6 +105,7 @@ pub struct PgBackend {
     clean_interval: Duration,
     create_table_on_init: bool,
     sql: Statements,
+    observer: crate::config::Observer,
 }
 
 impl PgBackend {
@@ -166,6 +167,7 @@ impl PgBackend {
             clean_interval: config.clean_interval(),
             create_table_on_init: config.create_table_on_init(),
             sql: Statements::new(config.schema()),
+            observer: config.observer.clone(),
         }
     }
 
@@ -259,8 +261,10 @@ impl PgBackend {
 impl Backend for PgBackend {
     fn prepare(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.member
-                .get_or_init(|| self.hub.join(&self.schema, self.lock_id));
+            self.member.get_or_init(|| {
+                self.hub
+                    .join(&self.schema, self.lock_id, self.observer.0.as_ref())
+            });
             let Some(problem) = self.missing_parts().await? else {
                 return self.check_privileges().await;
             };
