@@ -17,6 +17,8 @@ export const ELECTOR_CONFIG_KEYS = [
   'operationTimeout',
   'maxEventLoopStall',
   'backend',
+  'logger',
+  'metrics',
 ] as const;
 
 /** `LeaderElectorModule.forRoot(options)` and what a `forRootAsync` factory returns. */

@@ -6,6 +6,7 @@ export {
   LeaderElectorCore,
   connectionStringFromDataSource,
   type DataSourceLike,
+  type ElectorStatus,
   type LeaderElectorConfig,
   type LeaderElectorEvents,
   type LeaderIdentity,
@@ -30,4 +31,6 @@ export {
   type LeaderElectionErrorCode,
 } from './errors.js';
 export { upSql, downSql } from './sql.js';
+export { METRIC_NAMES, type LeaderElectionMetricsOptions } from './metrics.js';
+export type { LeaderElectionLogEvent, LeaderElectionLogLevel, LeaderElectorLogger } from './logging.js';
 export { errorCodes } from '../native/index.js';

@@ -7,6 +7,7 @@ import { LeaderElectionConfigError } from './errors.js';
 import { LEADER_ELECTOR_MODULE_OPTIONS } from './leader-elector.constants.js';
 import type { DataSourceLike, LeaderElectorConfig, RepositoryLike } from './leader-elector.core.js';
 import { LeaderElectorService } from './leader-elector.service.js';
+import { LeaderElectionHealthIndicator } from './health.js';
 import { createLeaderLeaseEntity } from './leader-lease.entity.js';
 import { LeaderOnlyExplorer } from './leader-only.explorer.js';
 import { loadOptional, requirePeer } from './optional-deps.js';
@@ -114,6 +115,12 @@ function registration(
         ) => new LeaderOnlyExplorer(discovery, scanner, reflector, elector),
         inject: [core.DiscoveryService, core.MetadataScanner, core.Reflector, LeaderElectorService],
       },
+      {
+        // Needs @nestjs/terminus only when it checks (isHealthy), so it is always provided.
+        provide: LeaderElectionHealthIndicator,
+        useFactory: (elector: LeaderElectorService) => new LeaderElectionHealthIndicator(elector),
+        inject: [LeaderElectorService],
+      },
     ],
   };
 }
@@ -144,7 +151,7 @@ export class LeaderElectorModule {
       typeOrmImports,
       usesTypeOrm,
     );
-    return { module: LeaderElectorModule, global: true, imports, providers, exports: [LeaderElectorService] };
+    return { module: LeaderElectorModule, global: true, imports, providers, exports: [LeaderElectorService, LeaderElectionHealthIndicator] };
   }
 
   static forRootAsync(options: LeaderElectorModuleAsyncOptions): NestCommon.DynamicModule {
@@ -177,7 +184,7 @@ export class LeaderElectorModule {
       global: true,
       imports: [...imports, ...(options.imports ?? [])],
       providers: [...extraProviders, ...providers],
-      exports: [LeaderElectorService],
+      exports: [LeaderElectorService, LeaderElectionHealthIndicator],
     };
   }
 }

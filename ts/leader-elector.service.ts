@@ -5,6 +5,7 @@ import {
   type LeaderElectorConfig,
   type RepositoryLike,
 } from './leader-elector.core.js';
+import type { LeaderElectorLogger } from './logging.js';
 import { loadOptional } from './optional-deps.js';
 
 type Logger = Pick<NestCommon.Logger, 'log' | 'warn' | 'error'>;
@@ -13,6 +14,25 @@ function createLogger(): Logger {
   const nest = loadOptional<typeof NestCommon>('@nestjs/common');
   if (nest) return new nest.Logger('LeaderElectorService');
   return { log: () => undefined, warn: console.warn, error: console.error };
+}
+
+/**
+ * The core's log lines through Nest's `Logger` with the context `LeaderElector`: error, warn, info as
+ * `log`, and debug only while the application's logger level allows it (`Logger.isLevelEnabled`).
+ */
+function nestLogger(): LeaderElectorLogger | undefined {
+  const nest = loadOptional<typeof NestCommon>('@nestjs/common');
+  if (!nest) return undefined;
+  const logger = new nest.Logger('LeaderElector');
+  const Logger = nest.Logger as unknown as { isLevelEnabled?: (level: string) => boolean };
+  return {
+    log: (m: string) => logger.log(m),
+    warn: (m: string) => logger.warn(m),
+    error: (m: string) => logger.error(m),
+    debug: (m: string) => {
+      if (typeof Logger.isLevelEnabled !== 'function' || Logger.isLevelEnabled('debug')) logger.debug(m);
+    },
+  };
 }
 
 /**
@@ -31,9 +51,9 @@ export class LeaderElectorService
 
   /** `source`: a TypeORM repository of `LeaderLease` (or anything with its DataSource), or a URL. */
   constructor(source: string | RepositoryLike, config: LeaderElectorConfig = {}) {
-    super(source, config, { start: false });
-    this.on('elected', ({ term }) => this.#logger.log(`${this.instanceId} leads (term ${term})`));
-    this.on('revoked', () => this.#logger.log(`${this.instanceId} no longer leads`));
+    // The core's events (elected, stepped down and why, renewal failed, ...) go to Nest's Logger unless
+    // the options name a logger of their own.
+    super(source, { ...config, logger: config?.logger ?? nestLogger() }, { start: false });
   }
 
   /** Starts campaigning; a failure to start (unreachable database, missing table, ...) fails the app's start. */
