@@ -16,14 +16,16 @@ export declare class Elector {
    * starts campaigning. All elections of the process on the same URL and operation timeout share one
    * small pool, one `LISTEN` connection (a release wakes the waiting candidates at once) and batched
    * renewals; the connections close when the last of them shuts down.
+   * `onEvent` receives the election's log events (see `ElectorEvent`, `setEventLevel`); it must not
+   * throw, and never keeps the process alive.
    */
-  static connect(url: string, options?: ElectorOptions | undefined | null): Promise<Elector>
+  static connect(url: string, options?: ElectorOptions | undefined | null, onEvent?: (((arg: ElectorEvent) => void)) | undefined | null): Promise<Elector>
   /**
    * Connects to NATS at `url` (e.g. `nats://127.0.0.1:4222`) and campaigns in the JetStream KV
    * bucket `bucket` (default `leaderlease`; created with `max_age` = leaseDuration if missing, refused
    * if it exists with another `max_age`). The key is `lock-<lockId>`.
    */
-  static connectNats(url: string, bucket?: string | undefined | null, options?: ElectorOptions | undefined | null): Promise<Elector>
+  static connectNats(url: string, bucket?: string | undefined | null, options?: ElectorOptions | undefined | null, onEvent?: (((arg: ElectorEvent) => void)) | undefined | null): Promise<Elector>
   /**
    * True only while this node holds an unexpired lease (local deadline included). No database
    * access, no allocation.
@@ -35,6 +37,15 @@ export declare class Elector {
   leader(): LeaderInfo | null
   /** The current status. */
   status(): StatusInfo
+  /** Whether this election reaches its store, from the outcomes of its own operations. */
+  storeHealth(): StoreHealth
+  /**
+   * The highest level of the events handed to `onEvent`: `error`, `warn`, `info` (the default) or
+   * `debug` (adds one event per renewal). Unknown names count as `info`.
+   */
+  setEventLevel(level: string): void
+  /** The lease duration in milliseconds. */
+  get leaseDuration(): number
   /** This candidate's instance id. */
   get instanceId(): string
   /** The lock id (lease row) of this election. */
@@ -90,6 +101,43 @@ export declare class Elector {
 
 /** The SQL that drops the lease table and its sequence from `schema` (default `public`). */
 export declare function downSql(schema?: string | undefined | null): string
+
+/** One line of the election's log, as values (the core's `leaderlease::Event`). */
+export interface ElectorEvent {
+  /**
+   * What happened: `elected`, `renewed`, `renewal_failed`, `lease_lost`, `stepped_down`, `released`,
+   * `release_failed`, `observed_leader`, `read_failed`, `acquire_failed`, `contended`,
+   * `duplicate_instance_id`, `liveness_failed`, `work_overran`, `cleaned`, `cleanup_failed`,
+   * `listen_failed`, `listening`, `started`, `stopped` (more may come).
+   */
+  kind: string
+  /** The election's lock id. */
+  lockId: number
+  /** The election's instance id. */
+  instanceId: string
+  /** `error`, `warn`, `info` or `debug`. */
+  level: string
+  /** The message, without the fields. */
+  message: string
+  /** The fencing term concerned. */
+  term?: number
+  /** Why this node stepped down (or why `LISTEN` is not trusted). */
+  reason?: string
+  /** The error of a failed operation, as text. */
+  error?: string
+  /** Its stable code (`ERR_DATABASE_UNREACHABLE`, ...). */
+  errorCode?: string
+  /** For a failed store operation: `renew`, `acquire`, `read`, `release` or `cleanup`. */
+  operation?: string
+  /** The leader observed. */
+  leaderId?: string
+  /** Milliseconds the store operation took. */
+  latencyMs?: number
+  /** Milliseconds until a failed operation is tried again. */
+  retryInMs?: number
+  /** Rows deleted by a cleanup. */
+  rows?: number
+}
 
 /**
  * Settings of one election. Every field is optional; the defaults are the core's (`leaderlease`'s
@@ -173,6 +221,16 @@ export interface StatusInfo {
   leaderId?: string
   /** The leader's fencing term, if known. */
   term?: number
+}
+
+/** Whether the elector can reach its store (see `Elector.storeHealth()`). */
+export interface StoreHealth {
+  /** The last store operation got an answer. */
+  connected: boolean
+  /** The error of the last failed operation, if any (kept after the store answers again). */
+  lastError?: string
+  /** When `connected` took its current value, in milliseconds since the Unix epoch (`Date.now()`). */
+  since: number
 }
 
 /** The SQL that creates (or upgrades) the lease table in `schema` (default `public`). */

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
+import { type AddressInfo, type Server, type Socket, connect, createServer } from 'node:net';
 
 import { Client } from 'pg';
 
@@ -66,4 +66,67 @@ export async function runScript(script: string): Promise<Record<string, unknown>
   const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
   assert.equal(code, 0, err);
   return JSON.parse(out) as Record<string, unknown>;
+}
+
+/**
+ * A TCP proxy on 127.0.0.1 in front of `target` (host:port) that a test can cut: `cut()` resets every
+ * connection and every new one until `heal()`. What an elector sees when its database's network goes.
+ */
+export class CuttableProxy {
+  #server: Server | null = null;
+  #sockets = new Set<Socket>();
+  #cut = false;
+  port = 0;
+
+  constructor(
+    private readonly targetHost: string,
+    private readonly targetPort: number,
+  ) {}
+
+  async listen(): Promise<this> {
+    this.#server = createServer((client) => {
+      if (this.#cut) return client.resetAndDestroy();
+      const upstream = connect(this.targetPort, this.targetHost);
+      for (const s of [client, upstream]) {
+        this.#sockets.add(s);
+        s.on('close', () => this.#sockets.delete(s));
+        s.on('error', () => undefined);
+      }
+      client.pipe(upstream);
+      upstream.pipe(client);
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+    });
+    await new Promise<void>((resolve) => this.#server!.listen(0, '127.0.0.1', resolve));
+    this.port = (this.#server.address() as AddressInfo).port;
+    return this;
+  }
+
+  /** A URL like `url` with host and port replaced by the proxy's. */
+  urlFor(url: string): string {
+    const u = new URL(url);
+    u.hostname = '127.0.0.1';
+    u.port = String(this.port);
+    return u.toString();
+  }
+
+  cut(): void {
+    this.#cut = true;
+    for (const s of this.#sockets) s.resetAndDestroy();
+  }
+
+  heal(): void {
+    this.#cut = false;
+  }
+
+  async close(): Promise<void> {
+    this.cut();
+    await new Promise<void>((resolve) => (this.#server ? this.#server.close(() => resolve()) : resolve()));
+  }
+}
+
+/** A proxy in front of the PostgreSQL of DATABASE_URL. */
+export async function proxyToDatabase(): Promise<CuttableProxy> {
+  const u = new URL(DATABASE_URL);
+  return new CuttableProxy(u.hostname, Number(u.port || 5432)).listen();
 }

@@ -19,6 +19,8 @@ export const ELECTOR_CONFIG_KEYS = [
   'backend',
   'ssl',
   'pooler',
+  'logger',
+  'metrics',
 ] as const;
 
 /** The keys of an `ssl` object that are applied (node-postgres' TLS options). */

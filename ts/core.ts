@@ -10,6 +10,7 @@ export {
   type SslOptions,
   type DataSourceLike,
   type FenceRunner,
+  type ElectorStatus,
   type LeaderElectorConfig,
   type LeaderElectorEvents,
   type LeaderIdentity,
@@ -38,4 +39,6 @@ export {
 export { upSql, downSql } from './sql.js';
 export { lockIdForName } from './lock-id.js';
 export type { LeaderJobContext } from './leader-job.context.js';
+export { METRIC_NAMES, type LeaderElectionMetricsOptions } from './metrics.js';
+export type { LeaderElectionLogEvent, LeaderElectionLogLevel, LeaderElectorLogger } from './logging.js';
 export { errorCodes } from '../native/index.js';

@@ -11,6 +11,7 @@
 
 import type * as CoreModule from './leader-elector.core.js';
 import type * as GuardModule from './leader.guard.js';
+import type * as HealthModule from './health.js';
 import type * as NestModule from './leader-elector.module.js';
 import type * as ServiceModule from './leader-elector.service.js';
 import type * as Native from '../native/index.js';
@@ -34,6 +35,9 @@ export {
   type LeaderElectionErrorCode,
 } from './errors.js';
 export { upSql, downSql } from './sql.js';
+export { METRIC_NAMES, type LeaderElectionMetricsOptions } from './metrics.js';
+export type { LeaderElectionLogEvent, LeaderElectionLogLevel, LeaderElectorLogger } from './logging.js';
+export type { LeaderElectionHealthDetails, LeaderElectionHealthOptions } from './health.js';
 export {
   LeaderLease,
   createLeaderLeaseEntity,
@@ -49,6 +53,7 @@ export { LEADER_ELECTOR_MODULE_OPTIONS, LEADER_ONLY_METADATA } from './leader-el
 export type {
   DataSourceLike,
   FenceRunner,
+  ElectorStatus,
   LeaderElectorConfig,
   LeaderElectorEvents,
   LeaderIdentity,
@@ -75,6 +80,8 @@ export type LeaderElectorService = ServiceModule.LeaderElectorService;
 export declare const LeaderGuard: typeof GuardModule.LeaderGuard;
 export type LeaderGuard = GuardModule.LeaderGuard;
 export declare const errorCodes: typeof Native.errorCodes;
+export declare const LeaderElectionHealthIndicator: typeof HealthModule.LeaderElectionHealthIndicator;
+export type LeaderElectionHealthIndicator = HealthModule.LeaderElectionHealthIndicator;
 
 let warned = false;
 
@@ -87,7 +94,8 @@ function load<T>(path: string): T {
       warned = true;
       process.emitWarning(
         `leaderlease: the native addon could not be loaded, so LeaderElectorCore, LeaderElectorModule, ` +
-          `LeaderElectorService, LeaderGuard, connectionStringFromDataSource and errorCodes are unavailable ` +
+          `LeaderElectorService, LeaderGuard, LeaderElectionHealthIndicator, connectionStringFromDataSource and ` +
+          `errorCodes are unavailable ` +
           `(the migration class, the entity, upSql/downSql and the errors work without it): ${String(err)}`,
         { code: 'LEADERLEASE_NO_ADDON' },
       );
@@ -113,6 +121,9 @@ const lazy = {
   get LeaderGuard() {
     return load<typeof GuardModule>('./leader.guard.js').LeaderGuard;
   },
+  get LeaderElectionHealthIndicator() {
+    return load<typeof HealthModule>('./health.js').LeaderElectionHealthIndicator;
+  },
   get errorCodes() {
     return load<typeof Native>('../native/index.js').errorCodes;
   },
@@ -123,4 +134,5 @@ Object.defineProperty(exports, 'connectionStringFromDataSource', { enumerable: t
 Object.defineProperty(exports, 'LeaderElectorModule', { enumerable: true, get: function () { return lazy.LeaderElectorModule; } });
 Object.defineProperty(exports, 'LeaderElectorService', { enumerable: true, get: function () { return lazy.LeaderElectorService; } });
 Object.defineProperty(exports, 'LeaderGuard', { enumerable: true, get: function () { return lazy.LeaderGuard; } });
+Object.defineProperty(exports, 'LeaderElectionHealthIndicator', { enumerable: true, get: function () { return lazy.LeaderElectionHealthIndicator; } });
 Object.defineProperty(exports, 'errorCodes', { enumerable: true, get: function () { return lazy.errorCodes; } });

@@ -5,6 +5,7 @@ import type * as Rx from 'rxjs';
 
 import {
   Elector,
+  type ElectorEvent,
   type ElectorOptions,
   type PgConnection,
   type PgSsl,
@@ -17,6 +18,14 @@ import { ElectorShutDownError, FencedError, LeaderElectionConfigError, LeaderEle
 import { keepAliveWhile } from './keep-alive.js';
 import { quoteIdent } from './sql.js';
 import { leaderJobContext, type LeaderJobContext } from './leader-job.context.js';
+import {
+  type LeaderElectionLogEvent,
+  type LeaderElectorLogger,
+  loggerProblem,
+  toLogEvent,
+  writeLog,
+} from './logging.js';
+import { type LeaderElectionMetricsOptions, trackMetrics } from './metrics.js';
 import { requirePeer } from './optional-deps.js';
 
 /**
@@ -77,6 +86,32 @@ export interface LeaderElectorConfig {
    * milliseconds. See docs/design.md, "Production PostgreSQL".
    */
   pooler?: 'none' | 'session' | 'transaction';
+  /**
+   * New: where the core's log lines go (one line per event, with lock id, instance id, term and reason):
+   * an object with `log`, `warn`, `error` and optionally `debug` (`console`, pino, winston, a NestJS
+   * `Logger`). Default: nowhere (nothing is printed); in `LeaderElectorModule`, Nest's `Logger` with the
+   * context `LeaderElector`. The same events come as values through the `'log'` event.
+   */
+  logger?: LeaderElectorLogger;
+  /**
+   * New: Prometheus metrics through `prom-client` (an optional peer dependency): `true` registers them on
+   * prom-client's default registry, `{ registry, name }` on the given one, with the label `name` (default:
+   * the lock id). See the README, "Metrics".
+   */
+  metrics?: boolean | LeaderElectionMetricsOptions;
+}
+
+/**
+ * {@link LeaderStatus} plus whether the elector can reach its store, leader or follower alike (from the
+ * outcome of its own acquisitions, renewals and reads).
+ */
+export interface ElectorStatus extends LeaderStatus {
+  /** The last store operation got an answer (true after a successful start). */
+  connected: boolean;
+  /** The error of the last failed store operation, if any (kept after the store answers again). */
+  lastError: string | null;
+  /** When `connected` took its current value, in ms since the Unix epoch (as `Date.now()`). */
+  since: number;
 }
 
 /** What {@link LeaderElectorCore.fence} runs its statement on: anything with `query(sql, params)`. */
@@ -134,6 +169,11 @@ export interface LeaderElectorEvents {
   leaderChanged: [LeaderIdentity];
   /** Every status change. */
   status: [LeaderStatus];
+  /**
+   * A line of the core's log, as a value (elected, renewal failed, stepped down and why, duplicate
+   * instance id, cannot LISTEN, ...); debug events (one per renewal) only while someone listens.
+   */
+  log: [LeaderElectionLogEvent];
   /**
    * The start failed (only emitted when someone listens; `ready()` rejects with it as well). Without a
    * listener, and with nobody awaiting `ready()`, a process warning `LEADERLEASE_START_FAILED` reports it.
@@ -458,6 +498,12 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   readonly #name: string | null;
   /** Leader jobs still running (runIfLeader, runWhileLeader): release and shutdown wait for them. */
   readonly #jobs = new Set<Promise<void>>();
+  /** Where the core's log lines go, if anywhere. */
+  #logger: LeaderElectorLogger | null = null;
+  /** Undoes the metrics registration (set while the elector runs with `metrics`). */
+  #untrackMetrics: (() => void) | null = null;
+  /** Construction time, the `since` of the status before the start completed. */
+  readonly #createdAt = Date.now();
 
   /**
    * Starts campaigning in the background on `source`: a connection string, or a TypeORM repository
@@ -477,6 +523,14 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     this.#source = source;
     this.#config = config;
     this.#name = options.name ?? null;
+    // A 'log' listener added or removed changes whether the native debug events are wanted.
+    const plain = this as EventEmitter;
+    plain.on('newListener', (event: string | symbol) => {
+      if (event === 'log') queueMicrotask(() => this.#applyEventLevel());
+    });
+    plain.on('removeListener', (event: string | symbol) => {
+      if (event === 'log') this.#applyEventLevel();
+    });
     if (options.start !== false) this.#begin();
   }
 
@@ -490,6 +544,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
         const err = fromNative(reason);
         this.#releaseKeepAlive();
         this.#stopHeartbeat();
+        this.#stopMetrics();
         if (this.listenerCount('error') > 0) {
           this.emit('error', err);
         } else if (!this.#startAwaited) {
@@ -521,6 +576,20 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     let native: Elector;
     try {
       const options = toNativeOptions(config);
+      const logger = config?.logger;
+      if (logger !== undefined && logger !== null) {
+        const problem = loggerProblem(logger);
+        if (problem !== null) {
+          throw new LeaderElectionConfigError(`invalid leader election config: \`logger\` ${problem}`);
+        }
+        this.#logger = logger;
+      }
+      const metrics = config?.metrics;
+      if (metrics !== undefined && metrics !== null && metrics !== false) {
+        // Checked (and prom-client loaded) before connecting, so that a missing peer fails the start.
+        this.#untrackMetrics = trackMetrics(this, metrics === true ? {} : metrics, config.lockId ?? 1);
+      }
+      const onEvent = (e: ElectorEvent) => this.#onNativeEvent(e);
       const nats = config?.backend?.nats;
       let connection: PgConnection = {};
       if (nats) {
@@ -543,9 +612,10 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
         }
       }
       native = nats
-        ? await Elector.connectNats(nats.servers, nats.bucket ?? null, options)
-        : await Elector.connectPg(connection, options);
+        ? await Elector.connectNats(nats.servers, nats.bucket ?? null, options, onEvent)
+        : await Elector.connectPg(connection, options, onEvent);
     } catch (err) {
+      this.#stopMetrics();
       throw fromNative(err);
     }
     if (this.#stopped) {
@@ -553,6 +623,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
       await native.shutdown().catch(() => undefined);
     } else {
       this.#native = native;
+      this.#applyEventLevel();
       this.#startHeartbeat(native);
       const view = native.generationView();
       this.#generationNow =
@@ -579,6 +650,42 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     beat();
     this.#heartbeat = setInterval(beat, Math.min(1000, Math.max(5, stall / 4)));
     this.#heartbeat.unref();
+  }
+
+  /** Whether the native debug events (one per renewal) are wanted. */
+  #applyEventLevel(): void {
+    const debug = typeof this.#logger?.debug === 'function' || this.listenerCount('log') > 0;
+    this.#native?.setEventLevel(debug ? 'debug' : 'info');
+  }
+
+  /** One event of the native core: to the logger and the `'log'` listeners. Never throws. */
+  #onNativeEvent(e: ElectorEvent): void {
+    let event: LeaderElectionLogEvent;
+    try {
+      event = toLogEvent(e);
+    } catch {
+      return;
+    }
+    if (this.#logger !== null) {
+      try {
+        writeLog(this.#logger, event);
+      } catch (err) {
+        process.emitWarning(`leaderlease: the logger threw: ${String(err)}`);
+      }
+    }
+    if (this.listenerCount('log') > 0) {
+      try {
+        this.emit('log', event);
+      } catch (err) {
+        process.emitWarning(`leaderlease: a 'log' listener threw: ${String(err)}`);
+      }
+    }
+  }
+
+  #stopMetrics(): void {
+    const untrack = this.#untrackMetrics;
+    this.#untrackMetrics = null;
+    untrack?.();
   }
 
   #stopHeartbeat(): void {
@@ -805,9 +912,30 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     return l ? { leaderId: l.leaderId, term: l.term } : null;
   }
 
-  /** The current status. */
-  status(): LeaderStatus {
-    return this.#native ? toStatus(this.#native.status()) : { ...this.#last };
+  /**
+   * The current status, and whether the store is reachable: `connected` is false from the first failed
+   * store operation of this elector (renewal, read, acquisition, ...) until the next one that gets an
+   * answer, `since` tells since when (ms since the epoch), `lastError` the last error. A leader finds out
+   * at its next renewal, a follower at its next read (when the lease it saw expires, or at once when the
+   * `LISTEN` connection breaks). Before the start completes and after shutdown: not connected.
+   */
+  status(): ElectorStatus {
+    const native = this.#native;
+    if (native) {
+      const h = native.storeHealth();
+      return { ...toStatus(native.status()), connected: h.connected, lastError: h.lastError ?? null, since: h.since };
+    }
+    return { ...this.#last, connected: false, lastError: null, since: this.#createdAt };
+  }
+
+  /** Milliseconds left to this node's local lease deadline while it leads (as {@link amILeader}), else null. */
+  leaseRemaining(): number | null {
+    return this.amILeader() ? Math.max(0, this.#validUntil - performance.now()) : null;
+  }
+
+  /** The lease duration in ms (the configured one, or the default), once started; else null. */
+  get leaseDuration(): number | null {
+    return this.#native?.leaseDuration ?? null;
   }
 
   /** This candidate's instance id, once started. */
@@ -864,6 +992,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     this.#fence();
     this.#releaseKeepAlive();
     this.#stopHeartbeat();
+    this.#stopMetrics();
     if (this.#started === null) {
       this.#onStatus({ state: 'stopped', leaderId: null, term: null }, null);
       return;

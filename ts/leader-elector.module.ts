@@ -13,6 +13,7 @@ import { LeaderElectionConfigError } from './errors.js';
 import { LEADER_ELECTOR_MODULE_OPTIONS } from './leader-elector.constants.js';
 import type { DataSourceLike, LeaderElectorConfig, RepositoryLike } from './leader-elector.core.js';
 import { LeaderElectorService, bindNamedElections } from './leader-elector.service.js';
+import { LeaderElectionHealthIndicator } from './health.js';
 import { createLeaderLeaseEntity } from './leader-lease.entity.js';
 import { LeaderOnlyExplorer } from './leader-only.explorer.js';
 import { NamedElectionDeclaration, NamedElections, type NamedElectionOptions, type SpreadOptions } from './named-elections.js';
@@ -156,6 +157,12 @@ function registration(
         ) => new LeaderOnlyExplorer(discovery, scanner, reflector, elector),
         inject: [core.DiscoveryService, core.MetadataScanner, core.Reflector, LeaderElectorService],
       },
+      {
+        // Needs @nestjs/terminus only when it checks (isHealthy), so it is always provided.
+        provide: LeaderElectionHealthIndicator,
+        useFactory: (elector: LeaderElectorService) => new LeaderElectionHealthIndicator(elector),
+        inject: [LeaderElectorService],
+      },
     ],
   };
 }
@@ -194,7 +201,7 @@ export class LeaderElectorModule {
       global: config?.isGlobal ?? true,
       imports,
       providers: [...providers, ...(config?.extraProviders ?? [])],
-      exports: [LeaderElectorService],
+      exports: [LeaderElectorService, LeaderElectionHealthIndicator],
     };
   }
 
@@ -228,7 +235,7 @@ export class LeaderElectorModule {
       global: options.isGlobal ?? true,
       imports: [...imports, ...(options.imports ?? [])],
       providers: [...extraProviders, ...(options.extraProviders ?? []), ...providers],
-      exports: [LeaderElectorService],
+      exports: [LeaderElectorService, LeaderElectionHealthIndicator],
     };
   }
 

@@ -7,6 +7,7 @@ import {
 } from './leader-elector.core.js';
 import { LeaderElectionConfigError } from './errors.js';
 import type { NamedElections } from './named-elections.js';
+import type { LeaderElectorLogger } from './logging.js';
 import { loadOptional } from './optional-deps.js';
 
 /** The named elections of each app-wide service (set by the module). */
@@ -31,6 +32,25 @@ function createLogger(): Logger {
 }
 
 /**
+ * The core's log lines through Nest's `Logger` with the context `LeaderElector`: error, warn, info as
+ * `log`, and debug only while the application's logger level allows it (`Logger.isLevelEnabled`).
+ */
+function nestLogger(): LeaderElectorLogger | undefined {
+  const nest = loadOptional<typeof NestCommon>('@nestjs/common');
+  if (!nest) return undefined;
+  const logger = new nest.Logger('LeaderElector');
+  const Logger = nest.Logger as unknown as { isLevelEnabled?: (level: string) => boolean };
+  return {
+    log: (m: string) => logger.log(m),
+    warn: (m: string) => logger.warn(m),
+    error: (m: string) => logger.error(m),
+    debug: (m: string) => {
+      if (typeof Logger.isLevelEnabled !== 'function' || Logger.isLevelEnabled('debug')) logger.debug(m);
+    },
+  };
+}
+
+/**
  * The election as a NestJS provider (nest-leader-election's class of the same name): campaigning starts
  * when the module initialises, the lease is released before the application shuts down, and the
  * connections are closed on shutdown. Shutdown logs its failures and never throws.
@@ -51,11 +71,10 @@ export class LeaderElectorService
    * `name`: set for the named elections the module makes (`election(name)`).
    */
   constructor(source: string | RepositoryLike, config: LeaderElectorConfig = {}, name?: string) {
-    super(source, config, { start: false, ...(name !== undefined ? { name } : {}) });
+    // The core's events (elected, stepped down and why, renewal failed, ...) go to Nest's Logger unless
+    // the options name a logger of their own.
+    super(source, { ...config, logger: config?.logger ?? nestLogger() }, { start: false, ...(name !== undefined ? { name } : {}) });
     this.name = name ?? null;
-    const what = name !== undefined ? ` '${name}'` : '';
-    this.on('elected', ({ term }) => this.#logger.log(`${this.instanceId} leads${what} (term ${term})`));
-    this.on('revoked', () => this.#logger.log(`${this.instanceId} no longer leads${what}`));
   }
 
   /**

@@ -10,10 +10,11 @@
 //! Promises; the sync calls read local state only.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use leaderlease::{ConfigError, ElectorConfig};
+use leaderlease::events::Level;
+use leaderlease::{ConfigError, ElectorConfig, Event};
 use napi::Status as NapiStatus;
 use napi::bindgen_prelude::{Result, Uint32Array, spawn};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -240,8 +241,12 @@ impl ElectorOptions {
     /// loop check on, the heartbeat that the config's liveness check reads.
     fn into_config(
         self,
+        sink: Option<Arc<EventSink>>,
     ) -> std::result::Result<(ElectorConfig, Option<Arc<Heartbeat>>), ConfigError> {
         let mut b = ElectorConfig::builder();
+        if let Some(sink) = sink {
+            b = b.with_observer(move |e| sink.deliver(e));
+        }
         if let Some(d) = millis("leaseDuration", self.lease_duration)? {
             b = b.with_lease_duration(d);
         }
@@ -302,6 +307,109 @@ impl ElectorOptions {
             .build()
             .map_err(with_js_names)?;
         Ok((config, Some(heartbeat)))
+    }
+}
+
+/// One line of the election's log, as values (the core's `leaderlease::Event`).
+#[napi(object)]
+#[derive(Debug)]
+pub struct ElectorEvent {
+    /// What happened: `elected`, `renewed`, `renewal_failed`, `lease_lost`, `stepped_down`, `released`,
+    /// `release_failed`, `observed_leader`, `read_failed`, `acquire_failed`, `contended`,
+    /// `duplicate_instance_id`, `liveness_failed`, `work_overran`, `cleaned`, `cleanup_failed`,
+    /// `listen_failed`, `listening`, `started`, `stopped` (more may come).
+    pub kind: String,
+    /// The election's lock id.
+    pub lock_id: i32,
+    /// The election's instance id.
+    pub instance_id: String,
+    /// `error`, `warn`, `info` or `debug`.
+    pub level: String,
+    /// The message, without the fields.
+    pub message: String,
+    /// The fencing term concerned.
+    pub term: Option<f64>,
+    /// Why this node stepped down (or why `LISTEN` is not trusted).
+    pub reason: Option<String>,
+    /// The error of a failed operation, as text.
+    pub error: Option<String>,
+    /// Its stable code (`ERR_DATABASE_UNREACHABLE`, ...).
+    pub error_code: Option<String>,
+    /// For a failed store operation: `renew`, `acquire`, `read`, `release` or `cleanup`.
+    pub operation: Option<String>,
+    /// The leader observed.
+    pub leader_id: Option<String>,
+    /// Milliseconds the store operation took.
+    pub latency_ms: Option<f64>,
+    /// Milliseconds until a failed operation is tried again.
+    pub retry_in_ms: Option<f64>,
+    /// Rows deleted by a cleanup.
+    pub rows: Option<f64>,
+}
+
+/// `Level` as a number: 0 error, 1 warn, 2 info, 3 debug, 4 trace.
+fn level_rank(level: Level) -> u8 {
+    [Level::ERROR, Level::WARN, Level::INFO, Level::DEBUG]
+        .iter()
+        .position(|l| *l == level)
+        .map_or(4, |i| i as u8)
+}
+
+fn level_name(level: Level) -> &'static str {
+    ["error", "warn", "info", "debug"]
+        .get(usize::from(level_rank(level)))
+        .copied()
+        .unwrap_or("debug")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn js_event(e: &Event, lock_id: i32, instance_id: &str) -> ElectorEvent {
+    ElectorEvent {
+        kind: e.kind.as_str().to_owned(),
+        lock_id,
+        instance_id: instance_id.to_owned(),
+        level: level_name(e.level).to_owned(),
+        message: e.message.to_owned(),
+        term: e.term.map(|t| t as f64),
+        reason: e.reason.clone(),
+        error: e.error.clone(),
+        error_code: e.error_code.map(str::to_owned),
+        operation: e.kind.failed_operation().map(str::to_owned),
+        leader_id: e.leader_id.clone(),
+        latency_ms: e.latency.map(ms),
+        retry_in_ms: e.retry_in.map(ms),
+        rows: e.rows.map(|n| n as f64),
+    }
+}
+
+type EventCallback = ThreadsafeFunction<ElectorEvent, (), ElectorEvent, NapiStatus, false, true>;
+
+/// Forwards the core's events of one election to its JavaScript callback, up to a level JavaScript sets
+/// (default `info`: the debug events, one per renewal, cross only when asked for). The callback is weak
+/// (it never keeps the process alive) and is called without blocking the election's task.
+struct EventSink {
+    callback: EventCallback,
+    /// Highest `level_rank` forwarded.
+    max_rank: AtomicU8,
+    /// The election's lock id and instance id, set once its config is built.
+    identity: std::sync::OnceLock<(i32, String)>,
+}
+
+impl EventSink {
+    fn deliver(&self, e: &Event) {
+        if level_rank(e.level) > self.max_rank.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some((lock_id, instance_id)) = self.identity.get() else {
+            return;
+        };
+        self.callback.call(
+            js_event(e, *lock_id, instance_id),
+            ThreadsafeFunctionCallMode::NonBlocking,
+        );
     }
 }
 
@@ -418,17 +526,46 @@ pub struct Elector {
     /// Set when the view's memory was let go by JavaScript: collected, or copied at once by a runtime
     /// without external buffers (then the view would never change, and must not be trusted).
     view_released: Arc<AtomicBool>,
+    /// Where the core's events go, when a callback was given.
+    events: Option<Arc<EventSink>>,
 }
 
 impl Elector {
-    fn new(inner: leaderlease::Elector, heartbeat: Option<Arc<Heartbeat>>) -> Self {
+    fn new(
+        inner: leaderlease::Elector,
+        heartbeat: Option<Arc<Heartbeat>>,
+        events: Option<Arc<EventSink>>,
+    ) -> Self {
         Self {
             inner: Arc::new(inner),
             heartbeat,
             view_taken: AtomicBool::new(false),
             view_released: Arc::new(AtomicBool::new(false)),
+            events,
         }
     }
+}
+
+fn event_sink(on_event: Option<EventCallback>) -> Option<Arc<EventSink>> {
+    on_event.map(|callback| {
+        Arc::new(EventSink {
+            callback,
+            max_rank: AtomicU8::new(level_rank(Level::INFO)),
+            identity: std::sync::OnceLock::new(),
+        })
+    })
+}
+
+/// Whether the elector can reach its store (see `Elector.storeHealth()`).
+#[napi(object)]
+#[derive(Debug)]
+pub struct StoreHealth {
+    /// The last store operation got an answer.
+    pub connected: bool,
+    /// The error of the last failed operation, if any (kept after the store answers again).
+    pub last_error: Option<String>,
+    /// When `connected` took its current value, in milliseconds since the Unix epoch (`Date.now()`).
+    pub since: f64,
 }
 
 /// A JavaScript `Uint32Array` of length 1 whose memory is the core's step-down counter itself, so that
@@ -455,19 +592,33 @@ impl Elector {
     /// starts campaigning. All elections of the process on the same URL and operation timeout share one
     /// small pool, one `LISTEN` connection (a release wakes the waiting candidates at once) and batched
     /// renewals; the connections close when the last of them shuts down.
+    /// `onEvent` receives the election's log events (see `ElectorEvent`, `setEventLevel`); it must not
+    /// throw, and never keeps the process alive.
     #[napi(factory)]
-    pub async fn connect(url: String, options: Option<ElectorOptions>) -> Result<Self> {
+    pub async fn connect(
+        url: String,
+        options: Option<ElectorOptions>,
+        on_event: Option<
+            ThreadsafeFunction<ElectorEvent, (), ElectorEvent, NapiStatus, false, true>,
+        >,
+    ) -> Result<Self> {
+        let events = event_sink(on_event);
         let (config, heartbeat) = options
             .unwrap_or_default()
-            .into_config()
+            .into_config(events.clone())
             .map_err(|e| to_js(e.into()))?;
+        if let Some(sink) = &events {
+            let _ = sink
+                .identity
+                .set((config.lock_id(), config.instance_id().to_owned()));
+        }
         if let Some(h) = &heartbeat {
             h.beat();
         }
         let inner = leaderlease::Elector::connect_shared(&url, config)
             .await
             .map_err(to_js)?;
-        Ok(Self::new(inner, heartbeat))
+        Ok(Self::new(inner, heartbeat, events))
     }
 
     /// Like `connect`, with the connection given field by field (a TypeORM DataSource's settings, TLS
@@ -477,19 +628,28 @@ impl Elector {
     pub async fn connect_pg(
         connection: PgConnection,
         options: Option<ElectorOptions>,
+        on_event: Option<
+            ThreadsafeFunction<ElectorEvent, (), ElectorEvent, NapiStatus, false, true>,
+        >,
     ) -> Result<Self> {
         let settings = connection.into_settings().map_err(|e| to_js(e.into()))?;
+        let events = event_sink(on_event);
         let (config, heartbeat) = options
             .unwrap_or_default()
-            .into_config()
+            .into_config(events.clone())
             .map_err(|e| to_js(e.into()))?;
+        if let Some(sink) = &events {
+            let _ = sink
+                .identity
+                .set((config.lock_id(), config.instance_id().to_owned()));
+        }
         if let Some(h) = &heartbeat {
             h.beat();
         }
         let inner = leaderlease::Elector::connect_shared_settings(&settings, config)
             .await
             .map_err(to_js)?;
-        Ok(Self::new(inner, heartbeat))
+        Ok(Self::new(inner, heartbeat, events))
     }
 
     /// Connects to NATS at `url` (e.g. `nats://127.0.0.1:4222`) and campaigns in the JetStream KV
@@ -500,11 +660,20 @@ impl Elector {
         url: String,
         bucket: Option<String>,
         options: Option<ElectorOptions>,
+        on_event: Option<
+            ThreadsafeFunction<ElectorEvent, (), ElectorEvent, NapiStatus, false, true>,
+        >,
     ) -> Result<Self> {
+        let events = event_sink(on_event);
         let (config, heartbeat) = options
             .unwrap_or_default()
-            .into_config()
+            .into_config(events.clone())
             .map_err(|e| to_js(e.into()))?;
+        if let Some(sink) = &events {
+            let _ = sink
+                .identity
+                .set((config.lock_id(), config.instance_id().to_owned()));
+        }
         if let Some(h) = &heartbeat {
             h.beat();
         }
@@ -515,7 +684,7 @@ impl Elector {
         let inner = leaderlease::Elector::start(backend, config)
             .await
             .map_err(to_js)?;
-        Ok(Self::new(inner, heartbeat))
+        Ok(Self::new(inner, heartbeat, events))
     }
 
     /// True only while this node holds an unexpired lease (local deadline included). No database
@@ -546,6 +715,43 @@ impl Elector {
     #[napi(catch_unwind)]
     pub fn status(&self) -> StatusInfo {
         status_info(&self.inner.status(), self.inner.config().instance_id())
+    }
+
+    /// Whether this election reaches its store, from the outcomes of its own operations.
+    #[napi(catch_unwind)]
+    pub fn store_health(&self) -> StoreHealth {
+        let h = self.inner.store_health();
+        let age = h.since.elapsed();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        StoreHealth {
+            connected: h.connected,
+            last_error: h.last_error,
+            since: ms(now.saturating_sub(age)).floor(),
+        }
+    }
+
+    /// The highest level of the events handed to `onEvent`: `error`, `warn`, `info` (the default) or
+    /// `debug` (adds one event per renewal). Unknown names count as `info`.
+    #[napi(catch_unwind)]
+    pub fn set_event_level(&self, level: String) {
+        let rank = match level.as_str() {
+            "error" => 0,
+            "warn" => 1,
+            "debug" => 3,
+            "trace" => 4,
+            _ => 2,
+        };
+        if let Some(sink) = &self.events {
+            sink.max_rank.store(rank, Ordering::Relaxed);
+        }
+    }
+
+    /// The lease duration in milliseconds.
+    #[napi(getter, catch_unwind)]
+    pub fn lease_duration(&self) -> f64 {
+        ms(self.inner.config().lease_duration())
     }
 
     /// This candidate's instance id.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::LivenessCheck;
+use crate::events::{Event, EventObserver};
 
 /// Default lease duration: how long a lease lives in the database without renewal.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_millis(10_000);
@@ -75,6 +76,16 @@ impl fmt::Debug for Liveness {
     }
 }
 
+/// The event observer of a config, if any, shown in `Debug` output as present or not.
+#[derive(Clone, Default)]
+pub(crate) struct Observer(pub(crate) Option<EventObserver>);
+
+impl fmt::Debug for Observer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
+}
+
 /// Validated settings of one election. Build it with [`ElectorConfig::builder`].
 #[derive(Debug, Clone)]
 pub struct ElectorConfig {
@@ -90,6 +101,8 @@ pub struct ElectorConfig {
     pub(crate) operation_timeout: Duration,
     pub(crate) cancellation: Option<CancellationToken>,
     pub(crate) liveness: Liveness,
+    pub(crate) observer: Observer,
+    pub(crate) metrics_name: Option<String>,
 }
 
 impl ElectorConfig {
@@ -145,6 +158,17 @@ impl ElectorConfig {
     pub fn has_liveness_check(&self) -> bool {
         self.liveness.0.is_some()
     }
+    /// The observer set with [`ElectorBuilder::with_observer`], if any.
+    pub fn observer(&self) -> Option<&EventObserver> {
+        self.observer.0.as_ref()
+    }
+    /// The `name` label of this election's metrics (feature `metrics`): the one set with
+    /// [`ElectorBuilder::with_metrics_name`], else the lock id.
+    pub fn metrics_name(&self) -> String {
+        self.metrics_name
+            .clone()
+            .unwrap_or_else(|| self.lock_id.to_string())
+    }
     /// Runs the liveness check: true when none is set.
     pub fn is_alive(&self) -> bool {
         self.liveness.0.as_ref().is_none_or(|check| check())
@@ -186,6 +210,8 @@ pub struct ElectorBuilder {
     operation_timeout: Option<Duration>,
     cancellation: Option<CancellationToken>,
     liveness: Liveness,
+    observer: Observer,
+    metrics_name: Option<String>,
 }
 
 impl Default for ElectorBuilder {
@@ -203,6 +229,8 @@ impl Default for ElectorBuilder {
             operation_timeout: None,
             cancellation: None,
             liveness: Liveness::default(),
+            observer: Observer::default(),
+            metrics_name: None,
         }
     }
 }
@@ -310,6 +338,35 @@ impl ElectorBuilder {
     /// ```
     pub fn with_liveness_check(mut self, check: impl Fn() -> bool + Send + Sync + 'static) -> Self {
         self.liveness = Liveness(Some(std::sync::Arc::new(check)));
+        self
+    }
+
+    /// Hands every [`Event`](crate::Event) of the election (each line it logs with `tracing`, as a
+    /// value: kind, level, message, term, reason, error, latency, ...) to `observer`, on the election's
+    /// task. It must be cheap and must not block; a panic in it is caught. Events of the `LISTEN`
+    /// connection that the election shares with others on its hub reach every election's observer.
+    ///
+    /// ```
+    /// use leaderlease::{ElectorConfig, EventKind};
+    ///
+    /// let config = ElectorConfig::builder()
+    ///     .with_observer(|e| {
+    ///         if e.kind == EventKind::SteppedDown {
+    ///             eprintln!("stepped down: {:?}", e.reason);
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// assert!(config.observer().is_some());
+    /// # Ok::<(), leaderlease::ConfigError>(())
+    /// ```
+    pub fn with_observer(mut self, observer: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.observer = Observer(Some(std::sync::Arc::new(observer)));
+        self
+    }
+
+    /// The `name` label of this election's metrics (cargo feature `metrics`; default: the lock id).
+    pub fn with_metrics_name(mut self, name: impl Into<String>) -> Self {
+        self.metrics_name = Some(name.into());
         self
     }
 
@@ -434,6 +491,8 @@ impl ElectorBuilder {
             operation_timeout,
             cancellation: self.cancellation,
             liveness: self.liveness,
+            observer: self.observer,
+            metrics_name: self.metrics_name,
         })
     }
 }

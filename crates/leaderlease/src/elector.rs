@@ -9,12 +9,13 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, Level, info_span};
 
 use crate::backend::{AcquireOutcome, Backend, ObservedLease};
 use crate::clock::LeaseClock;
 use crate::config::{ElectorBuilder, ElectorConfig};
 use crate::conn::PgSettings;
+use crate::events::{Event, EventKind, deliver};
 use crate::hub::PgHub;
 use crate::postgres::PgBackend;
 use crate::{Error, Result};
@@ -104,6 +105,20 @@ impl Snapshot {
     }
 }
 
+/// Whether this election can reach its store, judged from the outcome of its own operations (acquire,
+/// renew, read, release, cleanup): see [`Elector::store_health`].
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// The last operation on the store got an answer (any answer: "not acquired" and "lease lost" are
+    /// answers). True after a successful start.
+    pub connected: bool,
+    /// The error of the last failed operation, if any (kept after the store answers again).
+    pub last_error: Option<String>,
+    /// When `connected` took its current value (the start, for an election that never lost its store).
+    pub since: Instant,
+}
+
 /// Decides whether this node is fit to hold a lease: consulted before every acquire and renew is sent
 /// (see [`ElectorBuilder::with_liveness_check`](crate::ElectorBuilder::with_liveness_check)).
 pub type LivenessCheck = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
@@ -127,6 +142,10 @@ struct Shared {
     work: Mutex<Option<CancellationToken>>,
     /// Number of `run_while_leader` closures running.
     active_work: watch::Sender<usize>,
+    /// Reachability of the store, from the outcomes of the campaign's operations.
+    health: Mutex<StoreHealth>,
+    #[cfg(feature = "metrics")]
+    metrics_name: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -308,6 +327,13 @@ impl Elector {
             leader: Mutex::new(None),
             work: Mutex::new(None),
             active_work,
+            health: Mutex::new(StoreHealth {
+                connected: true,
+                last_error: None,
+                since: Instant::now(),
+            }),
+            #[cfg(feature = "metrics")]
+            metrics_name: config.metrics_name(),
             config,
         });
         let stop = match shared.config.cancellation() {
@@ -384,6 +410,14 @@ impl Elector {
     /// Current status (see [`Status`] for how it relates to [`is_leader`](Self::is_leader)).
     pub fn status(&self) -> Status {
         self.shared.status.borrow().clone()
+    }
+
+    /// Whether this election reaches its store, leader or follower alike: `connected` is false from the
+    /// first failed operation until the next one that gets an answer; `since` says for how long. A
+    /// leader finds out at its next renewal, a follower at its next read or acquisition (at the latest
+    /// when the lease it saw expires, or at once when the `LISTEN` connection it relies on breaks).
+    pub fn store_health(&self) -> StoreHealth {
+        lock(&self.shared.health).clone()
     }
 
     /// A stream of this node's lease as the local deadline rule sees it: `Some` with the term and the
@@ -567,6 +601,30 @@ impl Campaign {
         &self.shared.config
     }
 
+    /// Logs `event` with `tracing`, hands it to the observer and records it in the metrics.
+    fn report(&self, event: Event) {
+        report(&self.shared, event);
+    }
+
+    /// The store answered.
+    fn reachable(&self) {
+        let mut h = lock(&self.shared.health);
+        if !h.connected {
+            h.connected = true;
+            h.since = Instant::now();
+        }
+    }
+
+    /// An operation on the store failed.
+    fn unreachable(&self, e: &Error) {
+        let mut h = lock(&self.shared.health);
+        h.last_error = Some(e.to_string());
+        if h.connected {
+            h.connected = false;
+            h.since = Instant::now();
+        }
+    }
+
     /// The local deadline of the held lease.
     fn deadline(&self) -> Option<Instant> {
         let c = self.config();
@@ -576,7 +634,11 @@ impl Campaign {
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, stop: CancellationToken) {
-        debug!("campaign started");
+        self.report(Event::new(
+            EventKind::Started,
+            Level::DEBUG,
+            "campaign started",
+        ));
         let released = self.backend.clone();
         loop {
             tokio::select! {
@@ -591,7 +653,7 @@ impl Campaign {
                 },
                 _ = tokio::time::sleep_until(self.next_wake().into()) => self.tick().await,
                 _ = released.released(), if self.held.is_none() => {
-                    debug!("the lease was released; trying at once");
+                    tracing::debug!("the lease was released; trying at once");
                     self.next_poll = Instant::now();
                     self.announced = true;
                 }
@@ -603,13 +665,24 @@ impl Campaign {
         if self.held.is_some()
             && let Err(e) = self.release().await
         {
-            warn!(error = %e, "could not delete the lease at shutdown; it will expire by itself");
+            self.report(
+                Event::new(
+                    EventKind::ReleaseFailed,
+                    Level::WARN,
+                    "could not delete the lease at shutdown; it will expire by itself",
+                )
+                .error(&e),
+            );
         }
         self.step_down("shutdown");
         self.backend.close().await;
         self.shared.status.send_replace(Status::Stopped);
         self.publish();
-        info!("elector stopped");
+        self.report(Event::new(
+            EventKind::Stopped,
+            Level::INFO,
+            "elector stopped",
+        ));
     }
 
     fn next_wake(&self) -> Instant {
@@ -642,7 +715,11 @@ impl Campaign {
             tokio::select! {
                 changed = active.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep_until(give_up.into()) => {
-                    warn!("leader work still running one lease after its cancellation; releasing anyway");
+                    self.report(Event::new(
+                        EventKind::WorkOverran,
+                        Level::WARN,
+                        "leader work still running one lease after its cancellation; releasing anyway",
+                    ));
                     return;
                 }
                 _ = tokio::time::sleep_until(self.next_wake().into()) => self.tick().await,
@@ -687,26 +764,54 @@ impl Campaign {
             return;
         };
         if !self.config().is_alive() {
-            warn!(
-                term,
-                "liveness check failed: stepping down and deleting the lease so that another node takes over"
+            self.report(
+                Event::new(
+                    EventKind::LivenessFailed,
+                    Level::WARN,
+                    "liveness check failed: stepping down and deleting the lease so that another node takes over",
+                )
+                .term(term),
             );
             if let Err(e) = self.release().await {
-                warn!(error = %e, "could not delete the lease; it will expire by itself");
+                self.report(
+                    Event::new(
+                        EventKind::ReleaseFailed,
+                        Level::WARN,
+                        "could not delete the lease; it will expire by itself",
+                    )
+                    .error(&e),
+                );
             }
             return;
         }
         let backend = self.backend.clone();
         let sent = Instant::now();
-        match self.guarded(backend.renew(term)).await {
+        let outcome = self.guarded(backend.renew(term)).await;
+        let latency = sent.elapsed();
+        match outcome {
             Ok(true) => {
                 self.failures = 0;
+                self.reachable();
                 self.confirmed(term, sent);
-                debug!(term, "lease renewed");
+                self.report(
+                    Event::new(EventKind::Renewed, Level::DEBUG, "lease renewed")
+                        .term(term)
+                        .latency(latency),
+                );
             }
             Ok(false) => {
-                self.held = None;
+                self.reachable();
+                self.report(
+                    Event::new(
+                        EventKind::LeaseLost,
+                        Level::WARN,
+                        "renewal matched no row: the lease expired or was taken over",
+                    )
+                    .term(term)
+                    .latency(latency),
+                );
                 self.step_down("lease lost: renewal matched no row (expired or taken over)");
+                self.held = None;
                 self.next_poll = Instant::now();
             }
             Err(e) => {
@@ -714,7 +819,18 @@ impl Campaign {
                 // `tick` steps down), and the retries go on after it, because a renewal whose answer was
                 // lost may have extended the lease. Only the database saying "no row" ends the term.
                 let delay = self.failure_delay();
-                warn!(term, error = %e, retry_in = ?delay, "renewal failed; retrying");
+                self.unreachable(&e);
+                self.report(
+                    Event::new(
+                        EventKind::RenewalFailed,
+                        Level::WARN,
+                        "renewal failed; retrying",
+                    )
+                    .term(term)
+                    .error(&e)
+                    .latency(latency)
+                    .retry_in(delay),
+                );
                 self.next_renew = Instant::now() + delay;
             }
         }
@@ -749,7 +865,7 @@ impl Campaign {
             self.leading = true;
             *lock(&self.shared.work) = Some(CancellationToken::new());
             self.shared.status.send_replace(Status::Leader { term });
-            info!(term, "elected leader");
+            self.report(Event::new(EventKind::Elected, Level::INFO, "elected leader").term(term));
         }
         self.publish();
     }
@@ -775,13 +891,26 @@ impl Campaign {
 
     fn step_down(&mut self, reason: &str) {
         self.shared.clock.clear();
+        let term = self
+            .held
+            .as_ref()
+            .map(|h| h.term)
+            .or_else(|| self.shared.lease.borrow().map(|l| l.term));
         let had_lease = self.shared.lease.send_if_modified(|l| l.take().is_some());
         if let Some(token) = lock(&self.shared.work).take() {
             token.cancel();
         }
         if self.leading {
             self.leading = false;
-            warn_or_info(reason);
+            let level = if reason == "released" || reason == "shutdown" {
+                Level::INFO
+            } else {
+                Level::WARN
+            };
+            let mut event =
+                Event::new(EventKind::SteppedDown, level, "stepped down").reason(reason);
+            event.term = term;
+            self.report(event);
             self.shared
                 .status
                 .send_replace(Status::Candidate { leader: None });
@@ -812,15 +941,26 @@ impl Campaign {
         match self.backend.observe().await {
             Ok(Some(lease)) if lease.expires_in.is_some() => {
                 self.failures = 0;
+                self.reachable();
                 self.observed(&lease);
             }
             Ok(_) => {
                 self.failures = 0;
+                self.reachable();
                 self.acquire().await;
             }
             Err(e) => {
                 let delay = self.failure_delay();
-                warn!(error = %e, retry_in = ?delay, "could not read the lease");
+                self.unreachable(&e);
+                self.report(
+                    Event::new(
+                        EventKind::ReadFailed,
+                        Level::WARN,
+                        "could not read the lease",
+                    )
+                    .error(&e)
+                    .retry_in(delay),
+                );
                 self.next_poll = Instant::now() + delay;
             }
         }
@@ -828,7 +968,11 @@ impl Campaign {
 
     async fn acquire(&mut self) {
         let sent = Instant::now();
-        match self.backend.try_acquire().await {
+        let outcome = self.backend.try_acquire().await;
+        if outcome.is_ok() {
+            self.reachable();
+        }
+        match outcome {
             Ok(AcquireOutcome::Acquired { term }) => {
                 self.acquire_outcome_unknown = false;
                 self.confirmed(term, sent);
@@ -838,7 +982,11 @@ impl Campaign {
             }) if lease.expires_in.is_some() => self.observed(&lease),
             Ok(AcquireOutcome::NotAcquired { .. }) => {
                 // Another candidate was acquiring at the same moment: look again shortly.
-                debug!("lease contended; looking again shortly");
+                self.report(Event::new(
+                    EventKind::Contended,
+                    Level::DEBUG,
+                    "lease contended; looking again shortly",
+                ));
                 self.next_poll = Instant::now()
                     + jittered(Duration::from_millis(100), Duration::from_millis(100));
             }
@@ -847,7 +995,12 @@ impl Campaign {
                 // confirmation), and a lease in our name with an unknown term is left to expire.
                 self.acquire_outcome_unknown = true;
                 let delay = self.failure_delay();
-                warn!(error = %e, retry_in = ?delay, "acquire failed");
+                self.unreachable(&e);
+                self.report(
+                    Event::new(EventKind::AcquireFailed, Level::WARN, "acquire failed")
+                        .error(&e)
+                        .retry_in(delay),
+                );
                 self.next_poll = Instant::now() + delay;
             }
         }
@@ -864,10 +1017,14 @@ impl Campaign {
         let c = &shared.config;
         if lease.leader_id == c.instance_id() {
             if !self.acquire_outcome_unknown && !self.warned_same_id {
-                warn!(
-                    term = lease.term,
-                    "a lease in this node's instance id is held by another process: \
-                     instance ids must be unique; this node waits for that lease to end"
+                self.report(
+                    Event::new(
+                        EventKind::DuplicateInstanceId,
+                        Level::WARN,
+                        "a lease in this node's instance id is held by another process: \
+                         instance ids must be unique; this node waits for that lease to end",
+                    )
+                    .term(lease.term),
                 );
                 self.warned_same_id = true;
             }
@@ -889,7 +1046,11 @@ impl Campaign {
             expires_at,
         });
         if changed {
-            info!(leader = %lease.leader_id, term = lease.term, "observed leader");
+            self.report(
+                Event::new(EventKind::ObservedLeader, Level::INFO, "observed leader")
+                    .leader(&lease.leader_id)
+                    .term(lease.term),
+            );
         }
         let status = Status::Candidate {
             leader: Some((lease.leader_id.clone(), lease.term)),
@@ -918,14 +1079,28 @@ impl Campaign {
         *lock(&self.shared.leader) = None;
         match self.backend.release(held.term).await {
             Ok(true) => {
-                info!(term = held.term, "lease released");
+                self.reachable();
+                self.report(
+                    Event::new(EventKind::Released, Level::INFO, "lease released").term(held.term),
+                );
                 Ok(())
             }
             Ok(false) => {
-                debug!(term = held.term, "lease was already gone at release");
+                self.reachable();
+                self.report(
+                    Event::new(
+                        EventKind::Released,
+                        Level::DEBUG,
+                        "lease was already gone at release",
+                    )
+                    .term(held.term),
+                );
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                self.unreachable(&e);
+                Err(e)
+            }
         }
     }
 
@@ -934,9 +1109,29 @@ impl Campaign {
         self.next_cleanup = Instant::now() + jittered(c.clean_interval(), c.jitter_range());
         let backend = self.backend.clone();
         match self.guarded(backend.cleanup()).await {
-            Ok(0) => {}
-            Ok(n) => debug!(rows = n, "deleted long-expired leases"),
-            Err(e) => debug!(error = %e, "cleanup failed; trying again next interval"),
+            Ok(0) => self.reachable(),
+            Ok(n) => {
+                self.reachable();
+                self.report(
+                    Event::new(
+                        EventKind::Cleaned,
+                        Level::DEBUG,
+                        "deleted long-expired leases",
+                    )
+                    .rows(n),
+                );
+            }
+            Err(e) => {
+                self.unreachable(&e);
+                self.report(
+                    Event::new(
+                        EventKind::CleanupFailed,
+                        Level::DEBUG,
+                        "cleanup failed; trying again next interval",
+                    )
+                    .error(&e),
+                );
+            }
         }
     }
 
@@ -949,12 +1144,14 @@ impl Campaign {
     }
 }
 
-fn warn_or_info(reason: &str) {
-    if reason == "released" || reason == "shutdown" {
-        info!(reason, "stepped down");
-    } else {
-        warn!(reason, "stepped down");
+/// Logs `event` with `tracing`, hands it to the election's observer and records it in the metrics.
+fn report(shared: &Shared, event: Event) {
+    event.trace();
+    if let Some(observer) = shared.config.observer() {
+        deliver(observer, &event);
     }
+    #[cfg(feature = "metrics")]
+    crate::metrics_names::record(&shared.metrics_name, &event, shared.clock.remaining());
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

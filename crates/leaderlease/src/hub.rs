@@ -12,7 +12,9 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, Level, debug, info_span};
+
+use crate::events::{Event, EventKind, EventObserver, deliver};
 
 use crate::backend::ObservedLease;
 use crate::conn::{PgSettings, Pooler, SessionSetup};
@@ -112,6 +114,23 @@ macro_rules! with_conn {
 
 /// The wake-up of each election of a hub, by `(namespace, lock id)`.
 type Waiters = Arc<Mutex<HashMap<(i32, i32), Vec<Weak<Notify>>>>>;
+/// An election's event observer, held weakly by the hub.
+type WeakFn = Weak<dyn Fn(&Event) + Send + Sync>;
+/// The event observers of the hub's elections, for the events of the shared `LISTEN` connection.
+type Observers = Arc<Mutex<Vec<WeakFn>>>;
+
+/// Logs a hub event once and hands it to every live observer of the hub's elections.
+fn hub_report(observers: &Observers, event: Event) {
+    event.trace();
+    let live: Vec<_> = {
+        let mut list = lock(observers);
+        list.retain(|w| w.strong_count() > 0);
+        list.iter().filter_map(Weak::upgrade).collect()
+    };
+    for observer in live {
+        deliver(&observer, &event);
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -160,6 +179,7 @@ pub(crate) struct HubInner {
     closed: AtomicBool,
     listening: Arc<AtomicBool>,
     waiters: Waiters,
+    observers: Observers,
     batchers: Mutex<HashMap<String, Batcher>>,
     stats: Arc<Counters>,
     stop: CancellationToken,
@@ -425,6 +445,7 @@ impl PgHub {
             closed: AtomicBool::new(false),
             listening: Arc::new(AtomicBool::new(false)),
             waiters: Arc::default(),
+            observers: Arc::default(),
             batchers: Mutex::default(),
             stats: Arc::default(),
             stop: CancellationToken::new(),
@@ -489,7 +510,16 @@ impl PgHub {
     /// Registers an election of `lock_id` in `schema`: its wake-up on release, and its place in the
     /// batches.
     /// Must be called within the hub's Tokio runtime.
-    pub(crate) fn join(&self, schema: &str, lock_id: i32) -> Member {
+    pub(crate) fn join(
+        &self,
+        schema: &str,
+        lock_id: i32,
+        observer: Option<&EventObserver>,
+    ) -> Member {
+        let observer = observer.map(Arc::downgrade);
+        if let Some(o) = &observer {
+            lock(&self.inner.observers).push(o.clone());
+        }
         if let Some(options) = lock(&self.inner.listen_options).take() {
             let listener = listen(
                 options,
@@ -497,6 +527,7 @@ impl PgHub {
                 self.inner.timeout,
                 self.inner.waiters.clone(),
                 self.inner.listening.clone(),
+                self.inner.observers.clone(),
                 self.inner.stop.clone(),
             );
             let task = tokio::spawn(listener.instrument(info_span!("leaderlease_listener")));
@@ -521,6 +552,7 @@ impl PgHub {
             key: (namespace, lock_id),
             released,
             batcher,
+            observer: WeakObserver(observer),
         }
     }
 
@@ -579,6 +611,16 @@ pub(crate) struct Member {
     key: (i32, i32),
     released: Arc<Notify>,
     batcher: Batcher,
+    observer: WeakObserver,
+}
+
+/// The election's observer as the hub's list holds it (weakly), shown in `Debug` as present or not.
+struct WeakObserver(Option<WeakFn>);
+
+impl std::fmt::Debug for WeakObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
 }
 
 impl Member {
@@ -653,6 +695,9 @@ impl Member {
                 }
             }
         }
+        if let Some(o) = &self.observer.0 {
+            lock(&self.hub.inner.observers).retain(|w| !w.ptr_eq(o));
+        }
         self.batcher.members.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -673,6 +718,7 @@ async fn listen(
     timeout: Duration,
     waiters: Waiters,
     listening: Arc<AtomicBool>,
+    observers: Observers,
     stop: CancellationToken,
 ) {
     let pool = PgPoolOptions::new()
@@ -706,7 +752,15 @@ async fn listen(
             Ok(l) => l,
             Err(e) => {
                 if !warned {
-                    warn!(error = %e, "cannot LISTEN for releases; candidates poll until it works");
+                    hub_report(
+                        &observers,
+                        Event::new(
+                            EventKind::ListenFailed,
+                            Level::WARN,
+                            "cannot LISTEN for releases; candidates poll until it works",
+                        )
+                        .error_text(&e),
+                    );
                     warned = true;
                 } else {
                     debug!(error = %e, "LISTEN connection failed; retrying");
@@ -754,11 +808,18 @@ async fn listen(
                             wake_all();
                         }
                         if was || !warned {
-                            warn!(
-                                timeout = ?probe_timeout,
-                                "a probe notification did not come back on the LISTEN connection; \
-                                 candidates poll until it does (behind a pooler in transaction mode \
-                                 they always will)"
+                            hub_report(
+                                &observers,
+                                Event::new(
+                                    EventKind::ListenFailed,
+                                    Level::WARN,
+                                    "a probe notification did not come back on the LISTEN connection; \
+                                     candidates poll until it does (behind a pooler in transaction mode \
+                                     they always will)",
+                                )
+                                .reason(format!(
+                                    "no probe notification within {probe_timeout:?}"
+                                )),
                             );
                             warned = true;
                         }
@@ -793,7 +854,14 @@ async fn listen(
                             awaiting = None;
                             failed_probes = 0;
                             if !listening.swap(true, Ordering::AcqRel) {
-                                debug!("listening for releases");
+                                hub_report(
+                                    &observers,
+                                    Event::new(
+                                        EventKind::Listening,
+                                        Level::DEBUG,
+                                        "listening for releases",
+                                    ),
+                                );
                                 warned = false;
                             }
                         } else if let Some(key) = parse_payload(&payload)
@@ -1195,8 +1263,8 @@ mod tests {
         .execute(hub.pool())
         .await
         .unwrap();
-        let stale_member = hub.join(&name, 5);
-        let current_member = hub.join(&name, 5);
+        let stale_member = hub.join(&name, 5, None);
+        let current_member = hub.join(&name, 5, None);
         let twin: Arc<str> = "twin".into();
         let window = Duration::from_millis(50);
         let before = hub.batch_stats();

@@ -79,9 +79,11 @@ mod conn;
 mod elector;
 mod error;
 mod fence;
+pub mod events;
 #[macro_use]
 mod hub;
 pub mod leases;
+pub mod metrics_names;
 #[cfg(feature = "nats")]
 pub mod nats;
 mod postgres;
@@ -92,10 +94,11 @@ pub use config::*;
 pub use conn::{PgSettings, Pooler, TlsSettings};
 pub use elector::{
     ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LIVENESS_RECHECK_INTERVAL, LeaderInfo, Lease,
-    LivenessCheck, Snapshot, Status,
+    LivenessCheck, Snapshot, Status, StoreHealth,
 };
 pub use error::{Error, Result};
 pub use fence::{FENCE_SQLSTATE, fence};
+pub use events::{Event, EventKind, EventObserver};
 pub use hub::{
     BatchStats, LISTEN_PROBE_INTERVAL, MAX_BATCH_WINDOW, OWNED_POOL_MAX_CONNECTIONS, PgHub,
     RELEASE_CHANNEL, START_CONNECT_TIMEOUT,

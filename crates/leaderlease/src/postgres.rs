@@ -108,6 +108,7 @@ pub struct PgBackend {
     clean_interval: Duration,
     create_table_on_init: bool,
     sql: Statements,
+    observer: crate::config::Observer,
 }
 
 impl PgBackend {
@@ -183,6 +184,7 @@ impl PgBackend {
             clean_interval: config.clean_interval(),
             create_table_on_init: config.create_table_on_init(),
             sql: Statements::new(config.schema()),
+            observer: config.observer.clone(),
         }
     }
 
@@ -316,8 +318,10 @@ impl PgBackend {
 impl Backend for PgBackend {
     fn prepare(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.member
-                .get_or_init(|| self.hub.join(&self.schema, self.lock_id));
+            self.member.get_or_init(|| {
+                self.hub
+                    .join(&self.schema, self.lock_id, self.observer.0.as_ref())
+            });
             self.check_writable().await?;
             let Some(problem) = self.missing_parts(self.create_table_on_init).await? else {
                 return self.check_privileges().await;
