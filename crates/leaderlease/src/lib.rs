@@ -78,8 +78,8 @@ mod config;
 mod conn;
 mod elector;
 mod error;
-mod fence;
 pub mod events;
+mod fence;
 #[macro_use]
 mod hub;
 pub mod leases;
@@ -97,8 +97,8 @@ pub use elector::{
     LivenessCheck, Snapshot, Status, StoreHealth,
 };
 pub use error::{Error, Result};
-pub use fence::{FENCE_SQLSTATE, fence};
 pub use events::{Event, EventKind, EventObserver};
+pub use fence::{FENCE_SQLSTATE, fence};
 pub use hub::{
     BatchStats, LISTEN_PROBE_INTERVAL, MAX_BATCH_WINDOW, OWNED_POOL_MAX_CONNECTIONS, PgHub,
     RELEASE_CHANNEL, START_CONNECT_TIMEOUT,
