@@ -30,7 +30,14 @@ describe('election among several candidates', () => {
     const firstTerm = first.term();
     assert.equal(typeof firstTerm, 'number');
     assert.deepEqual(first.leader(), { leaderId: first.instanceId, term: firstTerm });
-    assert.deepEqual(first.status(), { state: 'leader', leaderId: first.instanceId, term: firstTerm });
+    const { state, leaderId, term, connected, lastError } = first.status();
+    assert.deepEqual({ state, leaderId, term, connected, lastError }, {
+      state: 'leader',
+      leaderId: first.instanceId,
+      term: firstTerm,
+      connected: true,
+      lastError: null,
+    });
 
     // Followers see who leads.
     const followers = electors.filter((e) => e !== first);

@@ -79,11 +79,14 @@ async function health(base: string): Promise<Health> {
   return { code: res.status, body: (await res.json()) as Health['body'] };
 }
 
-/** Polls `base`'s health every 50 ms until `want` holds; returns the ms it took, or null after `limit`. */
-async function until(base: string, want: (h: Health) => boolean, limit: number): Promise<number | null> {
+/**
+ * Polls `base`'s health every 50 ms until `want` holds; returns the ms from `from` (default: now) until
+ * then, or null after `limit`.
+ */
+async function until(base: string, want: (h: Health) => boolean, limit: number, from = Date.now()): Promise<number | null> {
   const start = Date.now();
   while (Date.now() - start < limit) {
-    if (want(await health(base))) return Date.now() - start;
+    if (want(await health(base))) return Date.now() - from;
     await sleep(50);
   }
   return null;
@@ -116,7 +119,7 @@ describe('health', () => {
       await pgAsync('stop', dir, 'immediate');
       const bound = UNREACHABLE_FOR + FAST.leaseDuration + 2500;
       const downs = await Promise.all(
-        [leader, follower].map((x) => until(x.base, (h) => h.code === 503, bound + 2000)),
+        [leader, follower].map((x) => until(x.base, (h) => h.code === 503, bound + 2000, stoppedAt)),
       );
       const since = Date.now() - stoppedAt;
       for (const [i, d] of downs.entries()) {
@@ -135,8 +138,11 @@ describe('health', () => {
       assert.ok(Date.now() - st.since > UNREACHABLE_FOR);
 
       // Back: both up again, one leads, the other follows (and is up).
+      const startedAt = Date.now();
       await pgAsync('start-again', dir);
-      const ups = await Promise.all([leader, follower].map((x) => until(x.base, (h) => h.code === 200, 10_000)));
+      const ups = await Promise.all(
+        [leader, follower].map((x) => until(x.base, (h) => h.code === 200, 10_000, startedAt)),
+      );
       assert.ok(ups.every((u) => u !== null), `not up again: ${JSON.stringify(ups)}`);
       console.log(
         `health: database stopped: leader down after ${downs[0]} ms, follower after ${downs[1]} ms ` +

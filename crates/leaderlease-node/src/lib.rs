@@ -388,10 +388,12 @@ fn js_event(e: &Event, lock_id: i32, instance_id: &str) -> ElectorEvent {
 type EventCallback = ThreadsafeFunction<ElectorEvent, (), ElectorEvent, NapiStatus, false, true>;
 
 /// Forwards the core's events of one election to its JavaScript callback, up to a level JavaScript sets
-/// (default `info`: the debug events, one per renewal, cross only when asked for). The callback is weak
-/// (it never keeps the process alive) and is called without blocking the election's task.
+/// (default `info`: the debug events, one per renewal, cross only when asked for). The election's task
+/// only queues an event; a task of its own hands it to the callback after yielding once, so that the
+/// state snapshot published just before (the leadership change itself) reaches JavaScript first. The
+/// callback is weak: it never keeps the process alive.
 struct EventSink {
-    callback: EventCallback,
+    queue: tokio::sync::mpsc::UnboundedSender<ElectorEvent>,
     /// Highest `level_rank` forwarded.
     max_rank: AtomicU8,
     /// The election's lock id and instance id, set once its config is built.
@@ -406,10 +408,7 @@ impl EventSink {
         let Some((lock_id, instance_id)) = self.identity.get() else {
             return;
         };
-        self.callback.call(
-            js_event(e, *lock_id, instance_id),
-            ThreadsafeFunctionCallMode::NonBlocking,
-        );
+        let _ = self.queue.send(js_event(e, *lock_id, instance_id));
     }
 }
 
@@ -546,14 +545,22 @@ impl Elector {
     }
 }
 
+/// The sink of `on_event`, and its forwarding task (which ends, dropping the callback, when the election's
+/// config, holding the sink, is dropped).
 fn event_sink(on_event: Option<EventCallback>) -> Option<Arc<EventSink>> {
-    on_event.map(|callback| {
-        Arc::new(EventSink {
-            callback,
-            max_rank: AtomicU8::new(level_rank(Level::INFO)),
-            identity: std::sync::OnceLock::new(),
-        })
-    })
+    let callback = on_event?;
+    let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<ElectorEvent>();
+    spawn(async move {
+        while let Some(event) = rx.recv().await {
+            tokio::task::yield_now().await;
+            callback.call(event, ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    });
+    Some(Arc::new(EventSink {
+        queue,
+        max_rank: AtomicU8::new(level_rank(Level::INFO)),
+        identity: std::sync::OnceLock::new(),
+    }))
 }
 
 /// Whether the elector can reach its store (see `Elector.storeHealth()`).

@@ -801,18 +801,20 @@ impl Campaign {
             }
             Ok(false) => {
                 self.reachable();
+                self.step_down("lease lost: renewal matched no row (expired or taken over)");
+                self.held = None;
+                self.next_poll = Instant::now();
+                // After the step-down (whose warning carries the reason), so that reporting it never
+                // delays the step-down's snapshot.
                 self.report(
                     Event::new(
                         EventKind::LeaseLost,
-                        Level::WARN,
+                        Level::DEBUG,
                         "renewal matched no row: the lease expired or was taken over",
                     )
                     .term(term)
                     .latency(latency),
                 );
-                self.step_down("lease lost: renewal matched no row (expired or taken over)");
-                self.held = None;
-                self.next_poll = Instant::now();
             }
             Err(e) => {
                 // Keep the term and retry: leadership is kept until the local deadline (then `guarded` or
@@ -861,13 +863,17 @@ impl Campaign {
         self.shared
             .lease
             .send_replace(Some(Lease { term, deadline }));
-        if !self.leading {
+        let elected = !self.leading;
+        if elected {
             self.leading = true;
             *lock(&self.shared.work) = Some(CancellationToken::new());
             self.shared.status.send_replace(Status::Leader { term });
-            self.report(Event::new(EventKind::Elected, Level::INFO, "elected leader").term(term));
         }
         self.publish();
+        // Reported after the snapshot is published, so that reporting never delays it.
+        if elected {
+            self.report(Event::new(EventKind::Elected, Level::INFO, "elected leader").term(term));
+        }
     }
 
     /// Publishes the current decision as the next [`Snapshot`].
@@ -900,8 +906,18 @@ impl Campaign {
         if let Some(token) = lock(&self.shared.work).take() {
             token.cancel();
         }
-        if self.leading {
+        let stepped_down = self.leading;
+        if stepped_down {
             self.leading = false;
+            self.shared
+                .status
+                .send_replace(Status::Candidate { leader: None });
+        }
+        if had_lease || self.shared.state.borrow().is_leader() {
+            self.publish();
+        }
+        // Reported after the snapshot is published, so that reporting never delays it.
+        if stepped_down {
             let level = if reason == "released" || reason == "shutdown" {
                 Level::INFO
             } else {
@@ -911,12 +927,6 @@ impl Campaign {
                 Event::new(EventKind::SteppedDown, level, "stepped down").reason(reason);
             event.term = term;
             self.report(event);
-            self.shared
-                .status
-                .send_replace(Status::Candidate { leader: None });
-        }
-        if had_lease || self.shared.state.borrow().is_leader() {
-            self.publish();
         }
     }
 

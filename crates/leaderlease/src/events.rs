@@ -23,8 +23,8 @@ pub enum EventKind {
     /// A renewal failed; it is retried while the local deadline allows (warn; `term`, `error`,
     /// `latency`, `retry_in`).
     RenewalFailed,
-    /// A renewal matched no row: the lease expired or was taken over (warn; `term`, `latency`). A
-    /// [`SteppedDown`](Self::SteppedDown) follows.
+    /// A renewal matched no row: the lease expired or was taken over (debug; `term`, `latency`). It
+    /// follows the [`SteppedDown`](Self::SteppedDown) warning that gives this reason.
     LeaseLost,
     /// This node stopped leading (warn, or info for a release or shutdown; `term`, `reason`).
     SteppedDown,
