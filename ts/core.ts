@@ -7,7 +7,9 @@ export {
   connectionStringFromDataSource,
   connectionSettingsFromDataSource,
   type SslOptions,
+  FENCE_SQLSTATE,
   type DataSourceLike,
+  type FenceRunner,
   type LeaderElectorConfig,
   type LeaderElectorEvents,
   type LeaderIdentity,
@@ -19,6 +21,7 @@ export {
   DatabaseError,
   DatabaseUnreachableError,
   ElectorShutDownError,
+  FencedError,
   InvalidBucketError,
   LeaderElectionConfigError,
   LeaderElectionError,
@@ -33,4 +36,6 @@ export {
   type LeaderElectionErrorCode,
 } from './errors.js';
 export { upSql, downSql } from './sql.js';
+export { lockIdForName } from './lock-id.js';
+export type { LeaderJobContext } from './leader-job.context.js';
 export { errorCodes } from '../native/index.js';
