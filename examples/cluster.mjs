@@ -33,10 +33,11 @@ try {
       lease: { type: 'string', default: '1500' },
       renewal: { type: 'string', default: '500' },
       jitter: { type: 'string', default: '200' },
+      pooler: { type: 'string' },
     },
   }));
 } catch (e) {
-  console.error(`${e.message}\nusage: node examples/cluster.mjs [--rounds N] [--lease MS] [--renewal MS] [--jitter MS]`);
+  console.error(`${e.message}\nusage: node examples/cluster.mjs [--rounds N] [--lease MS] [--renewal MS] [--jitter MS] [--pooler transaction|session]`);
   process.exit(2);
 }
 
@@ -60,16 +61,11 @@ const SETTLE_MS = 1000;
 const TAKEOVER_TIMEOUT_MS = 3 * LEASE + 5000;
 const HANDOVER_TIMEOUT_MS = 4 * (RENEWAL + JITTER) + 5000;
 const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
-const POOLER = (() => {
-  const i = process.argv.indexOf('--pooler');
-  if (i < 0) return undefined;
-  const v = process.argv[i + 1];
-  if (v !== 'transaction' && v !== 'session' && v !== 'none') {
-    console.error(`--pooler needs transaction, session or none (got ${v ?? 'nothing'})`);
-    process.exit(2);
-  }
-  return v;
-})();
+const POOLER = options.pooler;
+if (POOLER !== undefined && POOLER !== 'transaction' && POOLER !== 'session' && POOLER !== 'none') {
+  console.error(`--pooler needs transaction, session or none (got ${POOLER})`);
+  process.exit(2);
+}
 const SCHEMA = `leaderlease_demo_${process.pid}`;
 
 const now = () => process.hrtime.bigint();
