@@ -21,6 +21,12 @@ export declare class Elector {
    */
   static connect(url: string, options?: ElectorOptions | undefined | null, onEvent?: (((arg: ElectorEvent) => void)) | undefined | null): Promise<Elector>
   /**
+   * Like `connect`, with the connection given field by field (a TypeORM DataSource's settings, TLS
+   * certificates as PEM text, a pooler in between). Elections whose connection and operation timeout
+   * are equal share one hub.
+   */
+  static connectPg(connection: PgConnection, options?: ElectorOptions | undefined | null): Promise<Elector>
+  /**
    * Connects to NATS at `url` (e.g. `nats://127.0.0.1:4222`) and campaigns in the JetStream KV
    * bucket `bucket` (default `leaderlease`; created with `max_age` = leaseDuration if missing, refused
    * if it exists with another `max_age`). The key is `lock-<lockId>`.
@@ -190,6 +196,49 @@ export interface LeaderInfo {
 
 /** Leadership state of this node. */
 export type LeaderState = 'candidate' | 'leader' | 'stopped'
+
+/**
+ * Where and how to connect to PostgreSQL, field by field (the core's `PgSettings`). A `url` is read
+ * as libpq reads it; the other fields fill in what it does not say.
+ */
+export interface PgConnection {
+  /** A connection string. */
+  url?: string
+  /** Host name, IP address, or a Unix socket directory. */
+  host?: string
+  /** Port. */
+  port?: number
+  /** User name. */
+  user?: string
+  /** Password. */
+  password?: string
+  /** Database name. */
+  database?: string
+  /** `application_name` of the sessions. */
+  applicationName?: string
+  /** Startup `options` (`-c name=value ...`). */
+  options?: string
+  /** TLS settings given as values. */
+  ssl?: PgSsl
+  /** `none`, `session` or `transaction` (default `none`). */
+  pooler?: string
+}
+
+/**
+ * TLS settings given as values (a TypeORM DataSource's `ssl` object, normalised by the TypeScript
+ * layer): `mode` is an `sslmode` (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`; default
+ * `verify-full`), `ca`, `cert` and `key` are PEM text.
+ */
+export interface PgSsl {
+  /** The `sslmode`. */
+  mode?: string
+  /** Trusted CA certificate(s), PEM. */
+  ca?: string
+  /** Client certificate chain, PEM. */
+  cert?: string
+  /** Client private key, PEM, unencrypted. */
+  key?: string
+}
 
 /** One decision of the election, complete, as `onStateChange` reports it and `state()` returns it. */
 export interface StateSnapshot {
