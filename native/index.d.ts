@@ -25,7 +25,7 @@ export declare class Elector {
    * certificates as PEM text, a pooler in between). Elections whose connection and operation timeout
    * are equal share one hub.
    */
-  static connectPg(connection: PgConnection, options?: ElectorOptions | undefined | null): Promise<Elector>
+  static connectPg(connection: PgConnection, options?: ElectorOptions | undefined | null, onEvent?: (((arg: ElectorEvent) => void)) | undefined | null): Promise<Elector>
   /**
    * Connects to NATS at `url` (e.g. `nats://127.0.0.1:4222`) and campaigns in the JetStream KV
    * bucket `bucket` (default `leaderlease`; created with `max_age` = leaseDuration if missing, refused
