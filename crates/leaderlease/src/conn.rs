@@ -363,11 +363,15 @@ fn pem(field: &'static str, text: &str) -> Result<Vec<u8>> {
 #[derive(Clone, Debug)]
 pub(crate) struct SessionSetup {
     pub(crate) pooler: Pooler,
-    /// Run after each connection opens (pooler `none`: `synchronous_commit` only; `session`: all).
+    /// Run after each connection opens (pooler `session`).
     pub(crate) after_connect: Option<Arc<str>>,
     /// Run before each statement, opening its transaction (pooler `transaction`).
     pub(crate) begin: Option<Arc<str>>,
 }
+
+/// Whether a session's `synchronous_commit` is weaker than `on` (then the hub raises it).
+pub(crate) const SYNC_COMMIT_WEAK_SQL: &str =
+    "SELECT current_setting('synchronous_commit') IN ('off', 'local', 'remote_write')";
 
 /// Raises `synchronous_commit` to `on` for the session (`false`) or the transaction (`true`) when the
 /// server's setting is weaker, so that an application that turned it off for speed (in postgresql.conf,
@@ -384,9 +388,11 @@ impl SessionSetup {
     pub(crate) fn new(pooler: Pooler, timeout: Duration) -> Self {
         let ms = timeout.as_millis();
         match pooler {
+            // `synchronous_commit` goes with the startup options when the server's is weaker (the hub
+            // reads it once, at start): no statement per connection.
             Pooler::None => Self {
                 pooler,
-                after_connect: Some(sync_commit_sql(false).into()),
+                after_connect: None,
                 begin: None,
             },
             Pooler::Session => Self {

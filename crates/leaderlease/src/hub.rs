@@ -17,7 +17,7 @@ use tracing::{Instrument, Level, debug, info_span};
 use crate::events::{Event, EventKind, EventObserver, deliver};
 
 use crate::backend::ObservedLease;
-use crate::conn::{PgSettings, Pooler, SessionSetup};
+use crate::conn::{PgSettings, Pooler, SYNC_COMMIT_WEAK_SQL, SessionSetup};
 use crate::schema;
 use crate::{Error, Result};
 
@@ -340,6 +340,7 @@ impl PgHub {
         };
         let wait = timeout.max(START_CONNECT_TIMEOUT);
         let after_connect = setup.after_connect.clone();
+        let direct = setup.pooler == Pooler::None;
         let check = async {
             let mut conn = PgConnection::connect_with(&options).await?;
             if let Some(sql) = &after_connect {
@@ -347,14 +348,24 @@ impl PgHub {
                     .execute(&mut conn)
                     .await?;
             }
+            // What the sessions' synchronous_commit will be (role, database, server, URL options).
+            let weak: bool = if direct {
+                sqlx::query_scalar(SYNC_COMMIT_WEAK_SQL)
+                    .fetch_one(&mut conn)
+                    .await?
+            } else {
+                false
+            };
             let _ = conn.close().await;
-            Ok::<_, sqlx::Error>(())
+            Ok::<_, sqlx::Error>(weak)
         };
-        match tokio::time::timeout(wait, check).await {
+        let options = match tokio::time::timeout(wait, check).await {
             Err(_) => return Err(unreachable_error(sqlx::Error::PoolTimedOut, &target, wait)),
             Ok(Err(e)) => return Err(unreachable_error(e, &target, wait)),
-            Ok(Ok(())) => {}
-        }
+            // A later `-c` wins over an earlier one (the URL's own `options`).
+            Ok(Ok(true)) => options.options([("synchronous_commit", "on")]),
+            Ok(Ok(false)) => options,
+        };
         let pool = PgPoolOptions::new()
             .after_connect(move |conn, _| {
                 let sql = after_connect.clone();
