@@ -5,8 +5,10 @@
 export {
   LeaderElectorCore,
   connectionStringFromDataSource,
+  FENCE_SQLSTATE,
   type DataSourceLike,
   type ElectorStatus,
+  type FenceRunner,
   type LeaderElectorConfig,
   type LeaderElectorEvents,
   type LeaderIdentity,
@@ -18,6 +20,7 @@ export {
   DatabaseError,
   DatabaseUnreachableError,
   ElectorShutDownError,
+  FencedError,
   InvalidBucketError,
   LeaderElectionConfigError,
   LeaderElectionError,
@@ -33,4 +36,6 @@ export {
 export { upSql, downSql } from './sql.js';
 export { METRIC_NAMES, type LeaderElectionMetricsOptions } from './metrics.js';
 export type { LeaderElectionLogEvent, LeaderElectionLogLevel, LeaderElectorLogger } from './logging.js';
+export { lockIdForName } from './lock-id.js';
+export type { LeaderJobContext } from './leader-job.context.js';
 export { errorCodes } from '../native/index.js';

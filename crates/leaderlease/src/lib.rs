@@ -78,6 +78,7 @@ mod config;
 mod elector;
 mod error;
 pub mod events;
+mod fence;
 #[macro_use]
 mod hub;
 pub mod leases;
@@ -95,6 +96,7 @@ pub use elector::{
 };
 pub use error::{Error, Result};
 pub use events::{Event, EventKind, EventObserver};
+pub use fence::{FENCE_SQLSTATE, fence};
 pub use hub::{
     BatchStats, LISTEN_PROBE_INTERVAL, MAX_BATCH_WINDOW, OWNED_POOL_MAX_CONNECTIONS, PgHub,
     RELEASE_CHANNEL, START_CONNECT_TIMEOUT,
