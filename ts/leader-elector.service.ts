@@ -35,17 +35,19 @@ function createLogger(): Logger {
  * The core's log lines through Nest's `Logger` with the context `LeaderElector`: error, warn, info as
  * `log`, and debug only while the application's logger level allows it (`Logger.isLevelEnabled`).
  */
-function nestLogger(): LeaderElectorLogger | undefined {
+function nestLogger(name?: string): LeaderElectorLogger | undefined {
   const nest = loadOptional<typeof NestCommon>('@nestjs/common');
   if (!nest) return undefined;
   const logger = new nest.Logger('LeaderElector');
   const Logger = nest.Logger as unknown as { isLevelEnabled?: (level: string) => boolean };
+  // A named election's lines start with its name.
+  const p = name !== undefined ? `election '${name}': ` : '';
   return {
-    log: (m: string) => logger.log(m),
-    warn: (m: string) => logger.warn(m),
-    error: (m: string) => logger.error(m),
+    log: (m: string) => logger.log(p + m),
+    warn: (m: string) => logger.warn(p + m),
+    error: (m: string) => logger.error(p + m),
     debug: (m: string) => {
-      if (typeof Logger.isLevelEnabled !== 'function' || Logger.isLevelEnabled('debug')) logger.debug(m);
+      if (typeof Logger.isLevelEnabled !== 'function' || Logger.isLevelEnabled('debug')) logger.debug(p + m);
     },
   };
 }
@@ -72,8 +74,8 @@ export class LeaderElectorService
    */
   constructor(source: string | RepositoryLike, config: LeaderElectorConfig = {}, name?: string) {
     // The core's events (elected, stepped down and why, renewal failed, ...) go to Nest's Logger unless
-    // the options name a logger of their own.
-    super(source, { ...config, logger: config?.logger ?? nestLogger() }, { start: false, ...(name !== undefined ? { name } : {}) });
+    // the options name a logger of their own; each line names the election's lock id.
+    super(source, { ...config, logger: config?.logger ?? nestLogger(name) }, { start: false, ...(name !== undefined ? { name } : {}) });
     this.name = name ?? null;
   }
 
