@@ -97,8 +97,13 @@ describe('health', () => {
     const a = await healthApp();
     const b = await healthApp();
     try {
-      const one = await until(a.base, () => a.elector.amILeader() || b.elector.amILeader(), 5000);
-      assert.notEqual(one, null, 'nobody leads');
+      // One leads, and the other has seen it (a follower's first read may come a moment after the election).
+      const one = await until(
+        a.base,
+        () => (a.elector.amILeader() || b.elector.amILeader()) && a.elector.leader() !== null && b.elector.leader() !== null,
+        5000,
+      );
+      assert.notEqual(one, null, 'nobody leads, or the follower has not seen the leader');
       const [leader, follower] = a.elector.amILeader() ? [a, b] : [b, a];
       const hl = await health(leader.base);
       const hf = await health(follower.base);
