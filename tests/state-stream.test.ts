@@ -156,7 +156,7 @@ describe('the JavaScript copy of leadership follows the native one', () => {
     ).finally(() => (updated = true));
     let nativeLostAt = 0;
     const end = performance.now() + 10_000;
-    while (performance.now() < end && (abortedAt.length < 10 || !updated)) {
+    while (performance.now() < end && (abortedAt.length < 10 || !updated || nativeLostAt === 0)) {
       if (nativeLostAt === 0 && e.status().state !== 'leader') nativeLostAt = performance.now();
       await new Promise((r) => setImmediate(r));
     }
@@ -168,9 +168,12 @@ describe('the JavaScript copy of leadership follows the native one', () => {
     // Typically about 1 ms; the bound leaves room for a busy 2-core machine. That no poll is involved is
     // shown by the timer count below (a 50 ms poll per run would show hundreds of callbacks).
     assert.ok(latest < 200, `aborted ${latest.toFixed(1)} ms after the native loss`);
-    // The sampler sees the loss one turn of the loop late at most: an abort much earlier came from elsewhere.
+    // The signals abort on the step-down counter, which the core moves just before it publishes the status
+    // the sampler reads; the sampler also sees it one turn of the loop late. So an abort may come a little
+    // before the sampled loss (a busy machine can preempt the core between the two), never long before:
+    // that would be an abort from elsewhere.
     const earliest = Math.min(...abortedAt) - nativeLostAt;
-    assert.ok(earliest > -5, `a signal aborted ${(-earliest).toFixed(1)} ms before the native loss`);
+    assert.ok(earliest > -100, `a signal aborted ${(-earliest).toFixed(1)} ms before the native loss`);
     assert.ok(perSecond < 20, `${perSecond} timer callbacks in one second of idle leadership with 10 runs`);
   });
 });
