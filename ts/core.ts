@@ -26,6 +26,7 @@ export {
   PermissionDeniedError,
   StoreError,
   TableMissingError,
+  UnsupportedServerError,
   fromNative,
   type LeaderElectionErrorCode,
 } from './errors.js';

@@ -28,6 +28,7 @@ export {
   PermissionDeniedError,
   StoreError,
   TableMissingError,
+  UnsupportedServerError,
   fromNative,
   type LeaderElectionErrorCode,
 } from './errors.js';

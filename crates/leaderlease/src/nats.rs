@@ -19,6 +19,9 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+/// The NATS client this backend is built with: pass an `async_nats::Client` of this version (0.51).
+pub use async_nats;
+
 use crate::backend::{AcquireOutcome, Backend, BoxFuture, ObservedLease};
 use crate::config::ElectorConfig;
 use crate::{Error, Result};
@@ -248,9 +251,46 @@ fn parse_value(entry: &kv::Entry) -> (u64, String) {
     }
 }
 
+/// The oldest NATS server the backend supports: the client library (`async-nats` 0.51) cannot read
+/// JetStream's answers from 2.9 servers. Per-key TTL needs 2.11.
+pub const MINIMUM_SERVER_VERSION: &str = "2.10.0";
+
+/// `(major, minor, patch)` of a server version such as `2.11.4` or `2.12.0-RC.1`; `None` when it is not one.
+fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
+    let core = version.trim().trim_start_matches('v');
+    let core = core.split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
+}
+
+/// Refuses a server older than [`MINIMUM_SERVER_VERSION`], with its version in the error. A client that
+/// has not connected yet (no version known) passes: the bucket requests then tell.
+fn check_server_version(client: &async_nats::Client) -> Result<()> {
+    let version = client.server_info().version;
+    let (Some(found), Some(minimum)) = (
+        parse_version(&version),
+        parse_version(MINIMUM_SERVER_VERSION),
+    ) else {
+        return Ok(());
+    };
+    if found < minimum {
+        return Err(Error::UnsupportedServer {
+            store: "NATS",
+            version,
+            minimum: MINIMUM_SERVER_VERSION,
+        });
+    }
+    Ok(())
+}
+
 impl Backend for NatsBackend {
     fn prepare(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
+            check_server_version(&self.js.client())?;
             let store = tokio::time::timeout(
                 crate::START_CONNECT_TIMEOUT,
                 Self::create_bucket(&self.js, &self.bucket, self.lease),
@@ -413,5 +453,21 @@ impl Backend for NatsBackend {
                 w.abort();
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_are_compared_by_number() {
+        assert_eq!(parse_version("2.9.10"), Some((2, 9, 10)));
+        assert_eq!(parse_version("2.15.1"), Some((2, 15, 1)));
+        assert_eq!(parse_version("v2.12.0-RC.1"), Some((2, 12, 0)));
+        assert_eq!(parse_version("2.10"), Some((2, 10, 0)));
+        assert_eq!(parse_version(""), None);
+        assert!(parse_version("2.9.10") < parse_version(MINIMUM_SERVER_VERSION));
+        assert!(parse_version("2.10.0") >= parse_version(MINIMUM_SERVER_VERSION));
     }
 }

@@ -269,13 +269,18 @@ async fn a_renewal_applied_without_its_acknowledgement_keeps_the_lease() {
 
 /// A NATS server of the test's own, on a free port, with JetStream in a temporary directory.
 struct ThrowawayNats {
+    bin: String,
     port: u16,
     dir: std::path::PathBuf,
     child: Option<Child>,
 }
 
 impl ThrowawayNats {
+    /// The pinned server version ([`nats_server_bin`]).
     fn start() -> Self {
+        Self::start_bin(nats_server_bin())
+    }
+    fn start_bin(bin: String) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -284,6 +289,7 @@ impl ThrowawayNats {
         let dir = std::env::temp_dir().join(unique("ll_nats"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut s = Self {
+            bin,
             port,
             dir,
             child: None,
@@ -295,11 +301,7 @@ impl ThrowawayNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
     fn restart(&mut self) {
-        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("nats-server");
-        let child = Command::new(bin)
+        let child = Command::new(&self.bin)
             .args([
                 "-a",
                 "127.0.0.1",
@@ -312,7 +314,7 @@ impl ThrowawayNats {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("nats-server must be installed for this test");
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin));
         self.child = Some(child);
         let until = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -402,4 +404,49 @@ async fn the_nats_server_restarting_is_survived() {
     );
     a.shutdown().await.unwrap();
     f.shutdown().await.unwrap();
+}
+
+/// Debian 12's NATS server is 2.9, whose JetStream answers the client cannot read: the elector must fail at
+/// start with a typed error that names the server's version, not with a parse error from deep in a request.
+/// Uses the Debian package's binary (.ci/run installs it), started as a throwaway server of the test's own.
+#[tokio::test]
+async fn a_server_older_than_2_10_is_refused_at_start_naming_its_version() {
+    let bin = "/usr/sbin/nats-server";
+    let version = Command::new(bin)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{bin} (Debian 12's nats-server 2.9, `apt-get install nats-server`): {e}")
+        });
+    let version = String::from_utf8_lossy(&version.stdout)
+        .trim()
+        .trim_start_matches("nats-server: v")
+        .to_owned();
+    assert!(
+        version.starts_with("2.9."),
+        "this test needs a NATS 2.9 server at {bin}, found {version}"
+    );
+    let server = ThrowawayNats::start_bin(bin.to_owned());
+    let b = Bucket::on("ll_old", server.url());
+    let err = fast()
+        .connect_nats(&server.url(), &b.name)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ERR_UNSUPPORTED_SERVER", "{err}");
+    assert!(
+        matches!(&err, Error::UnsupportedServer { version: v, .. } if *v == version),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("version {version}")) && text.contains("NATS 2.10.0 or newer"),
+        "{text}"
+    );
+    // An application's own client: the same check.
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let err = fast()
+        .start(|config| NatsBackend::new(client, &b.name, config))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ERR_UNSUPPORTED_SERVER", "{err}");
 }
