@@ -82,6 +82,8 @@ mod hub;
 pub mod leases;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "noleader")]
+pub mod noleader;
 mod postgres;
 pub mod schema;
 
