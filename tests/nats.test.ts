@@ -45,14 +45,37 @@ test('on NATS: one leader, release handed over through the watch, terms grow', a
   await b.shutdown();
 });
 
-test('on NATS: a bucket with another lease duration is refused with InvalidBucketError', async () => {
+test('on NATS: one bucket holds elections of different lease durations (per-key TTL)', async () => {
   const bucket = randomBucket();
-  const a = await LeaderElectorCore.connectNats(NATS_URL, { ...FAST, bucket });
-  await assert.rejects(
-    LeaderElectorCore.connectNats(NATS_URL, { leaseDuration: 3000, renewalInterval: 1000, jitterRange: 200, bucket }),
-    (err: Error & { code?: string }) => err.name === 'InvalidBucketError' && err.code === 'ERR_INVALID_BUCKET',
-  );
+  const a = await LeaderElectorCore.connectNats(NATS_URL, { ...FAST, bucket, lockId: 1 });
+  const b = await LeaderElectorCore.connectNats(NATS_URL, {
+    leaseDuration: 4000,
+    renewalInterval: 1000,
+    jitterRange: 200,
+    bucket,
+    lockId: 2,
+  });
+  assert.ok(await waitFor(() => a.amILeader() && b.amILeader(), 3000), 'both elections have a leader');
+  // Past the shorter lease's TTL (2 s): each keeps its own key alive.
+  const terms = [a.term(), b.term()];
+  await new Promise((r) => setTimeout(r, 2500));
+  assert.deepEqual([a.term(), b.term()], terms);
+  assert.ok(a.amILeader() && b.amILeader());
   await a.shutdown();
+  await b.shutdown();
+});
+
+test('on NATS: a bucket without per-key TTL whose max_age is another lease is refused with InvalidBucketError', async () => {
+  const bucket = randomBucket();
+  const nc = await connect({ servers: NATS_URL });
+  // As an older leaderlease (or NATS 2.10) made it: max_age 3 s, no per-message TTL.
+  await (await nc.jetstream().views.kv(bucket, { history: 1, ttl: 3000 })).status();
+  await nc.close();
+  await assert.rejects(
+    LeaderElectorCore.connectNats(NATS_URL, { ...FAST, bucket }),
+    (err: Error & { code?: string }) =>
+      err.name === 'InvalidBucketError' && err.code === 'ERR_INVALID_BUCKET' && /max_age 3000 ms/.test(err.message),
+  );
 });
 
 test('LeaderElectorModule.forRoot({ backend: { nats } }) runs without TypeORM or PostgreSQL', async () => {

@@ -33,6 +33,7 @@ export {
   ReadOnlyDatabaseError,
   StoreError,
   TableMissingError,
+  UnsupportedServerError,
   fromNative,
   type LeaderElectionErrorCode,
 } from './errors.js';

@@ -16,6 +16,7 @@ export type LeaderElectionErrorCode =
   | 'ERR_DATABASE'
   | 'ERR_STORE'
   | 'ERR_INVALID_BUCKET'
+  | 'ERR_UNSUPPORTED_SERVER'
   | 'ERR_SHUT_DOWN'
   | 'ERR_FENCED'
   | 'ERR_MISSING_DEPENDENCY'
@@ -99,6 +100,13 @@ export class InvalidBucketError extends LeaderElectionError {
   }
 }
 
+/** The server is older than leaderlease supports (NATS before 2.10); the message names its version. */
+export class UnsupportedServerError extends LeaderElectionError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_UNSUPPORTED_SERVER', message, options);
+  }
+}
+
 /** The elector has been shut down. */
 export class ElectorShutDownError extends LeaderElectionError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -157,6 +165,7 @@ const BY_CODE: Record<string, new (message: string, options?: { cause?: unknown 
   ERR_DATABASE: DatabaseError,
   ERR_STORE: StoreError,
   ERR_INVALID_BUCKET: InvalidBucketError,
+  ERR_UNSUPPORTED_SERVER: UnsupportedServerError,
   ERR_SHUT_DOWN: ElectorShutDownError,
   ERR_FENCED: FencedError,
 };

@@ -31,6 +31,7 @@ export {
   ReadOnlyDatabaseError,
   StoreError,
   TableMissingError,
+  UnsupportedServerError,
   fromNative,
   type LeaderElectionErrorCode,
 } from './errors.js';

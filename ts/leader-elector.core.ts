@@ -66,8 +66,10 @@ export interface LeaderElectorConfig {
   maxEventLoopStall?: number;
   /**
    * New: where the lease lives. Default PostgreSQL (the connection string or DataSource given). With
-   * `{ nats: { servers, bucket } }` the lease is a key in a NATS JetStream KV bucket whose `max_age` is
-   * `leaseDuration` (created if missing; a bucket with another `max_age`, or none, is refused).
+   * `{ nats: { servers, bucket } }` the lease is a key in a NATS JetStream KV bucket (NATS 2.10+). The
+   * bucket is created if missing, with per-key TTL on NATS 2.11+: each key carries its own lease, so one
+   * bucket holds elections of different `leaseDuration`s. An existing bucket without per-message TTL must
+   * have `max_age` = `leaseDuration` (otherwise it is refused with `InvalidBucketError`).
    */
   backend?: { nats: { servers: string; bucket?: string } };
   /**

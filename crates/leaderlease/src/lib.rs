@@ -86,6 +86,8 @@ pub mod leases;
 pub mod metrics_names;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "noleader")]
+pub mod noleader;
 mod postgres;
 pub mod schema;
 

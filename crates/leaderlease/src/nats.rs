@@ -1,5 +1,4 @@
-//! The NATS JetStream key-value backend (feature `nats`): one key per election in a bucket whose
-//! `max_age` is the lease.
+//! The NATS JetStream key-value backend (feature `nats`): one key per election in a KV bucket.
 //!
 //! - **Acquire** = create the key only if absent (a key that expired or was deleted counts as absent).
 //! - **Renew** = rewrite the key only if its revision is still the one this node wrote last
@@ -7,17 +6,32 @@
 //! - **Release** = delete the key only if its revision is still ours (same header on the delete).
 //! - **Term** = the KV revision of the acquiring write: it only grows within a bucket. Renewals write the
 //!   term into the value, so observers read it there.
-//! - **Expiry** is the server's: a key not rewritten for `max_age` disappears. NATS 2.9 has no per-key
-//!   TTL, so the lease duration is the bucket's `max_age`; an existing bucket must have exactly that.
-//! - Followers **watch** the key, so a release is seen at once.
+//! - **Expiry** is the server's, in one of two modes, chosen by the bucket:
+//!   - **Per-key TTL** (NATS 2.11+, a bucket with per-message TTL, `allow_msg_ttl`): every write of the
+//!     key carries the lease as its `Nats-TTL` header, so the lease belongs to the key and one bucket holds
+//!     elections of different lease durations. NATS TTLs are whole seconds: the key lives the lease
+//!     rounded up to a second (the local deadline still runs from the lease itself). With limit markers
+//!     (`subject_delete_marker_ttl`), the server writes a marker when the key expires, and the followers'
+//!     watch sees the expiry as it happens. New buckets on 2.11+ are made this way.
+//!   - **Bucket `max_age`** (a bucket without per-message TTL, e.g. made on NATS 2.10 or by an older
+//!     leaderlease): a key not rewritten for `max_age` disappears, so the lease is the bucket's `max_age`
+//!     and an existing bucket must have exactly that; followers learn of an expiry by looking again.
+//! - Followers **watch** the key, so a release (and, with limit markers, an expiry) is seen at once.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, Store, UpdateErrorKind};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::kv::{self, Operation, Store, UpdateErrorKind};
+use async_nats::{HeaderMap, HeaderValue, header};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+
+/// The NATS client this backend is built with: pass an `async_nats::Client` of this version (0.51).
+pub use async_nats;
 
 use crate::backend::{AcquireOutcome, Backend, BoxFuture, ObservedLease};
 use crate::config::ElectorConfig;
@@ -25,6 +39,35 @@ use crate::{Error, Result};
 
 /// Default bucket name of [`NatsBackend::connect`].
 pub const DEFAULT_BUCKET: &str = "leaderlease";
+
+/// How long the server keeps the marker it writes when a key expires, in buckets this backend creates
+/// (`limit_markers`). The followers' watch sees the marker when it is written; it only has to outlive a
+/// look at the key that races with its writing.
+pub const MARKER_TTL: Duration = Duration::from_secs(60);
+
+/// The oldest server version with per-message TTL and limit markers.
+const TTL_SERVER_VERSION: &str = "2.11.0";
+
+/// How a bucket makes a dead leader's key disappear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Each write carries its own TTL (`Nats-TTL`, whole seconds): the lease rounded up to a second.
+    KeyTtl {
+        /// The TTL this node's writes carry.
+        ttl: Duration,
+        /// The server writes a marker when a key expires (`subject_delete_marker_ttl` is set), which the
+        /// followers' watch sees.
+        markers: bool,
+    },
+    /// The bucket's `max_age`, which is the lease.
+    BucketMaxAge,
+}
+
+/// The per-message TTL of a lease: whole seconds (the server's unit; it truncates a finer one, which
+/// would make the key outlive less than the lease), at least one.
+pub fn key_ttl(lease: Duration) -> Duration {
+    Duration::from_secs(lease.as_nanos().div_ceil(1_000_000_000).max(1) as u64)
+}
 
 /// Lease storage in a NATS JetStream KV bucket.
 pub struct NatsBackend {
@@ -34,10 +77,12 @@ pub struct NatsBackend {
     instance_id: String,
     lease: Duration,
     timeout: Duration,
-    store: tokio::sync::OnceCell<Store>,
+    store: tokio::sync::OnceCell<(Store, Expiry)>,
     /// Revision of this node's last confirmed write (acquire or renew).
     last_revision: Mutex<Option<u64>>,
     released: Arc<Notify>,
+    /// The key watch is known to deliver (see [`watch_key`]).
+    watching: Arc<AtomicBool>,
     watcher: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -90,6 +135,7 @@ impl NatsBackend {
             store: tokio::sync::OnceCell::new(),
             last_revision: Mutex::new(None),
             released: Arc::new(Notify::new()),
+            watching: Arc::new(AtomicBool::new(false)),
             watcher: Mutex::new(None),
         }
     }
@@ -100,14 +146,34 @@ impl NatsBackend {
         self
     }
 
-    /// Creates `bucket` with `max_age = lease` and one value per key if it does not exist, and checks an
-    /// existing one: a bucket without `max_age` (a dead leader's key would never expire) or with another
-    /// `max_age` is refused.
+    /// Opens `bucket`, creating it if it does not exist, and checks that it can hold leases of `lease`.
+    ///
+    /// A new bucket keeps one value per key and, on NATS 2.11 and newer, per-message TTL with limit
+    /// markers ([`MARKER_TTL`]) and no `max_age`: each election's key carries its own lease. On 2.10 it
+    /// gets `max_age = lease` instead.
+    ///
+    /// An existing bucket with per-message TTL (one made by this function, or by `noleader`) is refused
+    /// only when its `max_age` is shorter than the key's TTL (the server would remove a live lease). One
+    /// without is used in `max_age` mode, and refused when it has no `max_age` (a dead leader's key would
+    /// never expire) or another one than the lease.
     pub async fn create_bucket(
         js: &async_nats::jetstream::Context,
         bucket: &str,
         lease: Duration,
     ) -> Result<Store> {
+        Ok(Self::open_bucket(js, bucket, lease).await?.0)
+    }
+
+    /// [`create_bucket`](Self::create_bucket), and the bucket's [`Expiry`] mode for `lease`.
+    pub async fn open_bucket(
+        js: &async_nats::jetstream::Context,
+        bucket: &str,
+        lease: Duration,
+    ) -> Result<(Store, Expiry)> {
+        check_server_version(&js.client())?;
+        let with_ttl = server_version(&js.client())
+            .zip(parse_version(TTL_SERVER_VERSION))
+            .is_some_and(|(found, ttl)| found >= ttl);
         // Up to three tries: a JetStream request can time out on a busy server, and a bucket created by
         // another candidate at the same moment is found by the next look.
         let mut attempt = 0;
@@ -116,16 +182,24 @@ impl NatsBackend {
             if let Ok(store) = js.get_key_value(bucket).await {
                 break store;
             }
-            let created = js
-                .create_key_value(kv::Config {
+            let config = if with_ttl {
+                kv::Config {
+                    bucket: bucket.to_owned(),
+                    description: "leaderlease leases (per-key TTL)".to_owned(),
+                    history: 1,
+                    limit_markers: Some(MARKER_TTL),
+                    ..Default::default()
+                }
+            } else {
+                kv::Config {
                     bucket: bucket.to_owned(),
                     description: "leaderlease leases".to_owned(),
                     history: 1,
                     max_age: lease,
                     ..Default::default()
-                })
-                .await;
-            match created {
+                }
+            };
+            match js.create_key_value(config).await {
                 Ok(store) => break store,
                 Err(e) if attempt < 3 => {
                     tracing::debug!(error = %e, attempt, "could not create the bucket; trying again");
@@ -138,32 +212,80 @@ impl NatsBackend {
             .status()
             .await
             .map_err(|e| store_error("read bucket", e))?;
-        let max_age = status.info.config.max_age;
-        if max_age.is_zero() {
-            return Err(Error::InvalidBucket {
-                bucket: bucket.to_owned(),
-                problem: "has no max_age, so a dead leader's key would never expire".to_owned(),
-            });
-        }
-        if max_age != lease {
-            return Err(Error::InvalidBucket {
-                bucket: bucket.to_owned(),
-                problem: format!(
-                    "has max_age {} ms but the lease duration is {} ms (on NATS the bucket's max_age is \
-                     the lease)",
-                    max_age.as_millis(),
-                    lease.as_millis()
-                ),
-            });
-        }
-        Ok(store)
+        let config = &status.info.config;
+        let expiry = bucket_expiry(
+            bucket,
+            lease,
+            config.max_age,
+            config.allow_message_ttl,
+            config
+                .subject_delete_marker_ttl
+                .is_some_and(|d| !d.is_zero()),
+        )?;
+        Ok((store, expiry))
     }
 
     fn store(&self) -> Result<&Store> {
-        self.store.get().ok_or(Error::Store {
-            operation: "use bucket",
-            message: "the backend was not prepared".to_owned(),
-        })
+        self.store
+            .get()
+            .map(|(store, _)| store)
+            .ok_or(Error::Store {
+                operation: "use bucket",
+                message: "the backend was not prepared".to_owned(),
+            })
+    }
+
+    fn expiry(&self) -> Option<Expiry> {
+        self.store.get().map(|(_, expiry)| *expiry)
+    }
+
+    /// Writes `value` to the key if its last revision is `expected` (0: the key has never been written
+    /// or its history is gone), with the key TTL in per-key TTL mode; returns the new revision, or `None`
+    /// when the key's revision is another.
+    async fn write(
+        &self,
+        store: &Store,
+        value: bytes::Bytes,
+        expected: u64,
+        operation: &'static str,
+    ) -> Result<Option<u64>> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            HeaderValue::from(expected),
+        );
+        if let Some(Expiry::KeyTtl { ttl, .. }) = self.expiry() {
+            headers.insert(header::NATS_MESSAGE_TTL, HeaderValue::from(ttl.as_secs()));
+        }
+        let subject = format!(
+            "{}{}",
+            store.put_prefix.as_deref().unwrap_or(&store.prefix),
+            self.key
+        );
+        let ack = async {
+            self.js
+                .publish_with_headers(subject, headers, value)
+                .await?
+                .await
+        };
+        match ack.await {
+            Ok(ack) => Ok(Some(ack.sequence)),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
+            Err(e) => Err(store_error(operation, e)),
+        }
+    }
+
+    /// The time left of a key written at `created`, by this machine's clock: it only decides when to look
+    /// again, never who leads.
+    fn time_left(&self, created: SystemTime) -> Option<Duration> {
+        let lives = match self.expiry() {
+            Some(Expiry::KeyTtl { ttl, .. }) => ttl,
+            _ => self.lease,
+        };
+        let age = SystemTime::now()
+            .duration_since(created)
+            .unwrap_or_default();
+        lives.checked_sub(age).filter(|d| !d.is_zero())
     }
 
     fn set_revision(&self, rev: Option<u64>) {
@@ -237,46 +359,211 @@ fn reconnect_delay(attempts: usize, cap: Duration) -> Duration {
     base - base.mul_f64(rand::random::<f64>() / 4.0)
 }
 
+/// The expiry mode of a bucket with these settings for `lease`, or why it cannot hold such leases.
+fn bucket_expiry(
+    bucket: &str,
+    lease: Duration,
+    max_age: Duration,
+    allow_message_ttl: bool,
+    markers: bool,
+) -> Result<Expiry> {
+    let invalid = |problem: String| Error::InvalidBucket {
+        bucket: bucket.to_owned(),
+        problem,
+    };
+    if allow_message_ttl {
+        let ttl = key_ttl(lease);
+        if !max_age.is_zero() && max_age < ttl {
+            return Err(invalid(format!(
+                "has max_age {} ms, shorter than the key's TTL of {} s (the lease of {} ms rounded up \
+                 to a second): the server would remove a live lease",
+                max_age.as_millis(),
+                ttl.as_secs(),
+                lease.as_millis()
+            )));
+        }
+        return Ok(Expiry::KeyTtl { ttl, markers });
+    }
+    if max_age.is_zero() {
+        return Err(invalid(
+            "has neither per-message TTL nor max_age, so a dead leader's key would never expire"
+                .to_owned(),
+        ));
+    }
+    if max_age != lease {
+        return Err(invalid(format!(
+            "has max_age {} ms but the lease duration is {} ms (a bucket without per-message TTL \
+             expires keys by its max_age, which must be the lease)",
+            max_age.as_millis(),
+            lease.as_millis()
+        )));
+    }
+    Ok(Expiry::BucketMaxAge)
+}
+
+/// The term and holder of a lease entry: `"<term> <instance id>"`, term 0 meaning the entry's revision.
+/// A value that is not text (a `noleader` node's, 16 bytes of UUID) is shown in hex, as a UUID when it
+/// has 16 bytes.
 fn parse_value(entry: &kv::Entry) -> (u64, String) {
-    let text = String::from_utf8_lossy(&entry.value);
+    let Ok(text) = std::str::from_utf8(&entry.value) else {
+        return (entry.revision, hex_id(&entry.value));
+    };
     match text.split_once(' ') {
         Some((term, id)) => {
             let term = term.parse().unwrap_or(0);
             (if term == 0 { entry.revision } else { term }, id.to_owned())
         }
-        None => (entry.revision, text.into_owned()),
+        None => (entry.revision, text.to_owned()),
     }
+}
+
+fn hex_id(bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if bytes.len() == 16 {
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        )
+    } else {
+        hex
+    }
+}
+
+/// How often the key watcher checks the client's connection.
+const WATCH_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Runs the key watch: notifies `released` on a delete or an expiry marker, and keeps `watching` true
+/// only while the watch is known to deliver. A watch made before the client lost its connection may stay
+/// silent for seconds after the reconnect (its consumer is gone with the server's state, and the client
+/// notices only after missed heartbeats), so after every reconnect the watch is made anew; until then,
+/// and after any watch error, `watching` is false and followers poll.
+async fn watch_key(
+    store: Store,
+    key: String,
+    mut watch: kv::Watch,
+    client: async_nats::Client,
+    released: Arc<Notify>,
+    watching: Arc<AtomicBool>,
+) {
+    use async_nats::connection::State;
+    let mut check = tokio::time::interval(WATCH_CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stale = false;
+    loop {
+        tokio::select! {
+            entry = watch.next(), if !stale => match entry {
+                Some(Ok(entry)) => {
+                    watching.store(true, Ordering::Relaxed);
+                    if matches!(entry.operation, Operation::Delete | Operation::Purge) {
+                        released.notify_one();
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "the key watch reported an error");
+                    watching.store(false, Ordering::Relaxed);
+                }
+                None => {
+                    tracing::debug!("the key watch ended; making it anew");
+                    watching.store(false, Ordering::Relaxed);
+                    stale = true;
+                }
+            },
+            _ = check.tick() => {
+                if client.connection_state() != State::Connected {
+                    watching.store(false, Ordering::Relaxed);
+                    stale = true;
+                } else if stale {
+                    match store.watch(&key).await {
+                        Ok(fresh) => {
+                            watch = fresh;
+                            stale = false;
+                            watching.store(true, Ordering::Relaxed);
+                            // Anything may have happened while the watch was away: look once.
+                            released.notify_one();
+                        }
+                        Err(e) => tracing::debug!(error = %e, "could not watch the key again"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The oldest NATS server the backend supports: the client library (`async-nats` 0.51) cannot read
+/// JetStream's answers from 2.9 servers. Per-key TTL needs 2.11.
+pub const MINIMUM_SERVER_VERSION: &str = "2.10.0";
+
+/// `(major, minor, patch)` of a server version such as `2.11.4` or `2.12.0-RC.1`; `None` when it is not one.
+fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
+    let core = version.trim().trim_start_matches('v');
+    let core = core.split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
+}
+
+/// Refuses a server older than [`MINIMUM_SERVER_VERSION`], with its version in the error. A client that
+/// has not connected yet (no version known) passes: the bucket requests then tell.
+fn check_server_version(client: &async_nats::Client) -> Result<()> {
+    let (Some(found), Some(minimum)) = (
+        server_version(client),
+        parse_version(MINIMUM_SERVER_VERSION),
+    ) else {
+        return Ok(());
+    };
+    if found < minimum {
+        return Err(Error::UnsupportedServer {
+            store: "NATS",
+            version: client.server_info().version,
+            minimum: MINIMUM_SERVER_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// The version of the server `client` is connected to, if known.
+fn server_version(client: &async_nats::Client) -> Option<(u64, u64, u64)> {
+    parse_version(&client.server_info().version)
 }
 
 impl Backend for NatsBackend {
     fn prepare(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let store = tokio::time::timeout(
+            check_server_version(&self.js.client())?;
+            let (store, expiry) = tokio::time::timeout(
                 crate::START_CONNECT_TIMEOUT,
-                Self::create_bucket(&self.js, &self.bucket, self.lease),
+                Self::open_bucket(&self.js, &self.bucket, self.lease),
             )
             .await
             .map_err(|_| Error::Timeout {
                 operation: "prepare",
                 after: crate::START_CONNECT_TIMEOUT,
             })??;
-            // Watch the key so that a release (a delete) wakes the followers at once.
-            let mut watch = store
+            // Watch the key so that a release (a delete) or, with limit markers, an expiry (the server's
+            // marker) wakes the followers at once.
+            let watch = store
                 .watch(&self.key)
                 .await
                 .map_err(|e| store_error("watch", e))?;
-            let released = self.released.clone();
-            let watcher = tokio::spawn(async move {
-                while let Some(entry) = watch.next().await {
-                    if let Ok(entry) = entry
-                        && matches!(entry.operation, Operation::Delete | Operation::Purge)
-                    {
-                        released.notify_one();
-                    }
-                }
-            });
+            self.watching.store(true, Ordering::Relaxed);
+            let watcher = tokio::spawn(watch_key(
+                store.clone(),
+                self.key.clone(),
+                watch,
+                self.js.client(),
+                self.released.clone(),
+                self.watching.clone(),
+            ));
             *self.watcher.lock().unwrap_or_else(PoisonError::into_inner) = Some(watcher);
-            let _ = self.store.set(store);
+            tracing::debug!(bucket = %self.bucket, ?expiry, "NATS bucket ready");
+            let _ = self.store.set((store, expiry));
             Ok(())
         })
     }
@@ -290,16 +577,10 @@ impl Backend for NatsBackend {
                 .map_err(|e| store_error("observe", e))?;
             Ok(entry.filter(|e| e.operation == Operation::Put).map(|e| {
                 let (term, leader_id) = parse_value(&e);
-                // The expiry is the server's (write time + max_age); the time left is estimated with
-                // this machine's clock, which only decides when to look again, never who leads.
-                let written = SystemTime::from(e.created);
-                let age = SystemTime::now()
-                    .duration_since(written)
-                    .unwrap_or_default();
                 ObservedLease {
                     leader_id,
                     term,
-                    expires_in: self.lease.checked_sub(age).filter(|d| !d.is_zero()),
+                    expires_in: self.time_left(SystemTime::from(e.created)),
                 }
             }))
         }))
@@ -309,14 +590,22 @@ impl Backend for NatsBackend {
         Box::pin(async move {
             let created = self
                 .bounded("acquire", async {
-                    match self
-                        .store()?
-                        .create(&self.key, Self::value(0, &self.instance_id))
+                    let store = self.store()?;
+                    let value = Self::value(0, &self.instance_id);
+                    if let Some(rev) = self.write(store, value.clone(), 0, "acquire").await? {
+                        return Ok(Some(rev));
+                    }
+                    // The key has a history: free if its last entry is a delete or the server's expiry
+                    // marker, then taken by a write that expects exactly that entry.
+                    let entry = store
+                        .entry(&self.key)
                         .await
-                    {
-                        Ok(rev) => Ok(Some(rev)),
-                        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(None),
-                        Err(e) => Err(store_error("acquire", e)),
+                        .map_err(|e| store_error("acquire", e))?;
+                    match entry {
+                        Some(e) if matches!(e.operation, Operation::Delete | Operation::Purge) => {
+                            self.write(store, value, e.revision, "acquire").await
+                        }
+                        _ => Ok(None),
                     }
                 })
                 .await?;
@@ -339,13 +628,9 @@ impl Backend for NatsBackend {
             };
             let store = self.store()?;
             let value = Self::value(term, &self.instance_id);
-            match store.update(&self.key, value.clone(), rev).await {
-                Ok(new_rev) => {
-                    self.set_revision(Some(new_rev));
-                    return Ok(true);
-                }
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
-                Err(e) => return Err(store_error("renew", e)),
+            if let Some(new_rev) = self.write(store, value.clone(), rev, "renew").await? {
+                self.set_revision(Some(new_rev));
+                return Ok(true);
             }
             // The key changed since our last confirmed write. It may have been our own renewal, applied by
             // the server but with its acknowledgement lost (a timeout, a stream leader change): then the
@@ -357,8 +642,8 @@ impl Backend for NatsBackend {
                 return Ok(false);
             };
             self.set_revision(Some(current));
-            match store.update(&self.key, value, current).await {
-                Ok(new_rev) => {
+            match self.write(store, value, current, "renew").await? {
+                Some(new_rev) => {
                     tracing::debug!(
                         term,
                         "a renewal's acknowledgement was lost; continued from it"
@@ -366,11 +651,10 @@ impl Backend for NatsBackend {
                     self.set_revision(Some(new_rev));
                     Ok(true)
                 }
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                None => {
                     self.set_revision(None);
                     Ok(false)
                 }
-                Err(e) => Err(store_error("renew", e)),
             }
         }))
     }
@@ -394,12 +678,20 @@ impl Backend for NatsBackend {
     }
 
     fn cleanup(&self) -> BoxFuture<'_, Result<u64>> {
-        // The bucket's max_age removes expired keys.
+        // The server removes expired keys (their TTL, or the bucket's max_age).
         Box::pin(async { Ok(0) })
     }
 
     fn released(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.released.notified())
+    }
+
+    /// True while the key watch runs and the client is connected, on a bucket whose server writes a
+    /// marker when a key expires: then the watch reports releases and expiries alike, and followers need
+    /// not poll. Without markers (`max_age` mode) the followers keep polling.
+    fn wakes_on_release(&self) -> bool {
+        matches!(self.expiry(), Some(Expiry::KeyTtl { markers: true, .. }))
+            && self.watching.load(Ordering::Relaxed)
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
@@ -413,5 +705,21 @@ impl Backend for NatsBackend {
                 w.abort();
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_are_compared_by_number() {
+        assert_eq!(parse_version("2.9.10"), Some((2, 9, 10)));
+        assert_eq!(parse_version("2.15.1"), Some((2, 15, 1)));
+        assert_eq!(parse_version("v2.12.0-RC.1"), Some((2, 12, 0)));
+        assert_eq!(parse_version("2.10"), Some((2, 10, 0)));
+        assert_eq!(parse_version(""), None);
+        assert!(parse_version("2.9.10") < parse_version(MINIMUM_SERVER_VERSION));
+        assert!(parse_version("2.10.0") >= parse_version(MINIMUM_SERVER_VERSION));
     }
 }

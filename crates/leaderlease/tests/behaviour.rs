@@ -1,5 +1,7 @@
 //! One behavioural suite, run against every backend: PostgreSQL always, NATS JetStream KV with the
-//! `nats` feature. Each test isolates itself (a schema, or a bucket, of its own).
+//! `nats` feature, in both of its expiry modes (a bucket with per-key TTL, as new buckets are made, and
+//! one whose `max_age` is the lease, as older buckets are). Each test isolates itself (a schema, or a
+//! bucket, of its own).
 
 mod common;
 
@@ -12,9 +14,16 @@ use leaderlease::{Elector, ElectorBuilder};
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     Postgres,
+    /// A bucket made by the backend: per-key TTL with limit markers (NATS 2.11+).
     #[cfg(feature = "nats")]
     Nats,
+    /// A bucket without per-message TTL whose `max_age` is the lease (as on NATS 2.10).
+    #[cfg(feature = "nats")]
+    NatsMaxAge,
 }
+
+/// The lease of every test in this suite.
+const LEASE: Duration = Duration::from_millis(1500);
 
 /// Where one test's electors keep their lease.
 struct Env {
@@ -26,12 +35,26 @@ struct Env {
 
 impl Env {
     async fn new(kind: Kind, name: &str) -> Self {
-        Self {
+        let env = Self {
             kind,
             schema: TestSchema::new(name).await,
             #[cfg(feature = "nats")]
             bucket: unique(&format!("ll_{name}")),
+        };
+        #[cfg(feature = "nats")]
+        if let Kind::NatsMaxAge = kind {
+            let client = async_nats::connect(nats_url()).await.unwrap();
+            async_nats::jetstream::new(client)
+                .create_key_value(async_nats::jetstream::kv::Config {
+                    bucket: env.bucket.clone(),
+                    history: 1,
+                    max_age: LEASE,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
         }
+        env
     }
 
     fn builder(&self) -> ElectorBuilder {
@@ -42,7 +65,7 @@ impl Env {
         match self.kind {
             Kind::Postgres => builder.connect(&database_url()).await.unwrap(),
             #[cfg(feature = "nats")]
-            Kind::Nats => builder
+            Kind::Nats | Kind::NatsMaxAge => builder
                 .connect_nats(&nats_url(), &self.bucket)
                 .await
                 .unwrap(),
@@ -52,7 +75,7 @@ impl Env {
     /// Writes the lease of a node that will never renew it ("dead-node"), as a crashed leader leaves it;
     /// returns its term.
     async fn plant_dead_lease(&self) -> u64 {
-        let lease = Duration::from_millis(1500);
+        let lease = LEASE;
         match self.kind {
             Kind::Postgres => {
                 let s = &self.schema;
@@ -78,13 +101,24 @@ impl Env {
                 term as u64
             }
             #[cfg(feature = "nats")]
-            Kind::Nats => {
+            Kind::Nats | Kind::NatsMaxAge => {
+                use leaderlease::nats::{Expiry, NatsBackend};
                 let client = async_nats::connect(nats_url()).await.unwrap();
                 let js = async_nats::jetstream::new(client);
-                let store = leaderlease::NatsBackend::create_bucket(&js, &self.bucket, lease)
+                let (store, expiry) = NatsBackend::open_bucket(&js, &self.bucket, lease)
                     .await
                     .unwrap();
-                store.create("lock-1", "0 dead-node".into()).await.unwrap()
+                match (self.kind, expiry) {
+                    // As the backend writes it: the lease rounded up to a second.
+                    (Kind::Nats, Expiry::KeyTtl { ttl, markers: true }) => store
+                        .create_with_ttl("lock-1", "0 dead-node".into(), ttl)
+                        .await
+                        .unwrap(),
+                    (Kind::NatsMaxAge, Expiry::BucketMaxAge) => {
+                        store.create("lock-1", "0 dead-node".into()).await.unwrap()
+                    }
+                    other => panic!("unexpected bucket mode {other:?}"),
+                }
             }
         }
     }
@@ -104,7 +138,7 @@ impl Env {
 #[cfg(feature = "nats")]
 impl Drop for Env {
     fn drop(&mut self) {
-        if let Kind::Nats = self.kind {
+        if let Kind::Nats | Kind::NatsMaxAge = self.kind {
             let bucket = self.bucket.clone();
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -322,3 +356,5 @@ macro_rules! suite {
 suite!(postgres, Kind::Postgres);
 #[cfg(feature = "nats")]
 suite!(nats, Kind::Nats);
+#[cfg(feature = "nats")]
+suite!(nats_max_age, Kind::NatsMaxAge);

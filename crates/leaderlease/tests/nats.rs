@@ -1,5 +1,7 @@
-//! What is particular to the NATS JetStream KV backend: the bucket's max_age is the lease, releases
-//! are seen through a watch, revisions guard every write, the server restarting is survived.
+//! What is particular to the NATS JetStream KV backend: per-key TTL (the lease belongs to the key, expiry
+//! seen through the server's marker) or, in older buckets, the bucket's max_age as the lease; releases
+//! are seen through a watch, revisions guard every write, the server restarting is survived, a server
+//! too old is refused.
 #![cfg(feature = "nats")]
 
 mod common;
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use common::*;
+use leaderlease::nats::{Expiry, MARKER_TTL, key_ttl};
 use leaderlease::{Elector, ElectorBuilder, Error, NatsBackend};
 
 /// A bucket of the test's own, deleted on drop.
@@ -34,6 +37,20 @@ impl Bucket {
     }
     async fn start(&self, builder: ElectorBuilder) -> Elector {
         builder.connect_nats(&self.url, &self.name).await.unwrap()
+    }
+    /// Writes `value` to `key` with a per-message TTL of `ttl_secs`, as a node of another lease (or
+    /// another program) would; returns the revision.
+    async fn put_with_ttl(&self, key: &str, value: impl Into<bytes::Bytes>, ttl_secs: u64) -> u64 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_TTL, ttl_secs.to_string());
+        self.js()
+            .await
+            .publish_with_headers(format!("$KV.{}.{key}", self.name), headers, value.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .sequence
     }
 }
 
@@ -71,7 +88,11 @@ async fn a_bucket_without_max_age_or_with_another_lease_is_refused() {
         .unwrap();
     let err = fast().connect_nats(&nats_url(), &b.name).await.unwrap_err();
     assert_eq!(err.code(), "ERR_INVALID_BUCKET", "{err}");
-    assert!(err.to_string().contains("no max_age"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("neither per-message TTL nor max_age"),
+        "{err}"
+    );
 
     let b = Bucket::new("ll_otherage");
     b.js()
@@ -93,14 +114,178 @@ async fn a_bucket_without_max_age_or_with_another_lease_is_refused() {
 }
 
 #[tokio::test]
-async fn a_new_bucket_gets_the_lease_as_max_age() {
+async fn a_new_bucket_gets_per_key_ttl_with_limit_markers_and_no_max_age() {
     let b = Bucket::new("ll_create");
-    let store = NatsBackend::create_bucket(&b.js().await, &b.name, Duration::from_millis(1500))
+    let (store, expiry) =
+        NatsBackend::open_bucket(&b.js().await, &b.name, Duration::from_millis(1500))
+            .await
+            .unwrap();
+    let status = store.status().await.unwrap();
+    let config = &status.info.config;
+    assert!(config.allow_message_ttl);
+    assert_eq!(config.subject_delete_marker_ttl, Some(MARKER_TTL));
+    assert_eq!(config.max_age, Duration::ZERO);
+    assert_eq!(status.history(), 1);
+    // NATS TTLs are whole seconds: the lease rounded up.
+    assert_eq!(
+        expiry,
+        Expiry::KeyTtl {
+            ttl: Duration::from_secs(2),
+            markers: true
+        }
+    );
+    assert_eq!(key_ttl(Duration::from_millis(999)), Duration::from_secs(1));
+    assert_eq!(key_ttl(Duration::from_secs(3)), Duration::from_secs(3));
+    assert_eq!(key_ttl(Duration::from_millis(3001)), Duration::from_secs(4));
+    // The same bucket serves an election of another lease.
+    let (_, expiry) = NatsBackend::open_bucket(&b.js().await, &b.name, Duration::from_secs(30))
         .await
         .unwrap();
-    let status = store.status().await.unwrap();
-    assert_eq!(status.info.config.max_age, Duration::from_millis(1500));
-    assert_eq!(status.history(), 1);
+    assert!(matches!(expiry, Expiry::KeyTtl { ttl, .. } if ttl == Duration::from_secs(30)));
+}
+
+#[tokio::test]
+async fn a_ttl_bucket_whose_max_age_is_shorter_than_the_key_ttl_is_refused() {
+    let b = Bucket::new("ll_shortage");
+    b.js()
+        .await
+        .create_key_value(kv::Config {
+            bucket: b.name.clone(),
+            history: 1,
+            max_age: Duration::from_secs(1),
+            limit_markers: Some(Duration::from_secs(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Lease 1.5 s: the key's TTL is 2 s, but max_age would remove it after 1 s, before the leader's
+    // local deadline: another node could lead beside it.
+    let err = fast().connect_nats(&nats_url(), &b.name).await.unwrap_err();
+    assert_eq!(err.code(), "ERR_INVALID_BUCKET", "{err}");
+    assert!(
+        err.to_string()
+            .contains("max_age 1000 ms, shorter than the key's TTL of 2 s"),
+        "{err}"
+    );
+}
+
+/// The lease belongs to the key: one bucket holds elections of different lease durations, and a key
+/// expires after its own TTL, whatever the lease of the node that looks at it. The expiry is seen through
+/// the marker the server writes, not found by polling: the followers here look again only every 3 s or
+/// at the expiry they estimate from their own lease (6 s), yet take over within tens of milliseconds of
+/// the key's expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bucket_holds_elections_of_different_leases_and_expiry_is_seen_through_the_marker() {
+    let b = Bucket::new("ll_ttl");
+    let short = || fast().with_lock_id(1);
+    let long = || {
+        Elector::builder()
+            .with_lock_id(2)
+            .with_lease_duration(Duration::from_secs(6))
+            .with_renewal_interval(Duration::from_secs(3))
+            .with_jitter_range(Duration::from_millis(200))
+    };
+    // Leases left behind by crashed leaders: lock-1 by a node of lease 1.5 s (TTL 2 s), lock-2 by a node
+    // whose lease was 1 s (TTL 1 s).
+    NatsBackend::create_bucket(&b.js().await, &b.name, Duration::from_secs(6))
+        .await
+        .unwrap();
+    let planted = Instant::now();
+    let dead_short = b.put_with_ttl("lock-1", "0 dead-short", 2).await;
+    let dead_long = b.put_with_ttl("lock-2", "0 dead-long", 1).await;
+    let x = b.start(short().with_instance_id("x")).await;
+    let y = b.start(long().with_instance_id("y")).await;
+    let (mut x_took, mut y_took) = (None, None);
+    while x_took.is_none() || y_took.is_none() {
+        assert!(
+            planted.elapsed() < Duration::from_secs(5),
+            "no takeover: x {x_took:?}, y {y_took:?}"
+        );
+        if x_took.is_none() && x.is_leader() {
+            x_took = Some(planted.elapsed());
+        }
+        if y_took.is_none() && y.is_leader() {
+            y_took = Some(planted.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (x_took, y_took) = (x_took.unwrap(), y_took.unwrap());
+    eprintln!(
+        "takeover after the key's expiry: lock-1 (TTL 2 s) {x_took:?}, lock-2 (TTL 1 s) {y_took:?}"
+    );
+    assert!(
+        x_took >= Duration::from_millis(1950) && x_took < Duration::from_millis(2400),
+        "lock-1 taken {x_took:?} after a write with TTL 2 s"
+    );
+    assert!(
+        y_took >= Duration::from_millis(950) && y_took < Duration::from_millis(1400),
+        "lock-2 taken {y_took:?} after a write with TTL 1 s (its follower polls every 3 s)"
+    );
+    assert!(x.term().unwrap() > dead_short && y.term().unwrap() > dead_long);
+    // Each keeps its own lease by its renewals, past the other's TTL.
+    let (tx, ty) = (x.term(), y.term());
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert!(x.term() == tx && y.term() == ty, "a leadership ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    x.shutdown().await.unwrap();
+    y.shutdown().await.unwrap();
+}
+
+/// A bucket made by `noleader` (max_age 60 s, limit markers 60 s, per-message TTL) works with any lease
+/// up to 60 s, and a key that a `noleader` node holds (16 bytes of UUID, TTL of its own) is respected until
+/// it expires, then taken over at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_noleader_bucket_works_and_its_holder_is_respected() {
+    let b = Bucket::new("ll_noleader");
+    b.js()
+        .await
+        .create_key_value(kv::Config {
+            bucket: b.name.clone(),
+            description: "leadership bucket for noleader".into(),
+            limit_markers: Some(Duration::from_secs(60)),
+            max_age: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let uuid: [u8; 16] = [
+        0x67, 0xe5, 0x50, 0x44, 0x10, 0xb1, 0x42, 0x6f, 0x92, 0x47, 0xbb, 0x68, 0x0e, 0x5f, 0xe0,
+        0xc8,
+    ];
+    let planted = Instant::now();
+    b.put_with_ttl("election_key", bytes::Bytes::copy_from_slice(&uuid), 2)
+        .await;
+    let client = async_nats::connect(&b.url).await.unwrap();
+    let c = fast()
+        .with_instance_id("c")
+        .start(|config| NatsBackend::new(client, &b.name, config).with_key("election_key"))
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(1), "c to see the holder", || {
+        c.leader().is_some()
+    })
+    .await;
+    assert_eq!(
+        c.leader().unwrap().leader_id,
+        "67e55044-10b1-426f-9247-bb680e5fe0c8"
+    );
+    assert!(!c.is_leader());
+    wait_until(Duration::from_secs(4), "c to take over", || c.is_leader()).await;
+    let took = planted.elapsed();
+    assert!(
+        took >= Duration::from_millis(1950) && took < Duration::from_millis(2400),
+        "took over {took:?} after a write with TTL 2 s"
+    );
+    // Its own key lives 2 s per write; the bucket's max_age (60 s) does not shorten it.
+    let term = c.term();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(c.term(), term, "c's leadership ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,12 +321,12 @@ async fn a_foreign_write_to_the_key_ends_leadership_and_never_gives_two_leaders(
     let b = Bucket::new("ll_conflict");
     let a = b.start(fast().with_instance_id("a")).await;
     wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
-    let store = b.js().await.get_key_value(&b.name).await.unwrap();
-    // Someone else overwrites the key: a's next compare-and-set renewal fails on the revision.
-    store.put("lock-1", "0 intruder".into()).await.unwrap();
+    // Someone else overwrites the key (with a TTL of 2 s, as a node of lease 1.5 s writes it): a's next
+    // compare-and-set renewal fails on the revision.
+    b.put_with_ttl("lock-1", "0 intruder", 2).await;
     wait_until(Duration::from_secs(2), "a to step down", || !a.is_leader()).await;
     let o = b.start(fast().with_instance_id("o")).await;
-    // Nobody leads until the intruder's key expires (max_age 1.5 s); then exactly one does.
+    // Nobody leads until the intruder's key expires (TTL 2 s); then exactly one does.
     wait_until(Duration::from_secs(5), "a new leader", || {
         a.is_leader() || o.is_leader()
     })
@@ -269,13 +454,18 @@ async fn a_renewal_applied_without_its_acknowledgement_keeps_the_lease() {
 
 /// A NATS server of the test's own, on a free port, with JetStream in a temporary directory.
 struct ThrowawayNats {
+    bin: String,
     port: u16,
     dir: std::path::PathBuf,
     child: Option<Child>,
 }
 
 impl ThrowawayNats {
+    /// The pinned server version ([`nats_server_bin`]).
     fn start() -> Self {
+        Self::start_bin(nats_server_bin())
+    }
+    fn start_bin(bin: String) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -284,6 +474,7 @@ impl ThrowawayNats {
         let dir = std::env::temp_dir().join(unique("ll_nats"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut s = Self {
+            bin,
             port,
             dir,
             child: None,
@@ -295,11 +486,7 @@ impl ThrowawayNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
     fn restart(&mut self) {
-        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("nats-server");
-        let child = Command::new(bin)
+        let child = Command::new(&self.bin)
             .args([
                 "-a",
                 "127.0.0.1",
@@ -312,7 +499,7 @@ impl ThrowawayNats {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("nats-server must be installed for this test");
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin));
         self.child = Some(child);
         let until = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -379,7 +566,18 @@ async fn the_nats_server_restarting_is_survived() {
     let leader = if a.is_leader() { &a } else { &f };
     let follower = if a.is_leader() { &f } else { &a };
     let term = leader.term().unwrap();
-    assert!(term > first_term, "term {term} after {first_term}");
+    // The term never goes back, and a term is never another node's. The same term again is a's own lease
+    // resumed: a kept renewing its term after stepping down at its local deadline, and a server back from
+    // a restart may still hold the key past its TTL until it processes the expiry (nobody else can take it
+    // in between), so the compare-and-set of a's renewal can succeed.
+    assert!(term >= first_term, "term {term} after {first_term}");
+    if term == first_term {
+        assert_eq!(
+            leader.config().instance_id(),
+            "a",
+            "a's term {term} led by another node"
+        );
+    }
 
     // The key watch works again after the restart: a release is taken at once, not at the next poll.
     wait_until(
@@ -402,4 +600,49 @@ async fn the_nats_server_restarting_is_survived() {
     );
     a.shutdown().await.unwrap();
     f.shutdown().await.unwrap();
+}
+
+/// Debian 12's NATS server is 2.9, whose JetStream answers the client cannot read: the elector must fail at
+/// start with a typed error that names the server's version, not with a parse error from deep in a request.
+/// Uses the Debian package's binary (.ci/run installs it), started as a throwaway server of the test's own.
+#[tokio::test]
+async fn a_server_older_than_2_10_is_refused_at_start_naming_its_version() {
+    let bin = "/usr/sbin/nats-server";
+    let version = Command::new(bin)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{bin} (Debian 12's nats-server 2.9, `apt-get install nats-server`): {e}")
+        });
+    let version = String::from_utf8_lossy(&version.stdout)
+        .trim()
+        .trim_start_matches("nats-server: v")
+        .to_owned();
+    assert!(
+        version.starts_with("2.9."),
+        "this test needs a NATS 2.9 server at {bin}, found {version}"
+    );
+    let server = ThrowawayNats::start_bin(bin.to_owned());
+    let b = Bucket::on("ll_old", server.url());
+    let err = fast()
+        .connect_nats(&server.url(), &b.name)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ERR_UNSUPPORTED_SERVER", "{err}");
+    assert!(
+        matches!(&err, Error::UnsupportedServer { version: v, .. } if *v == version),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("version {version}")) && text.contains("NATS 2.10.0 or newer"),
+        "{text}"
+    );
+    // An application's own client: the same check.
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let err = fast()
+        .start(|config| NatsBackend::new(client, &b.name, config))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ERR_UNSUPPORTED_SERVER", "{err}");
 }
