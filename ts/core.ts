@@ -1,6 +1,6 @@
 // `leaderlease/core`: the standalone elector and its errors, without the NestJS module, the TypeORM entity
 // or the migration class, so that importing it loads none of NestJS, TypeORM or rxjs (rxjs is loaded only
-// if `events$` is read). It loads the native addon.
+// if `events$` is read). It loads the native addon (ts/native.ts: `UnsupportedPlatformError` where none fits).
 
 export {
   LeaderElectorCore,
@@ -26,8 +26,12 @@ export {
   PermissionDeniedError,
   StoreError,
   TableMissingError,
+  UnsupportedPlatformError,
   fromNative,
   type LeaderElectionErrorCode,
 } from './errors.js';
 export { upSql, downSql } from './sql.js';
-export { errorCodes } from '../native/index.js';
+import { loadNative } from './native.js';
+
+/** The error codes the native layer reports (each maps to its own subclass of `LeaderElectionError`). */
+export const errorCodes: () => string[] = () => loadNative().errorCodes();

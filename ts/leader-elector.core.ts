@@ -3,11 +3,12 @@ import { performance } from 'node:perf_hooks';
 
 import type * as Rx from 'rxjs';
 
-import { Elector, type ElectorOptions, type StateSnapshot, type StatusInfo } from '../native/index.js';
+import type { Elector, ElectorOptions, StateSnapshot, StatusInfo } from '../native/index.js';
 import { ELECTOR_CONFIG_KEYS, NATS_CONFIG_KEYS, warnUnknownKeys } from './config-keys.js';
 import { localDeadline } from './deadline.js';
 import { ElectorShutDownError, LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
 import { keepAliveWhile } from './keep-alive.js';
+import { loadNative } from './native.js';
 import { requirePeer } from './optional-deps.js';
 
 /**
@@ -54,8 +55,14 @@ export interface LeaderElectorConfig {
   backend?: { nats: { servers: string; bucket?: string } };
 }
 
+/**
+ * The native addon, loaded with this module: where no prebuilt binary fits, importing this module (and
+ * `leaderlease/core`) throws `UnsupportedPlatformError` (ts/native.ts).
+ */
+const addon = loadNative();
+
 /** Now on the native deadline clock (see deadline.ts). */
-const nativeClockNow = (): number => Elector.clockNow();
+const nativeClockNow = (): number => addon.Elector.clockNow();
 
 /** The leader as this node last saw it (itself while it leads). */
 export interface LeaderIdentity {
@@ -356,8 +363,8 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
         }
       }
       native = nats
-        ? await Elector.connectNats(nats.servers, nats.bucket ?? null, options)
-        : await Elector.connect(url, options);
+        ? await addon.Elector.connectNats(nats.servers, nats.bucket ?? null, options)
+        : await addon.Elector.connect(url, options);
     } catch (err) {
       throw fromNative(err);
     }
