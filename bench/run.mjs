@@ -10,6 +10,7 @@ import { fork } from 'node:child_process';
 import { cpus, loadavg } from 'node:os';
 import { readFileSync, writeFileSync, openSync, readSync, closeSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
 import pg from 'pg';
 
 import { PACKAGES } from './electors.mjs';
@@ -37,7 +38,20 @@ const SCHEMA = { leaderlease: 'bench_leaderlease', 'nest-leader-election': 'benc
 const TAG = { leaderlease: 'll', 'nest-leader-election': 'nle' };
 const CANDIDATES = 3;
 
-const args = parseArgs(process.argv.slice(2));
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: 'boolean' },
+    settings: { type: 'string' },
+    only: { type: 'string' },
+    takeovers: { type: 'string' },
+    handovers: { type: 'string' },
+    pauses: { type: 'string' },
+    window: { type: 'string' },
+    elections: { type: 'string' },
+    json: { type: 'string' },
+    markdown: { type: 'string' },
+  },
+});
 const quick = Boolean(args.quick);
 const settingsList = args.settings && args.settings !== 'both' ? [args.settings] : quick ? ['short'] : ['short', 'default'];
 const packages = args.only ? [args.only] : PACKAGES;
@@ -66,18 +80,6 @@ const log = (...a) => console.error(`[${new Date().toISOString().slice(11, 19)}]
 const db = new pg.Client({ connectionString: URL_, application_name: 'bench' });
 const children = new Set();
 
-function parseArgs(argv) {
-  const out = {};
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (!a.startsWith('--')) throw new Error(`unexpected argument ${a}`);
-    const [k, v] = a.slice(2).split('=', 2);
-    if (v !== undefined) out[k] = v;
-    else if (argv[i + 1] !== undefined && !argv[i + 1].startsWith('--')) out[k] = argv[++i];
-    else out[k] = true;
-  }
-  return out;
-}
 
 /** A child process (candidate.mjs or many.mjs) and every message it sent. */
 class Child {

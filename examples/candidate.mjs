@@ -12,23 +12,30 @@
 //
 //   node examples/candidate.mjs --id node-1 --schema NAME [--lock-id N] [--lease MS] [--renewal MS] [--jitter MS]
 import { createRequire } from 'node:module';
+import { parseArgs } from 'node:util';
 
 const require = createRequire(import.meta.url);
 const { LeaderElectorCore } = require('..');
 
-function arg(name, fallback) {
-  const i = process.argv.indexOf(name);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
-}
+const { values: args } = parseArgs({
+  options: {
+    id: { type: 'string', default: `node-${process.pid}` },
+    schema: { type: 'string', default: 'public' },
+    'lock-id': { type: 'string', default: '1' },
+    lease: { type: 'string', default: '1500' },
+    renewal: { type: 'string', default: '500' },
+    jitter: { type: 'string', default: '200' },
+  },
+});
 
-const id = arg('--id', `node-${process.pid}`);
+const id = args.id;
 const config = {
   instanceId: id,
-  schema: arg('--schema', 'public'),
-  lockId: Number(arg('--lock-id', '1')),
-  leaseDuration: Number(arg('--lease', '1500')),
-  renewalInterval: Number(arg('--renewal', '500')),
-  jitterRange: Number(arg('--jitter', '200')),
+  schema: args.schema,
+  lockId: Number(args['lock-id']),
+  leaseDuration: Number(args.lease),
+  renewalInterval: Number(args.renewal),
+  jitterRange: Number(args.jitter),
 };
 const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 

@@ -15,6 +15,7 @@ import { fork } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
 
 const require = createRequire(import.meta.url);
 const CANDIDATE = fileURLToPath(new URL('./candidate.mjs', import.meta.url));
@@ -22,21 +23,35 @@ const CANDIDATE = fileURLToPath(new URL('./candidate.mjs', import.meta.url));
 // ---------------------------------------------------------------------------------------------------
 // Settings
 
-function arg(name, fallback) {
-  const i = process.argv.indexOf(name);
-  if (i < 0) return fallback;
-  const v = Number(process.argv[i + 1]);
+let options;
+try {
+  ({ values: options } = parseArgs({
+    options: {
+      rounds: { type: 'string', default: '3' },
+      lease: { type: 'string', default: '1500' },
+      renewal: { type: 'string', default: '500' },
+      jitter: { type: 'string', default: '200' },
+    },
+  }));
+} catch (e) {
+  console.error(`${e.message}\nusage: node examples/cluster.mjs [--rounds N] [--lease MS] [--renewal MS] [--jitter MS]`);
+  process.exit(2);
+}
+
+/** The option `name` as a positive integer, or exit 2 naming it. */
+function positive(name) {
+  const v = Number(options[name]);
   if (!Number.isInteger(v) || v <= 0) {
-    console.error(`${name} needs a positive integer (got ${process.argv[i + 1] ?? 'nothing'})`);
+    console.error(`--${name} needs a positive integer (got ${options[name]})`);
     process.exit(2);
   }
   return v;
 }
 
-const ROUNDS = arg('--rounds', 3);
-const LEASE = arg('--lease', 1500);
-const RENEWAL = arg('--renewal', 500);
-const JITTER = arg('--jitter', 200);
+const ROUNDS = positive('rounds');
+const LEASE = positive('lease');
+const RENEWAL = positive('renewal');
+const JITTER = positive('jitter');
 const CANDIDATES = 3;
 /** Pause before each step, so that the leader has renewed and the followers have seen it. */
 const SETTLE_MS = 1000;

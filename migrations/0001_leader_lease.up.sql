@@ -33,3 +33,38 @@ ALTER TABLE {{schema}}.leader_lease ADD COLUMN IF NOT EXISTS term BIGINT NOT NUL
 ALTER TABLE {{schema}}.leader_lease ADD COLUMN IF NOT EXISTS renewed_at TIMESTAMPTZ NOT NULL DEFAULT NOW();
 
 CREATE INDEX IF NOT EXISTS leader_lease_expires ON {{schema}}.leader_lease (expires_at);
+
+-- The fence the database enforces (docs/design.md, "A fence in the database"). A leader calls it inside
+-- its own transaction, best as the last statement before COMMIT, with its lock id and term. It takes a
+-- share lock on the lease row, so no one can take the lease over (nor renew it) until that transaction
+-- ends, and raises SQLSTATE LLF01 unless the row holds this term with an expiry still ahead by the
+-- database clock (clock_timestamp(), not the transaction's start). So a leader paused past its lease has
+-- its commit refused, and a write that passed the fence commits before any later leadership begins.
+-- search_path is fixed on the function: the body names the table without its schema, and no one can
+-- shadow it with a temporary table.
+CREATE OR REPLACE FUNCTION {{schema}}.leader_lease_fence(lock_id INT, term BIGINT)
+RETURNS BIGINT
+LANGUAGE plpgsql
+SET search_path = {{schema}}, pg_catalog, pg_temp
+AS $fence$
+DECLARE
+    held_term BIGINT;
+    held_until TIMESTAMPTZ;
+BEGIN
+    SELECT l.term, l.expires_at INTO held_term, held_until
+      FROM leader_lease AS l
+     WHERE l.id = leader_lease_fence.lock_id
+       FOR SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'leaderlease fence: lock % has no lease; term % does not lead', lock_id, term
+            USING ERRCODE = 'LLF01';
+    ELSIF held_term <> leader_lease_fence.term THEN
+        RAISE EXCEPTION 'leaderlease fence: lock % is held by term %, not term %', lock_id, held_term, term
+            USING ERRCODE = 'LLF01';
+    ELSIF held_until <= clock_timestamp() THEN
+        RAISE EXCEPTION 'leaderlease fence: the lease of term % on lock % expired at %', term, lock_id,
+            held_until USING ERRCODE = 'LLF01';
+    END IF;
+    RETURN held_term;
+END
+$fence$;

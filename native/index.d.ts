@@ -39,6 +39,8 @@ export declare class Elector {
   get instanceId(): string
   /** The lock id (lease row) of this election. */
   get lockId(): number
+  /** The schema of the lease table (PostgreSQL), where the fence function lives. */
+  get schema(): string
   /** The effective `maxEventLoopStall` in milliseconds; 0 when the event loop check is off. */
   get maxEventLoopStall(): number
   /**

@@ -118,3 +118,19 @@ describe('npm run demo', () => {
     assert.equal(await schemaExists(schema), false, 'the demo schema is dropped');
   });
 });
+
+describe('npm run demo -- --nest', () => {
+  test('three NestJS workers with named jobs: the leader of report SIGTERMed mid-run, no overlapping runs, nothing left behind', async () => {
+    const run = await runDemo(['--nest', '--seconds', '25'], undefined, 240_000);
+    assert.equal(run.code, 0, `exit code 0\n${run.out.slice(-3000)}\n${run.err}`);
+    const summary = run.out.slice(run.out.lastIndexOf('\nsummary'));
+    assert.match(summary, /report runs +[1-9]\d*/);
+    assert.match(summary, /SIGTERMs +[1-9]/, `at least one SIGTERM of report's leader:\n${summary}`);
+    assert.match(summary, /overlapping runs 0/);
+    assert.match(summary, /result +ok/);
+    const schema = /schema +(leaderlease_nest_demo_[0-9a-f]+)/.exec(summary)?.[1];
+    assert.ok(schema, `names its schema:\n${summary}`);
+    assert.deepEqual(processesMentioning(schema), [], 'no worker left running');
+    assert.equal(await schemaExists(schema), false, 'the demo schema is dropped');
+  });
+});

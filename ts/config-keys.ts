@@ -20,7 +20,10 @@ export const ELECTOR_CONFIG_KEYS = [
 ] as const;
 
 /** `LeaderElectorModule.forRoot(options)` and what a `forRootAsync` factory returns. */
-export const MODULE_OPTION_KEYS = [...ELECTOR_CONFIG_KEYS, 'connectionString'] as const;
+export const MODULE_OPTION_KEYS = [...ELECTOR_CONFIG_KEYS, 'connectionString', 'spread', 'isGlobal', 'extraProviders'] as const;
+
+/** One named election of `LeaderElectorModule.forFeature(...)` (its instance id is the app's). */
+export const NAMED_ELECTION_KEYS = [...ELECTOR_CONFIG_KEYS.filter((k) => k !== 'instanceId'), 'name'] as const;
 
 /** `LeaderElectorCore.connectNats(servers, config)`. */
 export const NATS_CONFIG_KEYS = [...ELECTOR_CONFIG_KEYS, 'bucket'] as const;
@@ -33,6 +36,8 @@ export const MODULE_ASYNC_OPTION_KEYS = [
   'useClass',
   'useExisting',
   'dataSourceName',
+  'isGlobal',
+  'extraProviders',
 ] as const;
 
 /** `backend` and `backend.nats`. */

@@ -5,7 +5,9 @@
 export {
   LeaderElectorCore,
   connectionStringFromDataSource,
+  FENCE_SQLSTATE,
   type DataSourceLike,
+  type FenceRunner,
   type LeaderElectorConfig,
   type LeaderElectorEvents,
   type LeaderIdentity,
@@ -17,6 +19,7 @@ export {
   DatabaseError,
   DatabaseUnreachableError,
   ElectorShutDownError,
+  FencedError,
   InvalidBucketError,
   LeaderElectionConfigError,
   LeaderElectionError,
@@ -31,6 +34,8 @@ export {
   type LeaderElectionErrorCode,
 } from './errors.js';
 export { upSql, downSql } from './sql.js';
+export { lockIdForName } from './lock-id.js';
+export type { LeaderJobContext } from './leader-job.context.js';
 import { loadNative } from './native.js';
 
 /** The error codes the native layer reports (each maps to its own subclass of `LeaderElectionError`). */

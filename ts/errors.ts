@@ -16,6 +16,7 @@ export type LeaderElectionErrorCode =
   | 'ERR_STORE'
   | 'ERR_INVALID_BUCKET'
   | 'ERR_SHUT_DOWN'
+  | 'ERR_FENCED'
   | 'ERR_MISSING_DEPENDENCY'
   | 'ERR_NOT_LEADER'
   | 'ERR_UNSUPPORTED_PLATFORM'
@@ -96,6 +97,22 @@ export class ElectorShutDownError extends LeaderElectionError {
 }
 
 /**
+ * The database refused a fenced transaction (see `LeaderElectorCore.fence`): the term does not hold an
+ * unexpired lease, or this node did not lead when asked. Roll the transaction back: the work belongs to
+ * the leader that now holds the lease. `term` is the term that was checked (null: this node did not lead).
+ */
+export class FencedError extends LeaderElectionError {
+  readonly lockId: number | null;
+  readonly term: number | null;
+
+  constructor(message: string, options?: { cause?: unknown; lockId?: number; term?: number | null }) {
+    super('ERR_FENCED', message, options);
+    this.lockId = options?.lockId ?? null;
+    this.term = options?.term ?? null;
+  }
+}
+
+/**
  * A feature needs an optional peer dependency that is not installed (`typeorm`, `@nestjs/common`, ...);
  * the message names the package to install. Raised by this package itself, never by the native layer.
  */
@@ -163,6 +180,7 @@ const BY_CODE: Record<string, new (message: string, options?: { cause?: unknown 
   ERR_STORE: StoreError,
   ERR_INVALID_BUCKET: InvalidBucketError,
   ERR_SHUT_DOWN: ElectorShutDownError,
+  ERR_FENCED: FencedError,
 };
 
 const CODED_MESSAGE = /^\[(ERR_[A-Z_]+)\] ([\s\S]*)$/;

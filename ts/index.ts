@@ -20,6 +20,7 @@ export {
   DatabaseError,
   DatabaseUnreachableError,
   ElectorShutDownError,
+  FencedError,
   InvalidBucketError,
   LeaderElectionConfigError,
   LeaderElectionError,
@@ -42,9 +43,13 @@ export {
 } from './leader-lease.entity.js';
 export { LeaderElectionMigrationBase } from './leader-election.migration.js';
 export { LeaderOnly, type LeaderOnlyOptions } from './leader-only.decorator.js';
+export { lockIdForName, NAMED_LOCK_ID_BASE } from './lock-id.js';
+export type { LeaderJobContext } from './leader-job.context.js';
+export type { NamedElectionOptions, SpreadOptions } from './named-elections.js';
 export { LEADER_ELECTOR_MODULE_OPTIONS, LEADER_ONLY_METADATA } from './leader-elector.constants.js';
 export type {
   DataSourceLike,
+  FenceRunner,
   LeaderElectorConfig,
   LeaderElectorEvents,
   LeaderIdentity,

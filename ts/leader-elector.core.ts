@@ -6,9 +6,11 @@ import type * as Rx from 'rxjs';
 import type { Elector, ElectorOptions, StateSnapshot, StatusInfo } from '../native/index.js';
 import { ELECTOR_CONFIG_KEYS, NATS_CONFIG_KEYS, warnUnknownKeys } from './config-keys.js';
 import { localDeadline } from './deadline.js';
-import { ElectorShutDownError, LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
+import { ElectorShutDownError, FencedError, LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
 import { keepAliveWhile } from './keep-alive.js';
 import { loadNative } from './native.js';
+import { quoteIdent } from './sql.js';
+import { leaderJobContext, type LeaderJobContext } from './leader-job.context.js';
 import { requirePeer } from './optional-deps.js';
 
 /**
@@ -60,6 +62,16 @@ export interface LeaderElectorConfig {
  * `leaderlease/core`) throws `UnsupportedPlatformError` (ts/native.ts).
  */
 const addon = loadNative();
+/** What {@link LeaderElectorCore.fence} runs its statement on: anything with `query(sql, params)`. */
+export interface FenceRunner {
+  query(sql: string, parameters?: unknown[]): Promise<unknown>;
+}
+
+/** The SQLSTATE of the fence function's refusal. */
+export const FENCE_SQLSTATE = 'LLF01';
+
+/** The elector and the tracked Promise of each running leader job, by its context. */
+const jobOf = new WeakMap<LeaderJobContext, { owner: object; job: Promise<void> }>();
 
 /** Now on the native deadline clock (see deadline.ts). */
 const nativeClockNow = (): number => addon.Elector.clockNow();
@@ -285,6 +297,10 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   #ended = false;
   /** Someone awaits the start (start(), ready(), connect()): a failure reaches them as a rejection. */
   #startAwaited = false;
+  /** The election's name, for the job context (null: the app-wide election). */
+  readonly #name: string | null;
+  /** Leader jobs still running (runIfLeader, runWhileLeader): release and shutdown wait for them. */
+  readonly #jobs = new Set<Promise<void>>();
 
   /**
    * Starts campaigning in the background on `source`: a connection string, or a TypeORM repository
@@ -295,10 +311,15 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
    * `LEADERLEASE_START_FAILED` rather than lost. With `{ start: false }` nothing happens until
    * {@link start} (used by `LeaderElectorService`, which starts with the Nest application).
    */
-  constructor(source: string | RepositoryLike, config: LeaderElectorConfig = {}, options: { start?: boolean } = {}) {
+  constructor(
+    source: string | RepositoryLike,
+    config: LeaderElectorConfig = {},
+    options: { start?: boolean; name?: string } = {},
+  ) {
     super();
     this.#source = source;
     this.#config = config;
+    this.#name = options.name ?? null;
     if (options.start !== false) this.#begin();
   }
 
@@ -568,6 +589,53 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     return this.amILeader() ? this.#leaseTerm : null;
   }
 
+  /**
+   * The fence the database enforces: run it inside the transaction that does the leader's work, as the
+   * last statement before COMMIT. It passes only while `term` (default: the current one) holds an
+   * unexpired lease by the database clock, and share-locks the lease row until the transaction ends, so
+   * nobody can take over before the commit. Otherwise it rejects with {@link FencedError}: roll back.
+   *
+   * `runner` is whatever runs SQL in that transaction and has `query(sql, params)`: a TypeORM
+   * `EntityManager` of `dataSource.transaction(...)`, a `QueryRunner` after `startTransaction()`, or a
+   * `pg` client after `BEGIN` (not a pool: outside a transaction the lock ends at once). Pass the `term`
+   * the work saved when it began to require that very leadership. PostgreSQL only; the table's migration
+   * must have run (it installs `leader_lease_fence`).
+   *
+   * ```ts
+   * await dataSource.transaction(async (m) => {
+   *   await m.insert(Report, { day });
+   *   await elector.fence(m);
+   * });
+   * ```
+   */
+  async fence(runner: FenceRunner, term: number | null = this.term()): Promise<number> {
+    const native = this.#native;
+    if (this.#config.backend?.nats) {
+      throw new LeaderElectionConfigError('fence(): needs the PostgreSQL backend (the lease is in NATS here)');
+    }
+    if (!runner || typeof (runner as { query?: unknown }).query !== 'function') {
+      throw new LeaderElectionConfigError('fence(runner): runner must have a query(sql, params) method (an EntityManager, a QueryRunner or a pg client)');
+    }
+    const lockId = native?.lockId ?? this.#config.lockId ?? 1;
+    if (term === null || native === null) {
+      throw new FencedError(`fenced: this node does not lead lock ${lockId}`, { lockId, term: null });
+    }
+    if (!Number.isSafeInteger(term) || term < 0) {
+      throw new LeaderElectionConfigError(`fence(runner, term): term must be a non-negative safe integer (got ${term})`);
+    }
+    try {
+      await runner.query(`SELECT ${quoteIdent(native.schema)}.leader_lease_fence($1, $2)`, [lockId, String(term)]);
+    } catch (err) {
+      const e = err as { code?: unknown; driverError?: { code?: unknown }; message?: unknown };
+      const code = e?.code ?? e?.driverError?.code;
+      if (code === FENCE_SQLSTATE) {
+        throw new FencedError(`fenced: ${String(e.message ?? err)}`, { cause: err, lockId, term });
+      }
+      throw err;
+    }
+    return term;
+  }
+
   /** The leader this node last observed (itself while leading), or null. */
   leader(): LeaderIdentity | null {
     const l = this.#native?.leader();
@@ -593,6 +661,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   }
 
   async #release(): Promise<void> {
+    const drainUntil = this.#drainDeadline();
     this.#fence();
     if (this.#started === null) return;
     this.#releasing++;
@@ -601,6 +670,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     try {
       native = await this.#started;
       if (this.#stopped) return;
+      await this.#drain(drainUntil);
       doneSeq = await native.release();
     } catch (err) {
       const e = fromNative(err);
@@ -626,6 +696,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   }
 
   async #shutdown(): Promise<void> {
+    const drainUntil = this.#drainDeadline();
     this.#stopped = true;
     this.#fence();
     this.#releaseKeepAlive();
@@ -640,6 +711,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     } catch {
       return;
     }
+    await this.#drain(drainUntil);
     this.#native = null;
     try {
       await native.shutdown();
@@ -676,6 +748,11 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     options.signal?.addEventListener('abort', onOuterAbort, { once: true });
     // Aborted after leadership came and before the listener was added: 'abort' will not fire again.
     if (options.signal?.aborted) onOuterAbort();
+    const context: LeaderJobContext = { signal: controller.signal, term: this.#leaseTerm, name: this.#name };
+    let finished: () => void = () => undefined;
+    const job = new Promise<void>((resolve) => (finished = resolve));
+    this.#jobs.add(job);
+    jobOf.set(context, { owner: this, job });
     try {
       if (this.amILeader()) {
         this.#onLoss.add(lost);
@@ -683,10 +760,106 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
       } else {
         lost();
       }
-      return await fn(controller.signal);
+      return await leaderJobContext.run(context, () => fn(controller.signal));
     } finally {
       options.signal?.removeEventListener('abort', onOuterAbort);
       lost();
+      this.#jobs.delete(job);
+      finished();
+    }
+  }
+
+  /**
+   * Runs `fn` now if this node leads, as a leader job: inside it (and everything it calls or awaits)
+   * {@link LeaderElectorCore.current} gives its `{ signal, term, name }`; the signal aborts the moment
+   * this leadership ends; and while the Promise it returns is pending, {@link release} and
+   * {@link shutdown} wait for it (at most until the lease would have run out) before they give the
+   * lease up, so that the next leader does not start while this job still runs. Returns
+   * `{ ran: false }` without calling `fn` when this node does not lead. `@LeaderOnly()` methods run
+   * through this.
+   */
+  runIfLeader<T>(fn: () => T): { ran: true; value: T } | { ran: false } {
+    if (!this.amILeader()) return { ran: false };
+    const controller = new AbortController();
+    const lost = () => {
+      this.#onLoss.delete(lost);
+      if (!controller.signal.aborted) {
+        controller.abort(new DOMException('leaderlease: leadership lost', 'AbortError'));
+      }
+    };
+    this.#onLoss.add(lost);
+    this.#armLossTimer();
+    const context: LeaderJobContext = { signal: controller.signal, term: this.#leaseTerm, name: this.#name };
+    let value: T;
+    try {
+      value = leaderJobContext.run(context, fn);
+    } catch (err) {
+      this.#onLoss.delete(lost);
+      throw err;
+    }
+    if (value !== null && typeof (value as { then?: unknown })?.then === 'function') {
+      const job: Promise<void> = Promise.resolve(value as PromiseLike<unknown>).then(
+        () => undefined,
+        () => undefined,
+      );
+      this.#jobs.add(job);
+      jobOf.set(context, { owner: this, job });
+      void job.then(() => {
+        this.#onLoss.delete(lost);
+        this.#jobs.delete(job);
+      });
+    } else {
+      this.#onLoss.delete(lost);
+    }
+    return { ran: true, value };
+  }
+
+  /**
+   * The leader job running in the current async call chain (a `@LeaderOnly()` method, a
+   * `runWhileLeader` callback, or what they call): its abort signal, its term and the election's name
+   * (`null` for the app-wide one); `undefined` outside one.
+   */
+  static current(): LeaderJobContext | undefined {
+    return leaderJobContext.getStore();
+  }
+
+  /** How many leader jobs run now (see {@link runIfLeader}). */
+  get runningJobs(): number {
+    return this.#jobs.size;
+  }
+
+  /** Until when a release may wait for running jobs: the local deadline of the lease held now. */
+  #drainDeadline(): number {
+    return this.amILeader() ? this.#validUntil : -Infinity;
+  }
+
+  /**
+   * Waits for the running leader jobs (their signals are aborted already) until `until` on
+   * performance.now(); those still running then are left behind with a warning.
+   */
+  async #drain(until: number): Promise<void> {
+    // A job that releases (or shuts down) its own elector is not waited for: it waits for the release.
+    const context = leaderJobContext.getStore();
+    const own = context !== undefined ? jobOf.get(context) : undefined;
+    const others = () => [...this.#jobs].filter((j) => own?.owner !== this || j !== own.job);
+    if (others().length === 0) return;
+    const wait = until - performance.now();
+    if (wait > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, wait)));
+      try {
+        await Promise.race([Promise.all(others()), timeout]);
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    const left = others().length;
+    if (left > 0) {
+      process.emitWarning(
+        `leaderlease: ${left} leader job(s)${this.#name !== null ? ` of election '${this.#name}'` : ''} ` +
+          'still running when the lease had to be given up (their signal is aborted); releasing anyway',
+        { type: 'LeaderElectionWarning', code: 'LEADERLEASE_DRAIN_TIMEOUT' },
+      );
     }
   }
 

@@ -2,13 +2,20 @@ import type * as NestCommon from '@nestjs/common';
 import type * as NestCore from '@nestjs/core';
 import type * as NestTypeOrm from '@nestjs/typeorm';
 
-import { ELECTOR_CONFIG_KEYS, MODULE_ASYNC_OPTION_KEYS, MODULE_OPTION_KEYS, warnUnknownKeys } from './config-keys.js';
+import {
+  ELECTOR_CONFIG_KEYS,
+  MODULE_ASYNC_OPTION_KEYS,
+  MODULE_OPTION_KEYS,
+  NAMED_ELECTION_KEYS,
+  warnUnknownKeys,
+} from './config-keys.js';
 import { LeaderElectionConfigError } from './errors.js';
 import { LEADER_ELECTOR_MODULE_OPTIONS } from './leader-elector.constants.js';
 import type { DataSourceLike, LeaderElectorConfig, RepositoryLike } from './leader-elector.core.js';
-import { LeaderElectorService } from './leader-elector.service.js';
+import { LeaderElectorService, bindNamedElections } from './leader-elector.service.js';
 import { createLeaderLeaseEntity } from './leader-lease.entity.js';
 import { LeaderOnlyExplorer } from './leader-only.explorer.js';
+import { NamedElectionDeclaration, NamedElections, type NamedElectionOptions, type SpreadOptions } from './named-elections.js';
 import { loadOptional, requirePeer } from './optional-deps.js';
 
 /** `LeaderElectorModule` settings: the election's, plus where its database is. */
@@ -18,6 +25,16 @@ export interface LeaderElectorModuleOptions extends LeaderElectorConfig {
    * (its url, or host/port/username/password/database/ssl), which needs `@nestjs/typeorm`.
    */
   connectionString?: string;
+  /**
+   * New: how the named elections (`@LeaderOnly(name)`, `forFeature`) are spread over the app's
+   * instances: `true` (default): an instance leading more than its share gives names up; `false`: no
+   * spreading (whoever campaigns first leads); or `{ checkInterval, discoveryInterval }` in ms.
+   */
+  spread?: boolean | SpreadOptions;
+  /** New: register the module globally (default true, as nest-leader-election's module is). */
+  isGlobal?: boolean;
+  /** New: providers to add to the module (as `ConfigurableModuleBuilder` extras are used). */
+  extraProviders?: NestCommon.Provider[];
 }
 
 /** For `forRootAsync({ useClass })` / `useExisting`: a provider that makes the options. */
@@ -33,6 +50,10 @@ export interface LeaderElectorModuleAsyncOptions extends Pick<NestCommon.ModuleM
   useExisting?: NestCommon.Type<LeaderElectorOptionsFactory>;
   /** The TypeORM DataSource to take connection settings from, by name (default: the default one). */
   dataSourceName?: string;
+  /** Register the module globally (default true). */
+  isGlobal?: boolean;
+  /** Providers to add to the module (for the factory's dependencies, say). */
+  extraProviders?: NestCommon.Provider[];
 }
 
 /** What the module registers besides the options: the service, the explorer, and their imports. */
@@ -50,7 +71,28 @@ function electorConfig(options: LeaderElectorModuleOptions): LeaderElectorConfig
   return out as LeaderElectorConfig;
 }
 
+/** The app-wide service and its named elections, made from one source with the module's settings. */
 function createService(options: LeaderElectorModuleOptions, dataSource: DataSourceLike | undefined): LeaderElectorService {
+  const make = (source: string | RepositoryLike): LeaderElectorService => {
+    const base = electorConfig(options);
+    const service = new LeaderElectorService(source, base);
+    const named = new NamedElections(
+      service,
+      base,
+      (config, name) => new LeaderElectorService(source, config, name),
+      options.spread,
+    );
+    bindNamedElections(service, named);
+    return service;
+  };
+  return createServiceFrom(options, dataSource, make);
+}
+
+function createServiceFrom(
+  options: LeaderElectorModuleOptions,
+  dataSource: DataSourceLike | undefined,
+  make: (source: string | RepositoryLike) => LeaderElectorService,
+): LeaderElectorService {
   if (options === null || typeof options !== 'object') {
     throw new LeaderElectionConfigError(
       `invalid leader election config: LeaderElectorModule options must be an object (got ${options === null ? 'null' : typeof options})`,
@@ -60,7 +102,7 @@ function createService(options: LeaderElectorModuleOptions, dataSource: DataSour
   const { connectionString } = options;
   if (options.backend?.nats) {
     // The lease lives in NATS: no PostgreSQL connection is used.
-    return new LeaderElectorService('', electorConfig(options));
+    return make('');
   }
   if (connectionString !== undefined) {
     if (typeof connectionString !== 'string' || connectionString === '') {
@@ -68,7 +110,7 @@ function createService(options: LeaderElectorModuleOptions, dataSource: DataSour
         'invalid leader election config: `connectionString` must be a non-empty string',
       );
     }
-    return new LeaderElectorService(connectionString, electorConfig(options));
+    return make(connectionString);
   }
   if (dataSource === undefined || dataSource === null) {
     throw new LeaderElectionConfigError(
@@ -77,7 +119,7 @@ function createService(options: LeaderElectorModuleOptions, dataSource: DataSour
     );
   }
   const source: RepositoryLike = { manager: { dataSource } };
-  return new LeaderElectorService(source, electorConfig(options));
+  return make(source);
 }
 
 function registration(
@@ -125,7 +167,10 @@ function registration(
  * app's DataSource and runs on that DataSource's server (the original Quick Start, unchanged); with
  * `connectionString`, it needs no TypeORM. `forRootAsync({ imports, inject, useFactory })`, `useClass` or
  * `useExisting` take the options from other providers (`ConfigService`, ...).
- * Exports `LeaderElectorService`; `@LeaderOnly()` methods and `LeaderGuard` follow its election.
+ * Exports `LeaderElectorService`; `@LeaderOnly()` methods and `LeaderGuard` follow its election, and
+ * `@LeaderOnly(name)`, `LeaderGuard.for(name)` and `election(name)` the named ones (`forFeature`).
+ * Like `ConfigurableModuleBuilder` modules, both take `isGlobal` (default true) and `extraProviders`; it
+ * is written out rather than built with it so that `leaderlease` loads without `@nestjs/common`.
  */
 export class LeaderElectorModule {
   static forRoot(config: LeaderElectorModuleOptions = {}): NestCommon.DynamicModule {
@@ -144,7 +189,13 @@ export class LeaderElectorModule {
       typeOrmImports,
       usesTypeOrm,
     );
-    return { module: LeaderElectorModule, global: true, imports, providers, exports: [LeaderElectorService] };
+    return {
+      module: LeaderElectorModule,
+      global: config?.isGlobal ?? true,
+      imports,
+      providers: [...providers, ...(config?.extraProviders ?? [])],
+      exports: [LeaderElectorService],
+    };
   }
 
   static forRootAsync(options: LeaderElectorModuleAsyncOptions): NestCommon.DynamicModule {
@@ -174,10 +225,39 @@ export class LeaderElectorModule {
     const { imports, providers } = registration(optionsProvider, options.dataSourceName, [], false);
     return {
       module: LeaderElectorModule,
-      global: true,
+      global: options.isGlobal ?? true,
       imports: [...imports, ...(options.imports ?? [])],
-      providers: [...extraProviders, ...providers],
+      providers: [...extraProviders, ...(options.extraProviders ?? []), ...providers],
       exports: [LeaderElectorService],
+    };
+  }
+
+  /**
+   * Declares named elections with their own settings (any election setting but `instanceId`, which is
+   * the app's), e.g. `LeaderElectorModule.forFeature([{ name: 'nightly-report', leaseDuration: 60000 }])`
+   * in the module whose jobs use them. The settings not given are the `forRoot` ones; the lock id is
+   * derived from the name unless given. Needs `forRoot`/`forRootAsync` in the app; the elections start
+   * with it and `LeaderElectorService.election(name)` returns them.
+   */
+  static forFeature(elections: NamedElectionOptions | readonly NamedElectionOptions[]): NestCommon.DynamicModule {
+    const list = (Array.isArray(elections) ? elections : [elections]) as readonly NamedElectionOptions[];
+    for (const e of list) {
+      if (e === null || typeof e !== 'object') {
+        throw new LeaderElectionConfigError(
+          `invalid leader election config: LeaderElectorModule.forFeature takes { name, ...settings } objects (got ${e === null ? 'null' : typeof e})`,
+        );
+      }
+      if (typeof e.name !== 'string' || e.name === '') {
+        throw new LeaderElectionConfigError(
+          `invalid leader election config: LeaderElectorModule.forFeature: \`name\` must be a non-empty string (got ${JSON.stringify(e.name)})`,
+        );
+      }
+      warnUnknownKeys(e, NAMED_ELECTION_KEYS, `LeaderElectorModule.forFeature options of '${e.name}'`);
+    }
+    const token = `LEADER_ELECTOR_FEATURE:${list.map((e) => e.name).join(',')}`;
+    return {
+      module: LeaderElectorModule,
+      providers: [{ provide: token, useValue: new NamedElectionDeclaration(list.map((e) => ({ ...e }))) }],
     };
   }
 }

@@ -5,7 +5,22 @@ import {
   type LeaderElectorConfig,
   type RepositoryLike,
 } from './leader-elector.core.js';
+import { LeaderElectionConfigError } from './errors.js';
+import type { NamedElections } from './named-elections.js';
 import { loadOptional } from './optional-deps.js';
+
+/** The named elections of each app-wide service (set by the module). */
+const namedOf = new WeakMap<LeaderElectorService, NamedElections>();
+
+/** Lets `named` answer `service.election(name)` (the module calls this). */
+export function bindNamedElections(service: LeaderElectorService, named: NamedElections): void {
+  namedOf.set(service, named);
+}
+
+/** The named elections of an app-wide service made by the module. */
+export function namedElectionsOf(service: LeaderElectorService): NamedElections | undefined {
+  return namedOf.get(service);
+}
 
 type Logger = Pick<NestCommon.Logger, 'log' | 'warn' | 'error'>;
 
@@ -28,12 +43,38 @@ export class LeaderElectorService
   implements NestCommon.OnModuleInit, NestCommon.BeforeApplicationShutdown, NestCommon.OnApplicationShutdown
 {
   readonly #logger: Logger = createLogger();
+  /** The election's name; `null` for the app-wide election. */
+  readonly name: string | null;
 
-  /** `source`: a TypeORM repository of `LeaderLease` (or anything with its DataSource), or a URL. */
-  constructor(source: string | RepositoryLike, config: LeaderElectorConfig = {}) {
-    super(source, config, { start: false });
-    this.on('elected', ({ term }) => this.#logger.log(`${this.instanceId} leads (term ${term})`));
-    this.on('revoked', () => this.#logger.log(`${this.instanceId} no longer leads`));
+  /**
+   * `source`: a TypeORM repository of `LeaderLease` (or anything with its DataSource), or a URL.
+   * `name`: set for the named elections the module makes (`election(name)`).
+   */
+  constructor(source: string | RepositoryLike, config: LeaderElectorConfig = {}, name?: string) {
+    super(source, config, { start: false, ...(name !== undefined ? { name } : {}) });
+    this.name = name ?? null;
+    const what = name !== undefined ? ` '${name}'` : '';
+    this.on('elected', ({ term }) => this.#logger.log(`${this.instanceId} leads${what} (term ${term})`));
+    this.on('revoked', () => this.#logger.log(`${this.instanceId} no longer leads${what}`));
+  }
+
+  /**
+   * The election named `name` of this app, with the same API as this service (`amILeader()`, `term()`,
+   * `leader()`, the events and `events$`, `runWhileLeader`, `release()`): the one `@LeaderOnly(name)`
+   * methods, `LeaderGuard.for(name)` and `LeaderElectorModule.forFeature` declarations use. Its lock id
+   * is derived from the name (see `lockIdForName`) unless one was declared. A name that nothing declared
+   * is started on first use (then a clash of its lock id throws here rather than at the app's start).
+   * Throws `LeaderElectionConfigError` for a service that `LeaderElectorModule` did not make.
+   */
+  election(name: string): LeaderElectorService {
+    const source = namedOf.get(this);
+    if (source === undefined) {
+      throw new LeaderElectionConfigError(
+        'invalid leader election config: election(name) needs the LeaderElectorService of an app that imports ' +
+          'LeaderElectorModule (this one was not made by the module)',
+      );
+    }
+    return source.election(name);
   }
 
   /** Starts campaigning; a failure to start (unreachable database, missing table, ...) fails the app's start. */

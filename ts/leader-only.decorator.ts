@@ -1,29 +1,63 @@
-import { NotLeaderError } from './errors.js';
+import { LeaderElectionConfigError, NotLeaderError } from './errors.js';
 import { LEADER_ONLY_METADATA } from './leader-elector.constants.js';
 import { loadOptional } from './optional-deps.js';
 
-/** What a `@LeaderOnly()` method does when called on an instance that does not lead. */
+/** Which election a `@LeaderOnly()` method follows, and what it does when called on a follower. */
 export interface LeaderOnlyOptions {
+  /**
+   * The named election to follow (each name is an election of its own, with its own leader); without
+   * it, the app-wide election of `LeaderElectorModule.forRoot`.
+   */
+  name?: string;
+  /**
+   * The lock id of the named election; by default derived from the name (`lockIdForName`). Only with
+   * `name`.
+   */
+  lockId?: number;
   /** `skip` (default): return `undefined` without running; `throw`: throw a `NotLeaderError`. */
   onFollower?: 'skip' | 'throw';
+}
+
+/** What `@LeaderOnly()` records on a method (also its `LEADER_ONLY_METADATA` metadata). */
+export interface LeaderOnlyMetadata {
+  onFollower: 'skip' | 'throw';
+  /** The named election, or `null` for the app-wide one. */
+  name: string | null;
+  lockId?: number;
 }
 
 /** The part of the elector a `@LeaderOnly()` method reads. */
 export interface LeadershipSource {
   amILeader(): boolean;
   leader(): { leaderId: string; term: number } | null;
+  /** Runs `fn` as a leader job if leading (see `LeaderElectorCore.runIfLeader`). */
+  runIfLeader?<T>(fn: () => T): { ran: true; value: T } | { ran: false };
 }
 
+/** The elector of an election by name (`null`: the app-wide one). */
+export type LeadershipResolver = (name: string | null) => LeadershipSource | undefined;
+
 /**
- * Which elector decides for each object whose class has `@LeaderOnly()` methods; filled by the module's
+ * Which electors decide for each object whose class has `@LeaderOnly()` methods; filled by the module's
  * explorer when the application initialises (each application its own, so several apps in one process
  * each follow their own election).
  */
-const electorOf = new WeakMap<object, LeadershipSource>();
+const electorOf = new WeakMap<object, LeadershipResolver>();
 
-/** Lets `elector` decide for the `@LeaderOnly()` methods of `instance` (the explorer calls this). */
-export function bindLeaderOnly(instance: object, elector: LeadershipSource): void {
-  electorOf.set(instance, elector);
+/**
+ * Lets `elector` decide for the `@LeaderOnly()` methods of `instance` (the explorer calls this): one
+ * elector for every method, or a resolver that gives the elector of each election name.
+ */
+export function bindLeaderOnly(instance: object, elector: LeadershipSource | LeadershipResolver): void {
+  electorOf.set(instance, typeof elector === 'function' ? elector : () => elector);
+}
+
+/** What `@LeaderOnly()` recorded for each checked method (found without reflect-metadata too). */
+const optionsOfMethod = new WeakMap<object, LeaderOnlyMetadata>();
+
+/** The election name and settings of a method made by `@LeaderOnly()`, or undefined. */
+export function leaderOnlyMetadataOf(fn: unknown): LeaderOnlyMetadata | undefined {
+  return typeof fn === 'function' ? optionsOfMethod.get(fn) : undefined;
 }
 
 /**
@@ -67,6 +101,13 @@ function metadataApi(): Required<Pick<ReflectWithMetadata, 'getMetadataKeys' | '
  * Runs the method only on the leader, typically an `@Cron` / `@Interval` handler: on other instances the
  * call is skipped (returns `undefined`, or a Promise of it for an `async` method), or throws
  * `NotLeaderError` (rejects, for an `async` method) with `{ onFollower: 'throw' }`.
+ *
+ * `@LeaderOnly()` follows the app-wide election; `@LeaderOnly('nightly-report')` (or
+ * `@LeaderOnly({ name, onFollower, lockId })`) follows the election of that name, which may lead on
+ * another instance (see `LeaderElectorService.election(name)`). While the method runs (until the Promise
+ * an `async` one returns settles), `LeaderElectorService.current()` gives its `{ signal, term, name }`:
+ * the signal aborts the moment that leadership ends; and a release or shutdown of the election waits for
+ * the run to end (at most until the lease would have run out) before the next leader can start.
  * The instance must be a provider or controller of an application that imports `LeaderElectorModule`;
  * until the application has initialised, the method counts as not leading. Called on an instance that no
  * elector is bound to (created with `new`, or in an app without `LeaderElectorModule`), the method is
@@ -81,11 +122,33 @@ function metadataApi(): Required<Pick<ReflectWithMetadata, 'getMetadataKeys' | '
  * itself (not on the instance later), so that schedulers which capture the method while the app
  * initialises still call the checked one. Metadata other decorators set on the method is kept.
  */
-export function LeaderOnly(options: LeaderOnlyOptions = {}): MethodDecorator {
+export function LeaderOnly(nameOrOptions: string | LeaderOnlyOptions = {}): MethodDecorator {
+  const options: LeaderOnlyOptions =
+    typeof nameOrOptions === 'string' ? { name: nameOrOptions } : (nameOrOptions ?? {});
   const onFollower = options.onFollower ?? 'skip';
   if (onFollower !== 'skip' && onFollower !== 'throw') {
     throw new TypeError(`@LeaderOnly(): \`onFollower\` must be 'skip' or 'throw' (got ${String(onFollower)})`);
   }
+  const name = options.name ?? null;
+  if (name !== null && (typeof name !== 'string' || name === '')) {
+    throw new LeaderElectionConfigError(
+      `invalid leader election config: @LeaderOnly(): \`name\` must be a non-empty string (got ${JSON.stringify(name)})`,
+    );
+  }
+  if (options.lockId !== undefined) {
+    if (name === null) {
+      throw new LeaderElectionConfigError(
+        'invalid leader election config: @LeaderOnly(): `lockId` needs a `name` (the app-wide election takes its ' +
+          'lockId from LeaderElectorModule.forRoot)',
+      );
+    }
+    checkLockId(options.lockId, `@LeaderOnly('${name}')`);
+  }
+  const recorded: LeaderOnlyMetadata = {
+    onFollower,
+    name,
+    ...(options.lockId !== undefined ? { lockId: options.lockId } : {}),
+  };
   return (target, key, descriptor: PropertyDescriptor) => {
     const original: unknown = descriptor.value;
     if (typeof original !== 'function') {
@@ -100,8 +163,13 @@ export function LeaderOnly(options: LeaderOnlyOptions = {}): MethodDecorator {
       method.constructor?.name === 'AsyncFunction' || meta.getMetadata?.('design:returntype', target, key) === Promise;
     let warnedUnbound = false;
     const checked = function (this: object, ...args: unknown[]): unknown {
-      const elector = electorOf.get(this);
-      if (elector?.amILeader()) return method.apply(this, args);
+      const elector = electorOf.get(this)?.(name);
+      if (elector?.runIfLeader !== undefined) {
+        const run = elector.runIfLeader(() => method.apply(this, args));
+        if (run.ran) return run.value;
+      } else if (elector?.amILeader()) {
+        return method.apply(this, args);
+      }
       if (elector === undefined && !warnedUnbound) {
         warnedUnbound = true;
         process.emitWarning(
@@ -124,12 +192,13 @@ export function LeaderOnly(options: LeaderOnlyOptions = {}): MethodDecorator {
     };
     Object.defineProperty(checked, 'name', { value: method.name });
     leaderOnlyMethods.add(checked);
+    optionsOfMethod.set(checked, recorded);
     const reflect = metadataApi();
     if (reflect !== null) {
       for (const k of reflect.getMetadataKeys(method)) {
         reflect.defineMetadata(k, reflect.getMetadata(k, method), checked);
       }
-      reflect.defineMetadata(LEADER_ONLY_METADATA, { onFollower }, checked);
+      reflect.defineMetadata(LEADER_ONLY_METADATA, recorded, checked);
     } else if (!warnedNoReflectMetadata) {
       warnedNoReflectMetadata = true;
       process.emitWarning(
@@ -142,4 +211,14 @@ export function LeaderOnly(options: LeaderOnlyOptions = {}): MethodDecorator {
     descriptor.value = checked;
     return descriptor;
   };
+}
+
+/** Checks an explicit lock id: an integer in PostgreSQL's INT range. */
+export function checkLockId(lockId: unknown, where: string): void {
+  if (typeof lockId !== 'number' || !Number.isInteger(lockId) || lockId < -(2 ** 31) || lockId > 2 ** 31 - 1) {
+    throw new LeaderElectionConfigError(
+      `invalid leader election config: ${where}: \`lockId\` must be an integer between -2147483648 and 2147483647 ` +
+        `(got ${String(lockId)})`,
+    );
+  }
 }

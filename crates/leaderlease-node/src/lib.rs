@@ -445,6 +445,12 @@ impl Elector {
         self.inner.config().lock_id()
     }
 
+    /// The schema of the lease table (PostgreSQL), where the fence function lives.
+    #[napi(getter, catch_unwind)]
+    pub fn schema(&self) -> String {
+        self.inner.config().schema().to_owned()
+    }
+
     /// The effective `maxEventLoopStall` in milliseconds; 0 when the event loop check is off.
     #[napi(getter, catch_unwind)]
     pub fn max_event_loop_stall(&self) -> f64 {

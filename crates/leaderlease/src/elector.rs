@@ -318,6 +318,32 @@ impl Elector {
         self.shared.clock.term()
     }
 
+    /// Runs the database's fence for this election's current term on `conn`, a connection inside the
+    /// transaction that does the leader's work (`&mut tx` of a `sqlx::Transaction` works): the
+    /// transaction can then commit only if this term still holds an unexpired lease, by the database's
+    /// clock, and before anyone else can take the lease over. Call it right before committing (it
+    /// share-locks the lease row until the transaction ends). [`Error::Fenced`] when this node does not
+    /// lead or the database refuses: roll back. PostgreSQL only; see [`fence`](crate::fence).
+    pub async fn fence(&self, conn: &mut sqlx::PgConnection) -> Result<u64> {
+        let config = self.config();
+        let Some(term) = self.term() else {
+            return Err(Error::Fenced {
+                lock_id: config.lock_id(),
+                term: None,
+                reason: "this node does not lead".to_owned(),
+            });
+        };
+        crate::fence::fence(conn, config.schema(), config.lock_id(), term).await
+    }
+
+    /// Like [`fence`](Self::fence), for a term the work saved when it began (`term()` then): the
+    /// transaction commits only if that very leadership still holds the lease, not a later one of this
+    /// node. The database alone judges; this node's own state is not consulted.
+    pub async fn fence_term(&self, conn: &mut sqlx::PgConnection, term: u64) -> Result<u64> {
+        let config = self.config();
+        crate::fence::fence(conn, config.schema(), config.lock_id(), term).await
+    }
+
     /// Time left before this node's local lease deadline, while it leads.
     pub fn lease_remaining(&self) -> Option<Duration> {
         self.shared.clock.remaining()

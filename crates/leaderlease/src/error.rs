@@ -78,6 +78,17 @@ pub enum Error {
     /// The elector has been shut down.
     #[error("the leader elector has been shut down")]
     Shutdown,
+    /// The database refused a fenced transaction: the term does not hold an unexpired lease (see
+    /// [`fence`](crate::fence)). Roll the transaction back; the work belongs to the next leader.
+    #[error("fenced: {reason}")]
+    Fenced {
+        /// The lock id of the election.
+        lock_id: i32,
+        /// The term the fence was asked for (`None`: this node did not lead when asked).
+        term: Option<u64>,
+        /// Why, as the database (or the local deadline) said.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -92,6 +103,7 @@ impl Error {
         "ERR_STORE",
         "ERR_INVALID_BUCKET",
         "ERR_SHUT_DOWN",
+        "ERR_FENCED",
     ];
 
     /// A stable code for this kind of error, as the Node binding exposes it (`ERR_INVALID_CONFIG`, ...).
@@ -106,6 +118,7 @@ impl Error {
             Error::Store { .. } => "ERR_STORE",
             Error::InvalidBucket { .. } => "ERR_INVALID_BUCKET",
             Error::Shutdown => "ERR_SHUT_DOWN",
+            Error::Fenced { .. } => "ERR_FENCED",
         }
     }
 }
@@ -147,6 +160,11 @@ mod tests {
                 problem: String::new(),
             },
             Error::Shutdown,
+            Error::Fenced {
+                lock_id: 0,
+                term: None,
+                reason: String::new(),
+            },
         ];
         let codes: Vec<_> = all.iter().map(Error::code).collect();
         assert_eq!(codes, Error::CODES);

@@ -77,6 +77,7 @@ mod clock;
 mod config;
 mod elector;
 mod error;
+mod fence;
 #[macro_use]
 mod hub;
 pub mod leases;
@@ -92,6 +93,7 @@ pub use elector::{
     LivenessCheck, Snapshot, Status,
 };
 pub use error::{Error, Result};
+pub use fence::{FENCE_SQLSTATE, fence};
 pub use hub::{
     BatchStats, LISTEN_PROBE_INTERVAL, MAX_BATCH_WINDOW, OWNED_POOL_MAX_CONNECTIONS, PgHub,
     RELEASE_CHANNEL, START_CONNECT_TIMEOUT,

@@ -184,25 +184,37 @@ impl PgBackend {
         &self.pool
     }
 
-    /// What of the schema is missing, or `None` when the table is complete.
-    async fn missing_parts(&self) -> Result<Option<String>> {
+    /// What of the schema is missing, or `None` when the table is complete. The fence function
+    /// ([`crate::fence`]) counts only when `with_fence`: the election itself does not need it, so a table
+    /// migrated before it existed is not refused when `create_table_on_init` is off; with it on, the
+    /// migration adds it.
+    async fn missing_parts(&self, with_fence: bool) -> Result<Option<String>> {
         let table = schema::qualified_table(&self.schema);
+        let fence = format!(
+            "{}.leader_lease_fence(integer, bigint)",
+            schema::quote_ident(&self.schema)
+        );
         let row = with_conn!(self, "prepare", START_CONNECT_TIMEOUT, |c| sqlx::query(
             "SELECT to_regclass($1) IS NOT NULL AS has_table, \
                     to_regclass($2) IS NOT NULL AS has_seq, \
                     (SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) \
-                       AND attname IN ('term', 'renewed_at') AND NOT attisdropped) AS new_columns"
+                       AND attname IN ('term', 'renewed_at') AND NOT attisdropped) AS new_columns, \
+                    to_regprocedure($3) IS NOT NULL AS has_fence"
         )
         .bind(&table)
         .bind(&self.sql.sequence)
+        .bind(&fence)
         .fetch_one(c))?;
         let has_table: bool = row.get(0);
         let has_seq: bool = row.get(1);
         let new_columns: i64 = row.get(2);
+        let has_fence: bool = row.get(3);
         Ok(if !has_table {
             Some("does not exist".to_owned())
         } else if new_columns < 2 || !has_seq {
             Some("lacks the term column or sequence (it predates leaderlease)".to_owned())
+        } else if with_fence && !has_fence {
+            Some("lacks the fence function leader_lease_fence".to_owned())
         } else {
             None
         })
@@ -261,7 +273,7 @@ impl Backend for PgBackend {
         Box::pin(async move {
             self.member
                 .get_or_init(|| self.hub.join(&self.schema, self.lock_id));
-            let Some(problem) = self.missing_parts().await? else {
+            let Some(problem) = self.missing_parts(self.create_table_on_init).await? else {
                 return self.check_privileges().await;
             };
             if !self.create_table_on_init {
@@ -271,7 +283,7 @@ impl Backend for PgBackend {
                 });
             }
             self.migrate().await?;
-            if let Some(problem) = self.missing_parts().await? {
+            if let Some(problem) = self.missing_parts(true).await? {
                 return Err(Error::TableMissing {
                     table: schema::qualified_table(&self.schema),
                     problem: format!("{problem} even after the migration ran"),

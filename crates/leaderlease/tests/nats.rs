@@ -344,15 +344,17 @@ async fn the_nats_server_restarting_is_survived() {
     let f = b.start(fast().with_instance_id("f")).await;
     let first_term = a.term().unwrap();
 
+    // Down for 5 s: well past the lease (every lease expires meanwhile), and long enough for a client's
+    // reconnect attempts to have backed off, as in an outage users meet.
     server.stop();
+    let stopped = Instant::now();
     wait_until(
         Duration::from_secs(3),
         "a to step down without its server",
         || !a.is_leader(),
     )
     .await;
-    let down_until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < down_until {
+    while stopped.elapsed() < Duration::from_secs(5) {
         assert!(
             !a.is_leader() && !f.is_leader(),
             "a leader without a server"
@@ -360,15 +362,44 @@ async fn the_nats_server_restarting_is_survived() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     server.restart();
+    let back = Instant::now();
     wait_until(
         Duration::from_secs(15),
         "a leader after the restart",
         || a.is_leader() || f.is_leader(),
     )
     .await;
+    // A leader again soon: within the lease + 1 s of the server being back (the lease is 1.5 s here).
+    let took = back.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "a leader only {took:?} after the server was back"
+    );
     assert_never_two_leaders(&[&a, &f], Duration::from_secs(1)).await;
-    let term = a.term().or(f.term()).unwrap();
+    let leader = if a.is_leader() { &a } else { &f };
+    let follower = if a.is_leader() { &f } else { &a };
+    let term = leader.term().unwrap();
     assert!(term > first_term, "term {term} after {first_term}");
+
+    // The key watch works again after the restart: a release is taken at once, not at the next poll.
+    wait_until(
+        Duration::from_secs(3),
+        "the follower to see the leader",
+        || follower.leader().is_some(),
+    )
+    .await;
+    let released = Instant::now();
+    leader.release().await.unwrap();
+    wait_until(Duration::from_secs(5), "the follower to take over", || {
+        follower.is_leader()
+    })
+    .await;
+    let handover = released.elapsed();
+    eprintln!("leader again {took:?} after the restart; handover after it {handover:?}");
+    assert!(
+        handover < Duration::from_millis(700),
+        "handover after the restart took {handover:?}"
+    );
     a.shutdown().await.unwrap();
     f.shutdown().await.unwrap();
 }
