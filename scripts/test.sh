@@ -14,6 +14,11 @@ cargo publish --dry-run -p leaderlease --allow-dirty
 cargo test --workspace --all-features
 # The Node package: the addon, the TypeScript API and its tests (npm install, build, node --test).
 bash scripts/test-node.sh
+# The cross leg (README, "Platforms"): the linux-arm64-gnu addon, built on this x86_64 machine with the quick
+# `cross-test` profile, loaded by an arm64 Node under qemu-user for the core Node tests (election, release
+# handover, pause safety). `npm run test:cross -- all` also builds and tests linux-x64-gnu (glibc 2.17) and
+# both musl targets.
+bash scripts/test-cross.sh linux-arm64-gnu
 # The chaos checker's short profile (docs/chaos.md): Node, Rust and Nest candidates on a throwaway
 # PostgreSQL and a throwaway NATS server of its own, random faults of every kind, then a check of every
 # leadership they saw.

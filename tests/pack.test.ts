@@ -1,7 +1,8 @@
-// The published package, end to end: `npm pack` in this checkout, the tarball installed into a fresh
-// NestJS 12 app outside the repository with no Rust toolchain on PATH, then a CommonJS Nest app that
-// elects a leader through TypeORM, an ES module that imports the named exports, and a type check of
-// the shipped `.d.ts` files.
+// The published packages, end to end: `npm pack` in this checkout (the package, which ships no binary)
+// and of this machine's platform package (npm/<platform>/ with the addon and the command line), both
+// installed into a fresh NestJS 12 app outside the repository with no Rust toolchain on PATH, then a
+// CommonJS Nest app that elects a leader through TypeORM, an ES module that imports the named exports,
+// and a type check of the shipped `.d.ts` files.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -10,11 +11,13 @@ import { delimiter, join, resolve, sep } from 'node:path';
 import { test } from 'node:test';
 
 import { DATABASE_URL, dropSchema, randomSchema } from './helpers.js';
+import { HOST_PLATFORM, packPlatform } from './packed-app.js';
 
 const REPO = resolve(__dirname, '..');
-const ADDON = 'native/leaderlease.linux-x64-gnu.node';
-/** The command line (scripts/build-cli.sh), run by dist/cli.js (ts/cli.ts). */
-const CLI = 'native/leaderlease-linux-x64-gnu';
+/** The platform package and what it ships: the addon, and the command line (scripts/build-cli.sh) that dist/cli.js (ts/cli.ts) runs. */
+const PLATFORM_PACKAGE = `leaderlease-${HOST_PLATFORM}`;
+const ADDON = `leaderlease.${HOST_PLATFORM}.node`;
+const CLI = 'leaderlease';
 
 interface Run {
   code: number | null;
@@ -242,15 +245,19 @@ test('the npm tarball installs into a fresh NestJS app with no Rust toolchain an
     const [info] = JSON.parse(json) as { filename: string; files: { path: string }[] }[];
     assert.ok(info, 'npm pack reported no tarball');
     const files = info.files.map((f) => f.path);
-    const required = ['package.json', 'dist/index.js', 'dist/index.d.ts', 'native/index.js', 'native/index.d.ts', ADDON];
-    for (const f of [...required, 'dist/cli.js', CLI]) {
+    const required = ['package.json', 'dist/index.js', 'dist/index.d.ts', 'native/index.js', 'native/index.d.ts'];
+    for (const f of [...required, 'dist/cli.js', 'dist/native.js']) {
       assert.ok(files.includes(f), `the tarball lacks ${f}: ${files.join(', ')}`);
     }
     for (const f of files) {
-      assert.ok(!/^(crates|ts|tests|dist-tests|target|scripts|node_modules)\//.test(f), `the tarball has ${f}`);
+      assert.ok(!/^(crates|ts|tests|dist-tests|target|scripts|node_modules|npm)\//.test(f), `the tarball has ${f}`);
+      // The binaries are in the platform packages, not here.
+      assert.ok(!/\.node$|^native\/leaderlease-/.test(f), `the tarball has the binary ${f}`);
     }
     const tarball = join(packDir, info.filename);
     assert.ok(existsSync(tarball), `no ${tarball}`);
+    const platform = await packPlatform(packDir);
+    assert.deepEqual(platform.files.sort(), ['README.md', CLI, ADDON, 'package.json'].sort());
     lap('packed');
 
     // 2. A fresh app outside the repository, installed with no cargo/rustc reachable.
@@ -267,6 +274,7 @@ test('the npm tarball installs into a fresh NestJS app with no Rust toolchain an
         '--no-fund',
         '--prefer-offline',
         tarball,
+        platform.tarball,
         '@nestjs/common@^12',
         '@nestjs/core@^12',
         '@nestjs/typeorm@^12',
@@ -279,7 +287,13 @@ test('the npm tarball installs into a fresh NestJS app with no Rust toolchain an
       env,
       150_000,
     );
-    assert.ok(existsSync(join(appDir, 'node_modules/leaderlease', ADDON)), 'the addon was not installed');
+    assert.ok(existsSync(join(appDir, 'node_modules', PLATFORM_PACKAGE, ADDON)), 'the addon was not installed');
+    // The package records the platform packages as optional dependencies (the generated loader requires them).
+    const manifest = require(join(appDir, 'node_modules/leaderlease/package.json')) as {
+      version: string;
+      optionalDependencies?: Record<string, string>;
+    };
+    assert.equal(manifest.optionalDependencies?.[PLATFORM_PACKAGE], manifest.version);
     // `npx leaderlease`: the bin runs the Rust command line shipped in the tarball.
     const version = await ok('leaderlease --version', join(appDir, 'node_modules/.bin/leaderlease'), ['--version'], appDir, env, 30_000);
     assert.match(version.stdout, /^leaderlease \d+\.\d+\.\d+/, describe('leaderlease --version', version));

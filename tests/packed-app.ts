@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync }
 import { tmpdir } from 'node:os';
 import { delimiter, join, resolve, sep } from 'node:path';
 
+import { currentPlatform } from '../dist/native.js';
 import { DATABASE_URL } from './helpers.js';
 
 export const REPO = resolve(__dirname, '..');
@@ -83,9 +84,28 @@ function pathWithoutRust(shimDir: string): string {
   return [shimDir, ...kept].join(delimiter);
 }
 
-/** The tarball of this checkout and the environment apps run in; `close()` removes both. */
+/** This machine's platform tag (napi-rs's, e.g. `linux-x64-gnu`): the platform package the tests pack. */
+export const HOST_PLATFORM = currentPlatform().tag;
+
+/**
+ * The platform package for this machine as `napi prepublish` would publish it: npm/<platform>/ filled by
+ * scripts/stage-platform.sh (the addon and the command line this checkout built) in a copy under `dir`,
+ * then `npm pack`. Returns the tarball and the files in it.
+ */
+export async function packPlatform(dir: string, platform = HOST_PLATFORM): Promise<{ tarball: string; files: string[] }> {
+  const stage = join(dir, `stage-${platform}`);
+  await ok('stage-platform.sh', 'bash', [join(REPO, 'scripts/stage-platform.sh'), platform, stage], REPO, cleanEnv(), 60_000);
+  const packed = await ok('npm pack (platform package)', 'npm', ['pack', '--json', '--pack-destination', dir], stage, cleanEnv(), 120_000);
+  const [info] = JSON.parse(packed.stdout.slice(packed.stdout.indexOf('['))) as { filename: string; files: { path: string }[] }[];
+  assert.ok(info, 'npm pack reported no platform tarball');
+  return { tarball: join(dir, info.filename), files: info.files.map((f) => f.path) };
+}
+
+/** The tarballs of this checkout (the package and this machine's platform package) and the environment apps run in; `close()` removes both. */
 export interface Packed {
   tarball: string;
+  /** The platform package's tarball (npm/<platform>/ with the addon and the command line). */
+  platformTarball: string;
   files: string[];
   env: NodeJS.ProcessEnv;
   close(): void;
@@ -111,8 +131,10 @@ export async function pack(): Promise<Packed> {
     const tarball = join(dir, info.filename);
     assert.ok(existsSync(tarball), `no ${tarball}`);
     const env = { ...cleanEnv(), PATH: pathWithoutRust(join(dir, 'bin')), DATABASE_URL };
+    const platform = await packPlatform(dir);
     return {
       tarball,
+      platformTarball: platform.tarball,
       files: info.files.map((f) => f.path),
       env,
       close: () => rmSync(dir, { recursive: true, force: true }),
@@ -123,7 +145,11 @@ export async function pack(): Promise<Packed> {
   }
 }
 
-/** A fresh app outside the repository with the tarball and `deps` installed; `close()` removes it. */
+/**
+ * A fresh app outside the repository with the tarballs and `deps` installed; `close()` removes it. The
+ * platform package is installed from its tarball, as npm would take it from the registry as the package's
+ * optional dependency (the other platforms' packages are skipped, as for a user).
+ */
 export async function installApp(packed: Packed, deps: string[]): Promise<{ dir: string; close(): void }> {
   const dir = mkdtempSync(join(tmpdir(), 'leaderlease-app-'));
   try {
@@ -132,7 +158,7 @@ export async function installApp(packed: Packed, deps: string[]): Promise<{ dir:
     await ok(
       `npm install ${deps.join(' ')}`,
       'npm',
-      ['install', '--no-audit', '--no-fund', '--prefer-offline', packed.tarball, ...deps],
+      ['install', '--no-audit', '--no-fund', '--prefer-offline', packed.tarball, packed.platformTarball, ...deps],
       dir,
       packed.env,
       300_000,

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // `npx leaderlease …`: the command line of the Rust crate (crates/leaderlease, cargo feature `cli`),
-// built next to the addon as native/leaderlease-<platform>. Nothing is implemented here: this wrapper
+// shipped in each platform package beside the addon (in a checkout: native/leaderlease-<platform>). Nothing is implemented here: this wrapper
 // runs that binary with the same arguments and standard streams, forwards SIGTERM, SIGINT and SIGHUP to
 // it, and ends the way it ended (its exit status, or the same signal). Node cannot replace itself with
 // another program, so the wrapper stays the binary's parent: it passes its pid in LEADERLEASE_WRAPPER_PID,
@@ -8,25 +8,48 @@
 // `leaderlease run` then stops its command and releases the lease.
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
-function platformTag(): string {
-  const { platform, arch } = process;
-  if (platform !== 'linux') return `${platform}-${arch}`;
-  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
-  const glibc = report?.header?.glibcVersionRuntime;
-  return `${platform}-${arch}-${glibc ? 'gnu' : 'musl'}`;
+import { SUPPORTED_PLATFORMS, currentPlatform } from './native.js';
+
+/**
+ * The command line for this platform, found like the addon (ts/native.ts, native/index.js): next to the
+ * loader in a checkout that built it (native/leaderlease-<platform>), otherwise in the platform package
+ * `leaderlease-<platform>` that npm installed as an optional dependency (its file `leaderlease`, on
+ * Windows `leaderlease.exe`, should one be built there).
+ */
+function findBinary(tag: string): { binary: string | null; looked: string[] } {
+  const exe = process.platform === 'win32' ? '.exe' : '';
+  const local = join(__dirname, '..', 'native', `leaderlease-${tag}${exe}`);
+  const looked = [local];
+  if (existsSync(local)) return { binary: local, looked };
+  try {
+    const pkg = dirname(require.resolve(`leaderlease-${tag}/package.json`));
+    const inPackage = join(pkg, `leaderlease${exe}`);
+    looked.push(inPackage);
+    if (existsSync(inPackage)) return { binary: inPackage, looked };
+  } catch {
+    looked.push(`package leaderlease-${tag} (not installed)`);
+  }
+  return { binary: null, looked };
 }
 
-const tag = platformTag();
-const binary = join(__dirname, '..', 'native', `leaderlease-${tag}`);
-if (!existsSync(binary)) {
+const found = currentPlatform();
+const { binary: located, looked } = findBinary(found.tag);
+if (located === null) {
+  // The command line is built for Linux only (it uses Linux's parent-death signal and process groups).
+  const supported = SUPPORTED_PLATFORMS.map((p) => p.tag).filter((t) => t.startsWith('linux-'));
+  const where = `${found.platform} ${found.arch}${found.libc ? ` with ${found.libc}` : ''} (platform tag ${found.tag})`;
   process.stderr.write(
-    `leaderlease: no command-line binary for ${tag} in this package (${binary}); ` +
-      'build it with `npm run build` in a checkout, or `cargo install leaderlease --features cli`\n',
+    (supported.includes(found.tag)
+      ? `leaderlease: no command-line binary for ${where}: looked in ${looked.join(', ')}. npm installs ` +
+        `leaderlease-${found.tag} as an optional dependency: install without --omit=optional.`
+      : `leaderlease: no prebuilt command line for ${where}. Prebuilt for: ${supported.join(', ')}.`) +
+      ' Or build it from source: `cargo install leaderlease --features cli`.\n',
   );
   process.exit(1);
 }
+const binary: string = located;
 
 const child = spawn(binary, process.argv.slice(2), {
   stdio: 'inherit',

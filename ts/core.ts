@@ -1,6 +1,6 @@
 // `leaderlease/core`: the standalone elector and its errors, without the NestJS module, the TypeORM entity
 // or the migration class, so that importing it loads none of NestJS, TypeORM or rxjs (rxjs is loaded only
-// if `events$` is read). It loads the native addon.
+// if `events$` is read). It loads the native addon (ts/native.ts: `UnsupportedPlatformError` where none fits).
 
 export {
   LeaderElectorCore,
@@ -34,6 +34,7 @@ export {
   StoreError,
   TableMissingError,
   UnsupportedServerError,
+  UnsupportedPlatformError,
   fromNative,
   type LeaderElectionErrorCode,
 } from './errors.js';
@@ -42,4 +43,7 @@ export { lockIdForName } from './lock-id.js';
 export type { LeaderJobContext } from './leader-job.context.js';
 export { METRIC_NAMES, type LeaderElectionMetricsOptions } from './metrics.js';
 export type { LeaderElectionLogEvent, LeaderElectionLogLevel, LeaderElectorLogger } from './logging.js';
-export { errorCodes } from '../native/index.js';
+import { loadNative } from './native.js';
+
+/** The error codes the native layer reports (each maps to its own subclass of `LeaderElectionError`). */
+export const errorCodes: () => string[] = () => loadNative().errorCodes();

@@ -21,6 +21,7 @@ export type LeaderElectionErrorCode =
   | 'ERR_FENCED'
   | 'ERR_MISSING_DEPENDENCY'
   | 'ERR_NOT_LEADER'
+  | 'ERR_UNSUPPORTED_PLATFORM'
   | 'ERR_INTERNAL';
 
 /** Base class of every error leaderlease throws or rejects with. */
@@ -152,6 +153,39 @@ export class NotLeaderError extends LeaderElectionError {
     super('ERR_NOT_LEADER', message);
     this.leaderId = leader?.leaderId ?? null;
     this.term = leader?.term ?? null;
+  }
+}
+
+/**
+ * No prebuilt native addon could be loaded on this platform: none is built for it, or its platform package
+ * (`leaderlease-<platform>`, an optional dependency) is missing or did not load. The message names the
+ * platform, architecture and C library found, the prebuilt platforms and the remedy; `cause` is the
+ * loader's own error. Everything that needs no addon (`upSql`/`downSql`, `LeaderElectionMigrationBase`,
+ * the entity, the errors) still works. Raised by this package itself (ts/native.ts).
+ */
+export class UnsupportedPlatformError extends LeaderElectionError {
+  /** `process.platform`, e.g. `linux`. */
+  readonly platform: string;
+  /** `process.arch`, e.g. `arm64`. */
+  readonly arch: string;
+  /** On Linux the C library found, `glibc <version>` or `musl`; otherwise null. */
+  readonly libc: string | null;
+  /** The platform tag looked for, e.g. `linux-arm64-musl`. */
+  readonly target: string;
+  /** The platform tags a prebuilt addon exists for. */
+  readonly supported: readonly string[];
+
+  constructor(
+    message: string,
+    found: { platform: string; arch: string; libc: string | null; target: string; supported: readonly string[] },
+    options?: { cause?: unknown },
+  ) {
+    super('ERR_UNSUPPORTED_PLATFORM', message, options);
+    this.platform = found.platform;
+    this.arch = found.arch;
+    this.libc = found.libc;
+    this.target = found.target;
+    this.supported = found.supported;
   }
 }
 

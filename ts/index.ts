@@ -3,7 +3,7 @@
 // What needs no native addon (errors, SQL helpers, entity, migration class, decorator, constants) is
 // loaded at once. What needs it (the elector and everything built on it) is loaded on first access, so
 // that a TypeORM migration run, or anything else that uses only the former, works where no prebuilt
-// binary fits; reading one of the latter there throws the addon loader's error. Each lazy export is
+// binary fits; reading one of the latter there throws `UnsupportedPlatformError` (ts/native.ts). Each lazy export is
 // written in the one `Object.defineProperty(exports, name, { get: function () { return a.b; } })` shape
 // Node's CommonJS export detection accepts, so ES modules can import it by name (an ES module reads every
 // export when it imports this file: without the addon the lazy ones are then `undefined`, and a process
@@ -15,6 +15,7 @@ import type * as HealthModule from './health.js';
 import type * as NestModule from './leader-elector.module.js';
 import type * as ServiceModule from './leader-elector.service.js';
 import type * as Native from '../native/index.js';
+import type * as NativeModule from './native.js';
 
 export {
   DatabaseError,
@@ -32,6 +33,7 @@ export {
   StoreError,
   TableMissingError,
   UnsupportedServerError,
+  UnsupportedPlatformError,
   fromNative,
   type LeaderElectionErrorCode,
 } from './errors.js';
@@ -86,10 +88,10 @@ export type LeaderElectionHealthIndicator = HealthModule.LeaderElectionHealthInd
 
 let warned = false;
 
-/** `require(path)`; a failure is thrown again, and reported once as a process warning. */
-function load<T>(path: string): T {
+/** `get()`, which loads what needs the addon; a failure is thrown again, and reported once as a process warning. */
+function load<T>(get: () => T): T {
   try {
-    return require(path) as T;
+    return get();
   } catch (err) {
     if (!warned) {
       warned = true;
@@ -108,25 +110,25 @@ function load<T>(path: string): T {
 /** The modules that need the addon, each required on first access (Node caches it after that). */
 const lazy = {
   get LeaderElectorCore() {
-    return load<typeof CoreModule>('./leader-elector.core.js').LeaderElectorCore;
+    return load(() => (require('./leader-elector.core.js') as typeof CoreModule).LeaderElectorCore);
   },
   get connectionStringFromDataSource() {
-    return load<typeof CoreModule>('./leader-elector.core.js').connectionStringFromDataSource;
+    return load(() => (require('./leader-elector.core.js') as typeof CoreModule).connectionStringFromDataSource);
   },
   get LeaderElectorModule() {
-    return load<typeof NestModule>('./leader-elector.module.js').LeaderElectorModule;
+    return load(() => (require('./leader-elector.module.js') as typeof NestModule).LeaderElectorModule);
   },
   get LeaderElectorService() {
-    return load<typeof ServiceModule>('./leader-elector.service.js').LeaderElectorService;
+    return load(() => (require('./leader-elector.service.js') as typeof ServiceModule).LeaderElectorService);
   },
   get LeaderGuard() {
-    return load<typeof GuardModule>('./leader.guard.js').LeaderGuard;
+    return load(() => (require('./leader.guard.js') as typeof GuardModule).LeaderGuard);
   },
   get LeaderElectionHealthIndicator() {
-    return load<typeof HealthModule>('./health.js').LeaderElectionHealthIndicator;
+    return load(() => (require('./health.js') as typeof HealthModule).LeaderElectionHealthIndicator);
   },
   get errorCodes() {
-    return load<typeof Native>('../native/index.js').errorCodes;
+    return load(() => (require('./native.js') as typeof NativeModule).loadNative().errorCodes);
   },
 };
 

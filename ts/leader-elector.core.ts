@@ -3,19 +3,12 @@ import { performance } from 'node:perf_hooks';
 
 import type * as Rx from 'rxjs';
 
-import {
-  Elector,
-  type ElectorEvent,
-  type ElectorOptions,
-  type PgConnection,
-  type PgSsl,
-  type StateSnapshot,
-  type StatusInfo,
-} from '../native/index.js';
+import type { Elector, ElectorEvent, ElectorOptions, PgConnection, PgSsl, StateSnapshot, StatusInfo } from '../native/index.js';
 import { ELECTOR_CONFIG_KEYS, NATS_CONFIG_KEYS, SSL_KEYS, warnUnknownKeys } from './config-keys.js';
 import { localDeadline } from './deadline.js';
 import { ElectorShutDownError, FencedError, LeaderElectionConfigError, LeaderElectionError, fromNative } from './errors.js';
 import { keepAliveWhile } from './keep-alive.js';
+import { loadNative } from './native.js';
 import { quoteIdent } from './sql.js';
 import { leaderJobContext, type LeaderJobContext } from './leader-job.context.js';
 import {
@@ -116,6 +109,11 @@ export interface ElectorStatus extends LeaderStatus {
   since: number;
 }
 
+/**
+ * The native addon, loaded with this module: where no prebuilt binary fits, importing this module (and
+ * `leaderlease/core`) throws `UnsupportedPlatformError` (ts/native.ts).
+ */
+const addon = loadNative();
 /** What {@link LeaderElectorCore.fence} runs its statement on: anything with `query(sql, params)`. */
 export interface FenceRunner {
   query(sql: string, parameters?: unknown[]): Promise<unknown>;
@@ -145,7 +143,7 @@ export type SslOptions =
     };
 
 /** Now on the native deadline clock (see deadline.ts). */
-const nativeClockNow = (): number => Elector.clockNow();
+const nativeClockNow = (): number => addon.Elector.clockNow();
 
 /** The leader as this node last saw it (itself while it leads). */
 export interface LeaderIdentity {
@@ -614,8 +612,8 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
         }
       }
       native = nats
-        ? await Elector.connectNats(nats.servers, nats.bucket ?? null, options, onEvent)
-        : await Elector.connectPg(connection, options, onEvent);
+        ? await addon.Elector.connectNats(nats.servers, nats.bucket ?? null, options, onEvent)
+        : await addon.Elector.connectPg(connection, options, onEvent);
     } catch (err) {
       this.#stopMetrics();
       throw fromNative(err);
