@@ -164,6 +164,11 @@ export class NamedElections {
     const id = this.base.instanceId ?? this.#instanceId ?? this.app.instanceId ?? undefined;
     if (id !== undefined) config.instanceId = id;
     else delete config.instanceId;
+    // Metrics of a named election carry its name (not its derived lock id), unless its own settings name one.
+    const metrics = config.metrics;
+    if (metrics !== undefined && metrics !== null && metrics !== false && (own.metrics === undefined || metrics === true || metrics.name === undefined)) {
+      config.metrics = { ...(metrics === true ? {} : metrics), name };
+    }
     return config;
   }
 

@@ -1,6 +1,8 @@
 /**
  * A NestJS worker with two scheduled jobs, each on its own named election, and an HTTP route that only
- * the leader of `report` serves. `npm run demo -- --nest` (examples/nest/view.mjs) runs three of them.
+ * the leader of `report` serves; `/health` (Terminus: up while the database is reachable, leader or follower)
+ * and `/metrics` (Prometheus: `leader_election_master_status` and the rest, per election).
+ * `npm run demo -- --nest` (examples/nest/view.mjs) runs three of them.
  *
  * Environment: DATABASE_URL, INSTANCE (its instance id), PORT (HTTP), SCHEMA (default `public`).
  * Prints one JSON line per leadership event and job run, for the live view.
@@ -9,11 +11,19 @@ import 'reflect-metadata';
 
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { Controller, Get, Injectable, Module, UseGuards } from '@nestjs/common';
+import { Controller, Get, Header, Injectable, Module, UseGuards } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { Interval, ScheduleModule } from '@nestjs/schedule';
+import { HealthCheck, HealthCheckService, TerminusModule } from '@nestjs/terminus';
+import { register } from 'prom-client';
 
-import { LeaderElectorModule, LeaderElectorService, LeaderGuard, LeaderOnly } from '../../dist/index.js';
+import {
+  LeaderElectionHealthIndicator,
+  LeaderElectorModule,
+  LeaderElectorService,
+  LeaderGuard,
+  LeaderOnly,
+} from '../../dist/index.js';
 
 const instance = process.env['INSTANCE'] ?? `worker-${process.pid}`;
 const say = (line: object) => process.stdout.write(`${JSON.stringify({ ...line, t: Date.now() })}\n`);
@@ -58,9 +68,32 @@ class ReportController {
   }
 }
 
+@Controller()
+class OpsController {
+  constructor(
+    private readonly health: HealthCheckService,
+    private readonly leaderElection: LeaderElectionHealthIndicator,
+  ) {}
+
+  /** 200 while this instance reaches the database (a follower too), 503 once it has not for a lease. */
+  @Get('health')
+  @HealthCheck()
+  check() {
+    return this.health.check([() => this.leaderElection.isHealthy('leaderElection')]);
+  }
+
+  /** prom-client's default registry, where `metrics: true` registers every election of this app. */
+  @Get('metrics')
+  @Header('Content-Type', register.contentType)
+  metrics(): Promise<string> {
+    return register.metrics();
+  }
+}
+
 @Module({
   imports: [
     ScheduleModule.forRoot(),
+    TerminusModule,
     LeaderElectorModule.forRoot({
       connectionString: process.env['DATABASE_URL'] ?? 'postgres://postgres@127.0.0.1:5432/test',
       schema: process.env['SCHEMA'] ?? 'public',
@@ -69,11 +102,12 @@ class ReportController {
       renewalInterval: 500,
       jitterRange: 200,
       spread: { discoveryInterval: 6000 },
+      metrics: true,
     }),
     // `report` gets settings of its own; `cleanup` takes the forRoot ones.
     LeaderElectorModule.forFeature([{ name: 'report', leaseDuration: 4000 }]),
   ],
-  controllers: [ReportController],
+  controllers: [ReportController, OpsController],
   providers: [Jobs],
 })
 class AppModule {}
