@@ -780,13 +780,17 @@ async fn state_stream_numbers_every_decision_and_a_loss_changes_the_generation()
     .execute(&s.pool)
     .await
     .unwrap();
+    // The step-down and the new acquisition can both fall between two 5 ms samples of is_leader() (the
+    // row is gone, so it acquires again at once): wait for the generation, which a step-down changes for
+    // good, and check on the way that a false is_leader() never comes with the old generation.
     wait_until(Duration::from_secs(3), "the renewal to find no row", || {
         // is_leader() first: once it is false by a step-down, the generation read after it has changed.
         let leader = a.is_leader();
+        let now = a.generation();
         if !leader {
-            assert_ne!(a.generation(), generation, "not leader, same generation");
+            assert_ne!(now, generation, "not leader, same generation");
         }
-        !leader
+        now != generation
     })
     .await;
     assert_ne!(
