@@ -1,22 +1,28 @@
-//! A primary failover with synchronous replication: a throwaway primary and a hot standby of the test's
-//! own (initdb, pg_basebackup, streaming replication, `synchronous_standby_names`), the standby promoted
-//! while a leader renews. The candidates reach the database through a proxy that moves to the promoted
-//! standby (what a virtual IP, a DNS name or a failover proxy does: sqlx has no multi-host URLs).
+//! A primary failover: a throwaway primary and a hot standby of the test's own (initdb, pg_basebackup,
+//! streaming replication), the standby promoted while a leader renews. With synchronous replication
+//! (`synchronous_standby_names`) the promoted standby has every lease change anyone acted on; with
+//! asynchronous replication it can lack the last ones, and the candidates' failover quarantine keeps
+//! the election safe. The candidates reach the database through a proxy that moves to the promoted
+//! standby (what a virtual IP, a DNS name or a failover proxy does: sqlx has no multi-host URLs). Also: a
+//! leader whose server turns read-only steps down at once, with a typed reason.
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use leaderlease::Elector;
+use leaderlease::{Elector, ElectorBuilder, Event, EventKind};
 
 /// What [`watch`] saw.
 struct Seen {
     /// Samples with two leaders at once.
     overlaps: u64,
-    /// Samples where a leader's term was below one seen before.
+    /// How long two or more led at once (the sum of the sampling intervals that ended with two leaders).
+    overlap_time: Duration,
+    /// Samples where a leadership began with a term below one seen before (a term already seen, still
+    /// held by a leader that has not noticed a newer one yet, is not counted here but as an overlap).
     regressions: u64,
     /// The longest time without a leader after the first one.
     longest_gap: Duration,
@@ -27,16 +33,22 @@ fn watch(electors: Vec<Arc<Elector>>, stop: Arc<AtomicBool>) -> tokio::task::Joi
     tokio::spawn(async move {
         let mut seen = Seen {
             overlaps: 0,
+            overlap_time: Duration::ZERO,
             regressions: 0,
             longest_gap: Duration::ZERO,
         };
         let mut max_term = 0;
+        let mut terms = std::collections::HashSet::new();
         let mut last_led: Option<Instant> = None;
+        let mut last_sample = Instant::now();
         while !stop.load(Ordering::Acquire) {
             let leading: Vec<u64> = electors.iter().filter_map(|e| e.term()).collect();
+            let now = Instant::now();
             if leading.len() > 1 {
                 seen.overlaps += 1;
+                seen.overlap_time += now - last_sample;
             }
+            last_sample = now;
             if let Some(at) = last_led {
                 seen.longest_gap = seen.longest_gap.max(at.elapsed());
             }
@@ -44,9 +56,10 @@ fn watch(electors: Vec<Arc<Elector>>, stop: Arc<AtomicBool>) -> tokio::task::Joi
                 last_led = Some(Instant::now());
             }
             for t in leading {
-                if t < max_term {
+                if t < max_term && !terms.contains(&t) {
                     seen.regressions += 1;
                 }
+                terms.insert(t);
                 max_term = max_term.max(t);
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -217,4 +230,363 @@ async fn starting_on_a_standby_is_a_read_only_error() {
             "{text}"
         );
     }
+}
+
+/// Every event of an elector, with its instance id.
+type Events = Arc<Mutex<Vec<(String, Event)>>>;
+
+/// `builder` with an observer that keeps its events in `events`, under `id`.
+fn observed(builder: ElectorBuilder, id: &str, events: &Events) -> ElectorBuilder {
+    let events = events.clone();
+    let me = id.to_owned();
+    builder
+        .with_instance_id(id)
+        .with_observer(move |e| events.lock().unwrap().push((me.clone(), e.clone())))
+}
+
+/// Runs one statement (one simple query: `ALTER SYSTEM` refuses a transaction block).
+async fn exec(pool: &leaderlease::PgPool, sql: &'static str) {
+    sqlx::raw_sql(sql)
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Waits until the primary's `pg_stat_replication` has `streaming` rows (`true`) or none (`false`).
+async fn wait_for_replication(primary: &leaderlease::PgPool, streaming: bool) {
+    let start = Instant::now();
+    loop {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+        )
+        .fetch_one(primary)
+        .await
+        .unwrap();
+        if (n > 0) == streaming {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "replication did not become {}",
+            if streaming { "streaming" } else { "cut" }
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Lease 4 s, renewal 1 s ± 0.1 s (local deadline: send time + 3.6 s): long enough that the old leader
+/// still leads when a candidate reaches the promoted standby, however long the promotion takes here.
+fn slow() -> ElectorBuilder {
+    Elector::builder()
+        .with_lease_duration(Duration::from_millis(4000))
+        .with_renewal_interval(Duration::from_millis(1000))
+        .with_jitter_range(Duration::from_millis(200))
+}
+
+/// What [`promote_asynchronous_standby`] measured.
+struct AsyncFailover {
+    seen: Seen,
+    /// The lost term (acknowledged by the old primary only) and the promoted server's sequence.
+    lost_term: u64,
+    sequence_after_promotion: i64,
+    /// The term of the leadership after the failover.
+    new_term: u64,
+    /// From the reroute to the first leader on the promoted server.
+    new_leader_after: Duration,
+    promoted: Duration,
+}
+
+/// An asynchronous standby loses the last acquisition: replication is cut (the standby's
+/// `primary_conninfo` emptied, as a network fault or a lagging standby would), a leader acquires on
+/// the primary (acknowledged, never replicated) and renews; the primary crashes; the standby is
+/// promoted without the lease row and with its term sequence behind. The candidates' route moves to
+/// the promoted standby at once; the leader's route later, after one lease (a DNS cache, or a process
+/// busy elsewhere: it reaches the promoted server only after its own local deadline). `builder` sets
+/// the failover quarantine on or off.
+async fn promote_asynchronous_standby(builder: fn() -> ElectorBuilder) -> AsyncFailover {
+    let primary = ThrowawayPg::start();
+    let standby = primary.standby(&[]);
+    let admin = admin_pool(&primary.url()).await;
+    wait_for_replication(&admin, true).await;
+    // The table, replicated to the standby (as in any election running for a while).
+    sqlx::raw_sql(sqlx::AssertSqlSafe(leaderlease::schema::up_sql("public")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let standby_admin = admin_pool(&standby.url()).await;
+    let start = Instant::now();
+    loop {
+        let has: bool =
+            sqlx::query_scalar("SELECT to_regclass('public.leader_lease_term_seq') IS NOT NULL")
+                .fetch_one(&standby_admin)
+                .await
+                .unwrap();
+        if has {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "table not replicated"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Replication is cut: from now on the primary acknowledges what the standby never gets.
+    exec(&standby_admin, "ALTER SYSTEM SET primary_conninfo = ''").await;
+    exec(&standby_admin, "SELECT pg_reload_conf()").await;
+    wait_for_replication(&admin, false).await;
+    standby_admin.close().await;
+    admin.close().await;
+
+    let lease = Duration::from_millis(4000);
+    let leader_route = SwitchProxy::start(primary.port).await;
+    let route = SwitchProxy::start(primary.port).await;
+    let a = Arc::new(
+        builder()
+            .with_instance_id("a")
+            .connect(&leader_route.url())
+            .await
+            .unwrap(),
+    );
+    wait_until(Duration::from_secs(5), "a leads", || a.is_leader()).await;
+    let lost_term = a.term().expect("a leads");
+    let mut electors = vec![a.clone()];
+    for id in ["b", "c"] {
+        electors.push(Arc::new(
+            builder()
+                .with_instance_id(id)
+                .connect(&route.url())
+                .await
+                .unwrap(),
+        ));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch(electors.clone(), stop.clone());
+    // a renews (acknowledged by the primary alone).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(a.term(), Some(lost_term), "a still leads");
+
+    let crashed = Instant::now();
+    let (primary, standby) = tokio::task::spawn_blocking(move || {
+        primary.stop();
+        standby.promote();
+        (primary, standby)
+    })
+    .await
+    .unwrap();
+    let promoted = crashed.elapsed();
+    // The acknowledged acquisition is not on the promoted server: no row, the sequence behind the term.
+    let new_admin = admin_pool(&standby.url()).await;
+    let (rows, sequence_after_promotion): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM public.leader_lease WHERE id = 1), \
+                (SELECT last_value FROM public.leader_lease_term_seq)",
+    )
+    .fetch_one(&new_admin)
+    .await
+    .unwrap();
+    route.switch(standby.port);
+    let rerouted = Instant::now();
+    let new_leader_after = wait_until(
+        2 * lease + Duration::from_secs(2),
+        "a leader on the promoted server",
+        || electors[1..].iter().any(|e| e.is_leader()),
+    )
+    .await;
+    let until = rerouted + lease;
+    if let Some(left) = until.checked_duration_since(Instant::now()) {
+        tokio::time::sleep(left).await;
+    }
+    leader_route.switch(standby.port);
+    // Renewals on the new primary for a while.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Release);
+    let seen = watcher.await.unwrap();
+    let new_term = electors
+        .iter()
+        .find_map(|e| e.term())
+        .expect("one leads on the promoted server");
+    let row_term: i64 = sqlx::query_scalar("SELECT term FROM public.leader_lease WHERE id = 1")
+        .fetch_one(&new_admin)
+        .await
+        .unwrap();
+    assert_eq!(row_term as u64, new_term);
+    for e in &electors {
+        e.shutdown().await.unwrap();
+    }
+    new_admin.close().await;
+    drop(primary);
+    assert_eq!(rows, 0, "the promoted standby lacks the lost acquisition");
+    AsyncFailover {
+        seen,
+        lost_term,
+        sequence_after_promotion,
+        new_term,
+        new_leader_after,
+        promoted,
+    }
+}
+
+/// The hazard of asynchronous replication, with the failover quarantine on (the default): a candidate
+/// that finds the promoted server (a new timeline) does not acquire until one full lease after it first
+/// saw it, by which time the old leader's local deadline has passed. Never two leaders; the new term is
+/// above the lost one although the promoted server lost it and its sequence is behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asynchronous_standby_promoted_without_the_last_acquisition_quarantine_on() {
+    let r = promote_asynchronous_standby(slow).await;
+    eprintln!(
+        "quarantine on: crash and promotion {} ms; a leader on the promoted server {} ms after the \
+         reroute; {} samples with two leaders ({} ms); longest time without a leader {} ms; lost term \
+         {}, promoted sequence {}, new term {}",
+        r.promoted.as_millis(),
+        r.new_leader_after.as_millis(),
+        r.seen.overlaps,
+        r.seen.overlap_time.as_millis(),
+        r.seen.longest_gap.as_millis(),
+        r.lost_term,
+        r.sequence_after_promotion,
+        r.new_term,
+    );
+    assert!(
+        (r.sequence_after_promotion as u64) < r.lost_term,
+        "the promoted sequence ({}) lacks the lost term {}",
+        r.sequence_after_promotion,
+        r.lost_term
+    );
+    assert_eq!(r.seen.regressions, 0, "samples where a term went down");
+    assert!(
+        r.new_term > r.lost_term,
+        "terms never repeat across the promotion"
+    );
+    assert_eq!(
+        r.seen.overlaps, 0,
+        "samples with two leaders at once ({:?})",
+        r.seen.overlap_time
+    );
+}
+
+/// A leader whose server turns read-only steps down at its next renewal, with a typed reason
+/// (`ERR_READ_ONLY`), not at its local deadline; the candidates' acquisitions fail with the same code,
+/// nobody leads while it lasts, and a leader is elected once the server takes writes again.
+/// `to_standby`: the route moves to a hot standby of the server (a failover tool or DNS name pointing
+/// at a replica); otherwise the server itself turns read-only (`default_transaction_read_only`, as a
+/// server being demoted or fenced is set).
+async fn leader_on_a_server_turning_read_only(to_standby: bool) {
+    let primary = ThrowawayPg::start();
+    let standby = to_standby.then(|| primary.standby(&[]));
+    let route = SwitchProxy::start(primary.port).await;
+    let admin = admin_pool(&primary.url()).await;
+    let events: Events = Arc::default();
+    let lease = Duration::from_millis(4000);
+    let mut electors = Vec::new();
+    for id in ["a", "b"] {
+        electors.push(
+            observed(slow(), id, &events)
+                .connect(&route.url())
+                .await
+                .unwrap(),
+        );
+        if id == "a" {
+            wait_until(Duration::from_secs(5), "a leads", || {
+                electors[0].is_leader()
+            })
+            .await;
+        }
+    }
+    // Let the table and a's renewals reach the standby.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let generation = electors[0].generation();
+    let deadline = electors[0]
+        .subscribe_lease()
+        .borrow()
+        .expect("a leads")
+        .deadline;
+    let turned = Instant::now();
+    match &standby {
+        Some(standby) => route.switch(standby.port),
+        None => {
+            exec(
+                &admin,
+                "ALTER SYSTEM SET default_transaction_read_only = on",
+            )
+            .await;
+            exec(&admin, "SELECT pg_reload_conf()").await;
+        }
+    }
+    let took = wait_until(lease, "a steps down", || {
+        electors[0].generation() != generation
+    })
+    .await;
+    let stepped_down_at = Instant::now();
+    let why = {
+        let events = events.lock().unwrap();
+        events
+            .iter()
+            .find(|(id, e)| id == "a" && e.kind == EventKind::SteppedDown)
+            .map(|(_, e)| (e.reason.clone(), e.error_code))
+    };
+    eprintln!(
+        "read-only ({}): a stepped down {} ms after, its local deadline was {} ms after: {why:?}",
+        if to_standby { "standby" } else { "setting" },
+        took.as_millis(),
+        deadline.saturating_duration_since(turned).as_millis()
+    );
+    let (reason, code) = why.expect("a stepped-down event");
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("read-only")),
+        "the step-down says why: {reason:?}"
+    );
+    assert_eq!(code, Some("ERR_READ_ONLY"), "{reason:?}");
+    assert!(
+        stepped_down_at < deadline,
+        "stepped down before the local deadline"
+    );
+    // While the server is read-only nobody leads; once the old lease has run out, the acquisitions fail
+    // with the read-only error.
+    let quiet_until = turned + lease + Duration::from_millis(2000);
+    while Instant::now() < quiet_until {
+        assert!(
+            electors.iter().all(|e| !e.is_leader()),
+            "a leader on a read-only server"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    {
+        let events = events.lock().unwrap();
+        let failed: Vec<_> = events
+            .iter()
+            .filter(|(_, e)| e.kind == EventKind::AcquireFailed)
+            .collect();
+        assert!(
+            !failed.is_empty()
+                && failed
+                    .iter()
+                    .all(|(_, e)| e.error_code == Some("ERR_READ_ONLY")),
+            "acquisitions on the read-only server fail with ERR_READ_ONLY: {failed:?}"
+        );
+    }
+    // Writable again: a leader soon.
+    match &standby {
+        Some(_) => route.switch(primary.port),
+        None => {
+            exec(&admin, "ALTER SYSTEM RESET default_transaction_read_only").await;
+            exec(&admin, "SELECT pg_reload_conf()").await;
+        }
+    }
+    wait_until(Duration::from_secs(5), "a leader once writable", || {
+        electors.iter().any(|e| e.is_leader())
+    })
+    .await;
+    for e in &electors {
+        e.shutdown().await.unwrap();
+    }
+    admin.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_server_turns_read_only_steps_down_at_once() {
+    leader_on_a_server_turning_read_only(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_rerouted_to_a_standby_steps_down_at_once() {
+    leader_on_a_server_turning_read_only(true).await;
 }
