@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use crate::Result;
 
+/// How long the first connection at start may take, on any backend (the operation timeout applies if it
+/// is longer).
+pub const START_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A boxed, sendable future (keeps [`Backend`] usable as a trait object).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -2,7 +2,7 @@
 //! up, and a handle ([`Elector`]) to read leadership and to release or shut down.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
@@ -14,11 +14,9 @@ use tracing::{Instrument, Level, info_span};
 use crate::backend::{AcquireOutcome, Backend, ObservedLease};
 use crate::clock::LeaseClock;
 use crate::config::{ElectorBuilder, ElectorConfig};
-use crate::conn::PgSettings;
 use crate::events::{Event, EventKind, deliver};
-use crate::hub::PgHub;
-use crate::postgres::PgBackend;
-use crate::{Error, Result};
+use crate::postgres::{PgBackend, PgHub, PgSettings};
+use crate::{Error, Result, lock};
 
 /// A follower wakes this long after the moment it computed for the observed lease's expiry, so that its
 /// attempt reaches the database after the expiry, not just before.
@@ -146,10 +144,6 @@ struct Shared {
     health: Mutex<StoreHealth>,
     #[cfg(feature = "metrics")]
     metrics_name: String,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Counts a running `run_while_leader` closure.

@@ -75,13 +75,10 @@ struct ReadmeDoctests;
 pub mod backend;
 mod clock;
 mod config;
-mod conn;
 mod elector;
 mod error;
 pub mod events;
 mod fence;
-#[macro_use]
-mod hub;
 pub mod leases;
 pub mod metrics_names;
 #[cfg(feature = "nats")]
@@ -91,9 +88,8 @@ pub mod noleader;
 mod postgres;
 pub mod schema;
 
-pub use backend::{AcquireOutcome, Backend, ObservedLease};
+pub use backend::{AcquireOutcome, Backend, ObservedLease, START_CONNECT_TIMEOUT};
 pub use config::*;
-pub use conn::{PgSettings, Pooler, TlsSettings};
 pub use elector::{
     ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LIVENESS_RECHECK_INTERVAL, LeaderInfo, Lease,
     LivenessCheck, Snapshot, Status, StoreHealth,
@@ -101,13 +97,18 @@ pub use elector::{
 pub use error::{Error, Result};
 pub use events::{Event, EventKind, EventObserver};
 pub use fence::{FENCE_SQLSTATE, fence};
-pub use hub::{
-    BatchStats, LISTEN_PROBE_INTERVAL, MAX_BATCH_WINDOW, OWNED_POOL_MAX_CONNECTIONS, PgHub,
-    RELEASE_CHANNEL, START_CONNECT_TIMEOUT,
-};
 #[cfg(feature = "nats")]
 pub use nats::NatsBackend;
-pub use postgres::PgBackend;
+pub use postgres::{
+    BatchStats, LISTEN_PROBE_INTERVAL, MAX_BATCH_WINDOW, OWNED_POOL_MAX_CONNECTIONS, PgBackend,
+    PgHub, PgSettings, Pooler, RELEASE_CHANNEL, TlsSettings,
+};
 pub use sqlx::PgPool;
 pub use sqlx::postgres::{PgConnectOptions, PgSslMode};
 pub use tokio_util::sync::CancellationToken;
+
+/// Locks `m`, taking the data as it is when a thread panicked while holding the lock (poisoning is
+/// ignored).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

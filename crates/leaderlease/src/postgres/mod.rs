@@ -7,20 +7,35 @@
 //! (`pg_try_advisory_xact_lock(namespace, lock_id)`) so contenders give up at once instead of queueing on
 //! the row lock; it ends with the statement, whatever happens to the connection, so no lock is ever
 //! stranded on a pooled connection.
+//!
+//! The backend's parts: [`hub`] (what the elections of one process share: the pool, the registry of
+//! shared hubs, each election's membership), [`listen`] (the `LISTEN` connection that announces releases,
+//! and its probe), [`batch`] (renewals and lease reads of many elections in one statement each) and
+//! [`conn`] (connection settings, TLS, the pooler, and the bounded run of one statement).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, PgPool, Row};
-use tokio::time::{Instant, timeout_at};
 
+use crate::START_CONNECT_TIMEOUT;
 use crate::backend::{AcquireOutcome, Backend, BoxFuture, ObservedLease};
 use crate::config::{CLEANUP_GRACE, ElectorConfig};
-use crate::conn::{PgSettings, SessionSetup};
-use crate::hub::{self, MAX_BATCH_WINDOW, Member, PgHub, RELEASE_CHANNEL, START_CONNECT_TIMEOUT};
 use crate::schema::{self, quote_ident};
 use crate::{Error, Result};
+
+mod batch;
+pub(crate) mod conn;
+mod hub;
+mod listen;
+
+pub use batch::{BatchStats, MAX_BATCH_WINDOW};
+pub use conn::{PgSettings, Pooler, TlsSettings};
+use conn::{SessionSetup, with_conn};
+use hub::Member;
+pub use hub::{OWNED_POOL_MAX_CONNECTIONS, PgHub};
+pub use listen::{LISTEN_PROBE_INTERVAL, RELEASE_CHANNEL};
 
 /// SQL of one election, rendered once for its schema.
 #[derive(Debug)]
@@ -40,7 +55,7 @@ impl Statements {
         let grace_ms = CLEANUP_GRACE.as_millis();
         Self {
             sequence: seq,
-            observe: format!("SELECT {} FROM {t} WHERE id = $1", hub::LEASE_COLUMNS).into(),
+            observe: format!("SELECT {} FROM {t} WHERE id = $1", LEASE_COLUMNS).into(),
             // One statement: the advisory lock turns concurrent attempts away at once, the NOT EXISTS
             // keeps the sequence from advancing when a live lease stands, and ON CONFLICT .. WHERE
             // re-checks expiry on the latest row version under its row lock. The term is the largest of
@@ -354,7 +369,7 @@ impl Backend for PgBackend {
             .persistent(self.setup.persistent())
             .bind(self.lock_id)
             .fetch_optional(c))?;
-            Ok(row.map(|row| hub::observed_from(&row, 0)))
+            Ok(row.map(|row| observed_from(&row, 0)))
         })
     }
 
@@ -409,7 +424,7 @@ impl Backend for PgBackend {
 
     fn release(&self, term: u64) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
-            let payload = hub::payload(self.namespace, self.lock_id);
+            let payload = listen::payload(self.namespace, self.lock_id);
             let rows = with_conn!(self, "release", |c| sqlx::query(AssertSqlSafe(
                 self.sql.release.clone()
             ))
@@ -465,4 +480,22 @@ impl Backend for PgBackend {
 
 fn term_param(term: u64) -> i64 {
     i64::try_from(term).unwrap_or(i64::MAX)
+}
+
+/// The columns [`observed_from`] reads: holder, term, and the time left by the database clock (clamped to
+/// a day either way, so an absurd `expires_at` cannot overflow the client's duration).
+pub(crate) const LEASE_COLUMNS: &str = "leader_id, term, (EXTRACT(EPOCH FROM (LEAST(GREATEST(expires_at, \
+     clock_timestamp() - interval '1 day'), clock_timestamp() + interval '1 day') \
+     - clock_timestamp())) * 1000)::float8 AS remaining_ms";
+
+/// A lease from a row whose columns from `at` on are [`LEASE_COLUMNS`].
+pub(crate) fn observed_from(row: &sqlx::postgres::PgRow, at: usize) -> ObservedLease {
+    let remaining_ms: f64 = row.get(at + 2);
+    ObservedLease {
+        leader_id: row.get(at),
+        term: u64::try_from(row.get::<i64, _>(at + 1)).unwrap_or(0),
+        expires_in: (remaining_ms > 0.0)
+            .then(|| Duration::try_from_secs_f64(remaining_ms / 1000.0).ok())
+            .flatten(),
+    }
 }

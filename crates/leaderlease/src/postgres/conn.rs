@@ -437,6 +437,126 @@ impl SessionSetup {
     }
 }
 
+/// Runs `$body` (which uses the connection bound to `$c`) within the operation timeout, the wait for a
+/// connection included. A connection whose statement timed out or broke is closed, not pooled again, so
+/// a half-finished exchange is never reused. Behind a transaction pooler the statement runs in a
+/// transaction of its own, opened with the `SET LOCAL`s of [`SessionSetup`]
+/// and committed after it (any failure closes the connection, which ends that transaction). `$self`
+/// needs `pool`, `timeout` and `setup` fields.
+macro_rules! with_conn {
+    ($self:ident, $op:literal, |$c:ident| $body:expr) => {
+        $crate::postgres::conn::with_conn!($self, $op, $self.timeout, |$c| $body)
+    };
+    ($self:ident, $op:literal, $timeout:expr, |$c:ident| $body:expr) => {{
+        let timeout: ::std::time::Duration = $timeout;
+        let deadline = ::tokio::time::Instant::now() + timeout;
+        let mut conn = match ::tokio::time::timeout_at(deadline, $self.pool.acquire()).await {
+            Err(_) => {
+                return Err($crate::Error::Timeout {
+                    operation: $op,
+                    after: timeout,
+                });
+            }
+            Ok(Err(source)) => {
+                return Err($crate::Error::Database {
+                    operation: $op,
+                    source,
+                });
+            }
+            Ok(Ok(conn)) => conn,
+        };
+        let begin = $self.setup.begin.clone();
+        let in_transaction = begin.is_some();
+        let outcome = ::tokio::time::timeout_at(deadline, async {
+            if let Some(begin) = begin {
+                ::sqlx::raw_sql(::sqlx::AssertSqlSafe(begin.to_string()))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            let value = {
+                let $c = &mut *conn;
+                $body.await?
+            };
+            if in_transaction {
+                ::sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+            }
+            Ok::<_, ::sqlx::Error>(value)
+        })
+        .await;
+        match outcome {
+            Err(_) => {
+                conn.close_on_drop();
+                Err($crate::Error::Timeout {
+                    operation: $op,
+                    after: timeout,
+                })
+            }
+            Ok(Err(source)) => {
+                if in_transaction || !matches!(source, ::sqlx::Error::Database(_)) {
+                    conn.close_on_drop();
+                }
+                Err($crate::Error::Database {
+                    operation: $op,
+                    source,
+                })
+            }
+            Ok(Ok(v)) => Ok(v),
+        }
+    }};
+}
+pub(crate) use with_conn;
+
+pub(crate) fn unreachable_error(e: sqlx::Error, target: &str, timeout: Duration) -> Error {
+    let message = match &e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("connection refused by {target}: is PostgreSQL running there?")
+        }
+        sqlx::Error::PoolTimedOut => format!(
+            "no connection to {target} within {timeout:?} (server down, unreachable or too slow)"
+        ),
+        sqlx::Error::Tls(tls) => format!(
+            "TLS with {target} failed: {tls}{}",
+            tls_hint(&tls.to_string())
+        ),
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            // rustls reports a certificate it rejects as invalid data on the socket.
+            format!(
+                "TLS with {target} failed: {io}{}",
+                tls_hint(&io.to_string())
+            )
+        }
+        sqlx::Error::Database(db) if db.message().contains("unsupported startup parameter") => {
+            format!(
+                "{target} refused a startup parameter ({}): a pooler such as PgBouncer is in between; \
+             set `pooler` to `session` or `transaction` (its pool_mode)",
+                db.message()
+            )
+        }
+        other => format!("cannot connect to {target}: {other}"),
+    };
+    Error::Unreachable {
+        message,
+        source: Some(e),
+    }
+}
+
+/// What to do about a TLS failure, from the words of the TLS library's error.
+fn tls_hint(error: &str) -> &'static str {
+    if error.contains("UnknownIssuer") || error.contains("unknown issuer") {
+        " (the server's certificate is not signed by a trusted CA: give the CA that signed it, \
+         `ssl.ca` or `sslrootcert`)"
+    } else if error.contains("NotValidForName") || error.contains("not valid for name") {
+        " (the server's certificate does not name this host: connect by a name it lists, or use \
+         sslmode=verify-ca to check the CA only)"
+    } else if error.contains("does not support TLS") {
+        " (the server has TLS off: turn `ssl` on there, or connect without TLS)"
+    } else if error.contains("Expired") {
+        " (the server's certificate has expired)"
+    } else {
+        ""
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
