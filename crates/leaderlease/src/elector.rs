@@ -810,6 +810,32 @@ impl Campaign {
                     .latency(latency),
                 );
             }
+            Err(e @ Error::ReadOnly { .. }) => {
+                // The server refuses writes (a standby, or read-only transactions): no renewal can
+                // succeed there, so waiting for the local deadline gains nothing. Step down now; the lease
+                // in this node's name is left to expire (its holder is this node: no duplicate warning).
+                self.unreachable(&e);
+                self.step_down_because(
+                    "the database server is read-only (a standby, or default_transaction_read_only): \
+                     it refused the renewal",
+                    Some(&e),
+                );
+                self.held = None;
+                self.acquire_outcome_unknown = true;
+                let delay = self.failure_delay();
+                self.next_poll = Instant::now() + delay;
+                self.report(
+                    Event::new(
+                        EventKind::RenewalFailed,
+                        Level::WARN,
+                        "renewal refused by a read-only server; stepped down",
+                    )
+                    .term(term)
+                    .error(&e)
+                    .latency(latency)
+                    .retry_in(delay),
+                );
+            }
             Err(e) => {
                 // Keep the term and retry: leadership is kept until the local deadline (then `guarded` or
                 // `tick` steps down), and the retries go on after it, because a renewal whose answer was
@@ -890,6 +916,11 @@ impl Campaign {
     }
 
     fn step_down(&mut self, reason: &str) {
+        self.step_down_because(reason, None);
+    }
+
+    /// Steps down for `reason`; the step-down event carries `error` when one caused it.
+    fn step_down_because(&mut self, reason: &str, error: Option<&Error>) {
         self.shared.clock.clear();
         let term = self
             .held
@@ -919,6 +950,9 @@ impl Campaign {
             };
             let mut event =
                 Event::new(EventKind::SteppedDown, level, "stepped down").reason(reason);
+            if let Some(e) = error {
+                event = event.error(e);
+            }
             event.term = term;
             self.report(event);
         }
@@ -998,7 +1032,14 @@ impl Campaign {
                 // The statement may have committed without us hearing back: we do not lead (no
                 // confirmation), and a lease in our name with an unknown term is left to expire.
                 self.acquire_outcome_unknown = true;
-                let delay = self.failure_delay();
+                let delay = if matches!(e, Error::ReadOnly { .. }) {
+                    // A read-only server answers the same until it is promoted or the route moves:
+                    // look again at the poll interval, not in a tight retry.
+                    let c = self.config();
+                    jittered(c.renewal_interval(), c.jitter_range())
+                } else {
+                    self.failure_delay()
+                };
                 self.unreachable(&e);
                 self.report(
                     Event::new(EventKind::AcquireFailed, Level::WARN, "acquire failed")

@@ -369,6 +369,10 @@ fn copy_error(e: &Error) -> Error {
             operation,
             after: *after,
         },
+        Error::ReadOnly { server, why } => Error::ReadOnly {
+            server: server.clone(),
+            why: why.clone(),
+        },
         Error::Database { operation, source } => Error::Database {
             operation,
             source: sqlx::Error::Protocol(format!("batched statement failed: {source}")),

@@ -495,16 +495,44 @@ macro_rules! with_conn {
                 if in_transaction || !matches!(source, ::sqlx::Error::Database(_)) {
                     conn.close_on_drop();
                 }
-                Err($crate::Error::Database {
-                    operation: $op,
+                Err($crate::postgres::conn::database_error(
+                    $op,
                     source,
-                })
+                    &$self.pool,
+                ))
             }
             Ok(Ok(v)) => Ok(v),
         }
     }};
 }
 pub(crate) use with_conn;
+
+/// SQLSTATE `read_only_sql_transaction`: a write on a standby, or with `default_transaction_read_only`.
+const READ_ONLY_SQLSTATE: &str = "25006";
+
+/// A driver error of `operation` as the crate's error. A write refused because the server is read-only
+/// (SQLSTATE 25006: a standby in recovery, or `default_transaction_read_only` on) is [`Error::ReadOnly`]
+/// (`ERR_READ_ONLY`), naming the server the pool connects to, so that a leader steps down at once and a
+/// candidate says why it cannot acquire.
+pub(crate) fn database_error(
+    operation: &'static str,
+    source: sqlx::Error,
+    pool: &sqlx::PgPool,
+) -> Error {
+    if let sqlx::Error::Database(db) = &source
+        && db.code().as_deref() == Some(READ_ONLY_SQLSTATE)
+    {
+        let options = pool.connect_options();
+        return Error::ReadOnly {
+            server: match options.get_socket() {
+                Some(dir) => format!("on the socket in {}", dir.display()),
+                None => format!("{}:{}", options.get_host(), options.get_port()),
+            },
+            why: db.message().to_owned(),
+        };
+    }
+    Error::Database { operation, source }
+}
 
 pub(crate) fn unreachable_error(e: sqlx::Error, target: &str, timeout: Duration) -> Error {
     let message = match &e {
