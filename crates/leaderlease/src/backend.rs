@@ -40,6 +40,15 @@ pub enum AcquireOutcome {
         /// The lease that stands, if it was read.
         current: Option<ObservedLease>,
     },
+    /// Not tried: the store's server changed less than one lease ago (a failover), and a lease the old
+    /// server acknowledged may have been lost with it while its holder still acts on it (see
+    /// [`ElectorBuilder::with_failover_quarantine`](crate::ElectorBuilder::with_failover_quarantine)).
+    Deferred {
+        /// How long until the candidate may acquire.
+        retry_in: Duration,
+        /// What changed, for the log.
+        reason: String,
+    },
 }
 
 /// Storage of one election's lease (one lock id). Every method must return within the operation timeout

@@ -20,6 +20,9 @@ pub const DEFAULT_LOCK_ID: i32 = 1;
 pub const DEFAULT_SCHEMA: &str = "public";
 /// By default the table (and schema, sequence, index) are created or upgraded at start.
 pub const DEFAULT_CREATE_TABLE_ON_INIT: bool = true;
+/// By default a candidate that finds the database server changed (a failover) waits one lease before
+/// acquiring (see [`ElectorBuilder::with_failover_quarantine`]).
+pub const DEFAULT_FAILOVER_QUARANTINE: bool = true;
 /// The cleanup interval defaults to this many lease durations.
 pub const DEFAULT_CLEAN_INTERVAL_LEASES: u32 = 6;
 /// Rows expired for longer than this are deleted by cleanup.
@@ -97,6 +100,7 @@ pub struct ElectorConfig {
     pub(crate) instance_id: String,
     pub(crate) schema: String,
     pub(crate) create_table_on_init: bool,
+    pub(crate) failover_quarantine: bool,
     pub(crate) safety_margin: Duration,
     pub(crate) operation_timeout: Duration,
     pub(crate) cancellation: Option<CancellationToken>,
@@ -141,6 +145,11 @@ impl ElectorConfig {
     /// Whether the table is created or upgraded at start.
     pub fn create_table_on_init(&self) -> bool {
         self.create_table_on_init
+    }
+    /// Whether a candidate that finds the database server changed waits one lease before acquiring
+    /// ([`ElectorBuilder::with_failover_quarantine`]).
+    pub fn failover_quarantine(&self) -> bool {
+        self.failover_quarantine
     }
     /// How long before the lease's end, as measured from the request's send time, the leader steps down.
     pub fn safety_margin(&self) -> Duration {
@@ -206,6 +215,7 @@ pub struct ElectorBuilder {
     instance_id: Option<String>,
     schema: String,
     create_table_on_init: bool,
+    failover_quarantine: bool,
     safety_margin: Option<Duration>,
     operation_timeout: Option<Duration>,
     cancellation: Option<CancellationToken>,
@@ -225,6 +235,7 @@ impl Default for ElectorBuilder {
             instance_id: None,
             schema: DEFAULT_SCHEMA.to_owned(),
             create_table_on_init: DEFAULT_CREATE_TABLE_ON_INIT,
+            failover_quarantine: DEFAULT_FAILOVER_QUARANTINE,
             safety_margin: None,
             operation_timeout: None,
             cancellation: None,
@@ -276,6 +287,23 @@ impl ElectorBuilder {
     /// error that asks for the migration.
     pub fn with_create_table_on_init(mut self, yes: bool) -> Self {
         self.create_table_on_init = yes;
+        self
+    }
+    /// The failover quarantine (default on; PostgreSQL): a candidate remembers which database server it
+    /// talks to (its system identifier and WAL timeline, read at start and before every acquisition,
+    /// never on a renewal), and when that changes (a standby was promoted, or the name now points at
+    /// another cluster) it does not acquire until one full lease duration after it first saw the change.
+    ///
+    /// Why: with asynchronous replication a promoted standby can lack the last acquisitions and
+    /// renewals the old primary acknowledged; their holder still leads until its local deadline (at
+    /// most one lease after its last acknowledged renewal, which came before the failover), while the
+    /// promoted server shows the lease expired or absent. Waiting one lease from the moment the new
+    /// server is first seen outlasts that deadline. The cost: after a failover the election has no
+    /// leader for about one lease more (a leader whose lease the new server has, through synchronous
+    /// replication, keeps renewing it meanwhile). Turn it off only where every failover target is a
+    /// synchronous standby. See docs/design.md, "Failover".
+    pub fn with_failover_quarantine(mut self, on: bool) -> Self {
+        self.failover_quarantine = on;
         self
     }
     /// Safety margin: the leader considers its lease over this long before `send time + lease duration`
@@ -487,6 +515,7 @@ impl ElectorBuilder {
             instance_id,
             schema: self.schema,
             create_table_on_init: self.create_table_on_init,
+            failover_quarantine: self.failover_quarantine,
             safety_margin,
             operation_timeout,
             cancellation: self.cancellation,
@@ -580,6 +609,7 @@ mod tests {
         assert_eq!(c.lock_id(), 1);
         assert_eq!(c.schema(), "public");
         assert!(c.create_table_on_init());
+        assert!(c.failover_quarantine());
         assert_eq!(c.safety_margin(), Duration::from_millis(1_000));
         assert_eq!(c.operation_timeout(), Duration::from_millis(1_500));
     }

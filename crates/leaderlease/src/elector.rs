@@ -568,6 +568,8 @@ struct Campaign {
     warned_same_id: bool,
     /// A release was announced: the next poll tries to acquire without reading the lease first.
     announced: bool,
+    /// The reason of the failover quarantine last reported (reported once per change of server).
+    deferred_for: Option<String>,
 }
 
 impl Campaign {
@@ -588,6 +590,7 @@ impl Campaign {
             acquire_outcome_unknown: false,
             warned_same_id: false,
             announced: false,
+            deferred_for: None,
         }
     }
 
@@ -1013,7 +1016,29 @@ impl Campaign {
         match outcome {
             Ok(AcquireOutcome::Acquired { term }) => {
                 self.acquire_outcome_unknown = false;
+                self.deferred_for = None;
                 self.confirmed(term, sent);
+            }
+            Ok(AcquireOutcome::Deferred { retry_in, reason }) => {
+                // The failover quarantine: look again (reading the lease meanwhile) at the next poll
+                // or when it ends.
+                self.failures = 0;
+                if self.deferred_for.as_ref() != Some(&reason) {
+                    self.report(
+                        Event::new(
+                            EventKind::ServerChanged,
+                            Level::WARN,
+                            "the database server changed (a failover): not acquiring until one lease \
+                             after the change was first seen",
+                        )
+                        .reason(reason.clone())
+                        .retry_in(retry_in),
+                    );
+                    self.deferred_for = Some(reason);
+                }
+                let c = self.config();
+                let poll = jittered(c.renewal_interval(), c.jitter_range());
+                self.next_poll = Instant::now() + retry_in.min(poll);
             }
             Ok(AcquireOutcome::NotAcquired {
                 current: Some(lease),

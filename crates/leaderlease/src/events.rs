@@ -40,6 +40,11 @@ pub enum EventKind {
     AcquireFailed,
     /// Another candidate was acquiring at the same moment (debug).
     Contended,
+    /// The database server changed under the election (a failover: a new WAL timeline or system
+    /// identifier): this candidate does not acquire until one lease after it first saw the change
+    /// (warn; `reason`, `retry_in`). See
+    /// [`ElectorBuilder::with_failover_quarantine`](crate::ElectorBuilder::with_failover_quarantine).
+    ServerChanged,
     /// A lease in this node's instance id is held by another process (warn; `term`).
     DuplicateInstanceId,
     /// The liveness check failed while leading: the lease is given up (warn; `term`).
@@ -75,6 +80,7 @@ impl EventKind {
             Self::ReadFailed => "read_failed",
             Self::AcquireFailed => "acquire_failed",
             Self::Contended => "contended",
+            Self::ServerChanged => "server_changed",
             Self::DuplicateInstanceId => "duplicate_instance_id",
             Self::LivenessFailed => "liveness_failed",
             Self::WorkOverran => "work_overran",

@@ -466,6 +466,38 @@ async fn asynchronous_standby_promoted_without_the_last_acquisition_quarantine_o
     );
 }
 
+/// The same without the failover quarantine: the hazard, measured. A candidate takes the lease on the
+/// promoted server (it has no row) while the old leader still leads by its local deadline: two leaders
+/// until that deadline. Terms still grow: the new term comes from the promoted server's clock, above
+/// the lost term although its sequence lost it. This test fails if the hazard could not be reproduced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asynchronous_standby_promoted_without_the_last_acquisition_quarantine_off() {
+    let r = promote_asynchronous_standby(|| slow().with_failover_quarantine(false)).await;
+    eprintln!(
+        "quarantine off: crash and promotion {} ms; a leader on the promoted server {} ms after the \
+         reroute; {} samples with two leaders ({} ms); longest time without a leader {} ms; lost term \
+         {}, promoted sequence {}, new term {}",
+        r.promoted.as_millis(),
+        r.new_leader_after.as_millis(),
+        r.seen.overlaps,
+        r.seen.overlap_time.as_millis(),
+        r.seen.longest_gap.as_millis(),
+        r.lost_term,
+        r.sequence_after_promotion,
+        r.new_term,
+    );
+    assert!((r.sequence_after_promotion as u64) < r.lost_term);
+    assert_eq!(r.seen.regressions, 0, "samples where a term went down");
+    assert!(
+        r.new_term > r.lost_term,
+        "terms never repeat across the promotion"
+    );
+    assert!(
+        r.seen.overlaps > 0,
+        "without the quarantine, two lead at once after losing an acknowledged acquisition"
+    );
+}
+
 /// A leader whose server turns read-only steps down at its next renewal, with a typed reason
 /// (`ERR_READ_ONLY`), not at its local deadline; the candidates' acquisitions fail with the same code,
 /// nobody leads while it lasts, and a leader is elected once the server takes writes again.

@@ -13,8 +13,10 @@
 //! and its probe), [`batch`] (renewals and lease reads of many elections in one statement each) and
 //! [`conn`] (connection settings, TLS, the pooler, and the bounded run of one statement).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, PgPool, Row};
@@ -102,6 +104,53 @@ impl Statements {
     }
 }
 
+/// What identifies the server a backend talks to: its system identifier (`pg_control_system()`: the
+/// same on a primary and its physical standbys, another for another cluster) and its WAL timeline (the
+/// first 8 hex digits of `pg_walfile_name(pg_current_wal_lsn())`; a promotion starts a new one at once,
+/// where `pg_control_checkpoint()` shows it only after the next checkpoint). Either is `None` where it
+/// cannot be read: no `EXECUTE` on the function, or (the timeline) a standby in recovery.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct ServerIdentity {
+    system_id: Option<i64>,
+    timeline: Option<String>,
+}
+
+impl ServerIdentity {
+    /// What differs from `known` among the parts both have, for the log.
+    fn changed_from(&self, known: &ServerIdentity) -> Option<String> {
+        let mut changes = Vec::new();
+        if let (Some(was), Some(is)) = (&known.timeline, &self.timeline)
+            && was != is
+        {
+            changes.push(format!("WAL timeline {was} -> {is}"));
+        }
+        if let (Some(was), Some(is)) = (known.system_id, self.system_id)
+            && was != is
+        {
+            changes.push(format!("system identifier {was} -> {is}"));
+        }
+        (!changes.is_empty()).then(|| changes.join(", "))
+    }
+}
+
+/// The failover quarantine of one election (see
+/// [`ElectorBuilder::with_failover_quarantine`](crate::ElectorBuilder::with_failover_quarantine)).
+#[derive(Debug, Default)]
+struct Quarantine {
+    /// The server identity last seen (at start, then before each acquisition).
+    known: Option<ServerIdentity>,
+    /// No acquisition before this: one lease after a change was first seen.
+    until: Option<Instant>,
+    /// What changed, for the log.
+    reason: String,
+}
+
+/// One acquisition: tried, or deferred by the failover quarantine.
+enum AcquireStep {
+    Tried(Option<sqlx::postgres::PgRow>),
+    Deferred(Duration, String),
+}
+
 /// Lease storage in PostgreSQL. Build it from a connection string ([`PgBackend::connect`]), from a
 /// pool the application already has ([`PgBackend::with_pool`]), or on a [`PgHub`] that many elections
 /// of the process share ([`PgBackend::with_hub`]).
@@ -124,6 +173,12 @@ pub struct PgBackend {
     create_table_on_init: bool,
     sql: Statements,
     observer: crate::config::Observer,
+    lease: Duration,
+    /// The statement that reads the server's identity, decided at start from the privileges held
+    /// (`None`: the quarantine is off, or neither part may be read).
+    identity_sql: OnceLock<Option<Arc<str>>>,
+    quarantine_on: bool,
+    quarantine: Mutex<Quarantine>,
 }
 
 impl PgBackend {
@@ -200,6 +255,10 @@ impl PgBackend {
             create_table_on_init: config.create_table_on_init(),
             sql: Statements::new(config.schema()),
             observer: config.observer.clone(),
+            lease: config.lease_duration(),
+            identity_sql: OnceLock::new(),
+            quarantine_on: config.failover_quarantine(),
+            quarantine: Mutex::default(),
         }
     }
 
@@ -219,18 +278,24 @@ impl PgBackend {
     }
 
     /// Refuses a server that cannot write: a standby in recovery, or one whose transactions are
-    /// read-only.
-    async fn check_writable(&self) -> Result<()> {
+    /// read-only. Returns whether the server's system identifier and timeline may be read (`EXECUTE`
+    /// on `pg_control_system()`, and on `pg_walfile_name(pg_lsn)` and `pg_current_wal_lsn()`: granted to
+    /// PUBLIC by default; a provider may revoke them).
+    async fn check_writable(&self) -> Result<(bool, bool)> {
         let row = with_conn!(self, "prepare", START_CONNECT_TIMEOUT, |c| {
             sqlx::query(
             "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on', \
-                    coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'on a local socket')"
+                    coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'on a local socket'), \
+                    has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE'), \
+                    has_function_privilege('pg_catalog.pg_walfile_name(pg_lsn)', 'EXECUTE') \
+                      AND has_function_privilege('pg_catalog.pg_current_wal_lsn()', 'EXECUTE')"
         )
         .persistent(self.setup.persistent())
         .fetch_one(c)
         })?;
         let (recovery, read_only, server): (bool, bool, String) =
             (row.get(0), row.get(1), row.get(2));
+        let readable: (bool, bool) = (row.get(3), row.get(4));
         if recovery || read_only {
             return Err(Error::ReadOnly {
                 server,
@@ -241,7 +306,79 @@ impl PgBackend {
                 },
             });
         }
+        Ok(readable)
+    }
+
+    /// Decides how the server's identity is read (from what may be read) and reads it once: the
+    /// identity the failover quarantine compares with.
+    async fn start_quarantine(&self, (system_id, timeline): (bool, bool)) -> Result<()> {
+        let sql = (self.quarantine_on && (system_id || timeline)).then(|| {
+            Arc::<str>::from(format!(
+                "SELECT {}, {}",
+                if system_id {
+                    "(SELECT system_identifier FROM pg_catalog.pg_control_system())"
+                } else {
+                    "NULL::bigint"
+                },
+                if timeline {
+                    "CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL \
+                     ELSE substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8) END"
+                } else {
+                    "NULL::text"
+                }
+            ))
+        });
+        if self.quarantine_on && sql.is_none() {
+            tracing::warn!(
+                "the failover quarantine is off: this database user may not read the server's system \
+                 identifier nor its timeline (EXECUTE on pg_control_system(), pg_walfile_name(pg_lsn) \
+                 and pg_current_wal_lsn())"
+            );
+        }
+        let sql = self.identity_sql.get_or_init(|| sql).clone();
+        if let Some(sql) = sql {
+            let row = with_conn!(self, "prepare", START_CONNECT_TIMEOUT, |c| sqlx::query(
+                AssertSqlSafe(sql.clone())
+            )
+            .persistent(self.setup.persistent())
+            .fetch_one(c))?;
+            self.judge_identity(ServerIdentity {
+                system_id: row.get(0),
+                timeline: row.get(1),
+            });
+        }
         Ok(())
+    }
+
+    /// Compares the server's identity with the one seen before: `Some((retry_in, reason))` while
+    /// acquiring must wait, one lease from the moment a change was first seen.
+    fn judge_identity(&self, seen: ServerIdentity) -> Option<(Duration, String)> {
+        let now = Instant::now();
+        let mut q = self
+            .quarantine
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &q.known {
+            None => q.known = Some(seen),
+            // A standby in recovery shows no timeline: nothing to judge (the acquisition fails there).
+            Some(known) if seen.timeline.is_none() && known.timeline.is_some() => return None,
+            Some(known) => {
+                if let Some(change) = seen.changed_from(known) {
+                    q.until = Some(now + self.lease);
+                    q.reason = format!(
+                        "the database server changed ({change}): a failover; a lease acknowledged by \
+                         the old server may be lost with it while its holder still leads, so no \
+                         acquisition until one lease ({:?}) after the change was first seen",
+                        self.lease
+                    );
+                    q.known = Some(seen);
+                }
+            }
+        }
+        match q.until {
+            Some(until) if now < until => Some((until - now, q.reason.clone())),
+            _ => None,
+        }
     }
 
     /// What of the schema is missing, or `None` when the table is complete. The fence function
@@ -337,7 +474,8 @@ impl Backend for PgBackend {
                 self.hub
                     .join(&self.schema, self.lock_id, self.observer.0.as_ref())
             });
-            self.check_writable().await?;
+            let readable = self.check_writable().await?;
+            self.start_quarantine(readable).await?;
             let Some(problem) = self.missing_parts(self.create_table_on_init).await? else {
                 return self.check_privileges().await;
             };
@@ -375,17 +513,40 @@ impl Backend for PgBackend {
 
     fn try_acquire(&self) -> BoxFuture<'_, Result<AcquireOutcome>> {
         Box::pin(async move {
-            let row = with_conn!(self, "acquire", |c| sqlx::query(AssertSqlSafe(
-                self.sql.acquire.clone()
-            ))
-            .persistent(self.setup.persistent())
-            .bind(self.lock_id)
-            .bind(&*self.instance_id)
-            .bind(self.lease_ms)
-            .bind(self.namespace)
-            .bind(&self.sql.sequence)
-            .bind(self.term_lock)
-            .fetch_optional(c))?;
+            let identity_sql = self.identity_sql.get().cloned().flatten();
+            // The identity is read on the connection the acquisition then uses (the same server), and
+            // only here: renewals and reads never pay for it.
+            let step = with_conn!(self, "acquire", |c| async {
+                if let Some(sql) = identity_sql {
+                    let row = sqlx::query(AssertSqlSafe(sql))
+                        .persistent(self.setup.persistent())
+                        .fetch_one(&mut *c)
+                        .await?;
+                    if let Some((retry_in, reason)) = self.judge_identity(ServerIdentity {
+                        system_id: row.get(0),
+                        timeline: row.get(1),
+                    }) {
+                        return Ok(AcquireStep::Deferred(retry_in, reason));
+                    }
+                }
+                let row = sqlx::query(AssertSqlSafe(self.sql.acquire.clone()))
+                    .persistent(self.setup.persistent())
+                    .bind(self.lock_id)
+                    .bind(&*self.instance_id)
+                    .bind(self.lease_ms)
+                    .bind(self.namespace)
+                    .bind(&self.sql.sequence)
+                    .bind(self.term_lock)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                Ok::<_, sqlx::Error>(AcquireStep::Tried(row))
+            })?;
+            let row = match step {
+                AcquireStep::Deferred(retry_in, reason) => {
+                    return Ok(AcquireOutcome::Deferred { retry_in, reason });
+                }
+                AcquireStep::Tried(row) => row,
+            };
             match row {
                 Some(row) => Ok(AcquireOutcome::Acquired {
                     term: u64::try_from(row.get::<i64, _>(0)).unwrap_or(0),
