@@ -335,19 +335,42 @@ impl PgBackend {
                  and pg_current_wal_lsn())"
             );
         }
-        let sql = self.identity_sql.get_or_init(|| sql).clone();
-        if let Some(sql) = sql {
-            let row = with_conn!(self, "prepare", START_CONNECT_TIMEOUT, |c| sqlx::query(
-                AssertSqlSafe(sql.clone())
-            )
-            .persistent(self.setup.persistent())
-            .fetch_one(c))?;
-            self.judge_identity(ServerIdentity {
-                system_id: row.get(0),
-                timeline: row.get(1),
-            });
+        let Some(sql) = sql else {
+            self.identity_sql.get_or_init(|| None);
+            return Ok(());
+        };
+        let read = self.read_identity(&sql).await;
+        match read {
+            Ok(seen) => {
+                self.judge_identity(seen);
+                self.identity_sql.get_or_init(|| Some(sql));
+            }
+            // A server that refuses the functions although the privileges allow them (a managed
+            // service's fork may lack WAL functions): the election runs without the quarantine rather
+            // than failing every acquisition.
+            Err(Error::Database { source, .. }) => {
+                tracing::warn!(
+                    error = %source,
+                    "the failover quarantine is off: the server's system identifier and timeline \
+                     cannot be read"
+                );
+                self.identity_sql.get_or_init(|| None);
+            }
+            Err(e) => return Err(e),
         }
         Ok(())
+    }
+
+    async fn read_identity(&self, sql: &Arc<str>) -> Result<ServerIdentity> {
+        let row = with_conn!(self, "prepare", START_CONNECT_TIMEOUT, |c| sqlx::query(
+            AssertSqlSafe(sql.clone())
+        )
+        .persistent(self.setup.persistent())
+        .fetch_one(c))?;
+        Ok(ServerIdentity {
+            system_id: row.get(0),
+            timeline: row.get(1),
+        })
     }
 
     /// Compares the server's identity with the one seen before: `Some((retry_in, reason))` while
