@@ -167,6 +167,11 @@ export interface ElectorOptions {
   /** Create or upgrade the table at start (default true). */
   createTableOnInit?: boolean
   /**
+   * After a database failover (a new timeline or system identifier), a candidate waits one lease
+   * before acquiring (default true; PostgreSQL).
+   */
+  failoverQuarantine?: boolean
+  /**
    * The leader considers its lease over this long before it ends (default leaseDuration / 10, at
    * least 50).
    */

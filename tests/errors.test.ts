@@ -52,6 +52,7 @@ describe('configuration errors', () => {
     ['blank instanceId', { instanceId: '   ' }, 'instanceId'],
     ['leaseDuration as a string', { leaseDuration: '1000' as unknown as number }, 'leaseDuration'],
     ['createTableOnInit as a string', { createTableOnInit: 'yes' as unknown as boolean }, 'createTableOnInit'],
+    ['failoverQuarantine as a string', { failoverQuarantine: 'no' as unknown as boolean }, 'failoverQuarantine'],
   ];
   for (const [name, config, field] of cases) {
     test(`${name} is a LeaderElectionConfigError naming ${field}`, async () => {

@@ -13,6 +13,7 @@ export const ELECTOR_CONFIG_KEYS = [
   'instanceId',
   'schema',
   'createTableOnInit',
+  'failoverQuarantine',
   'safetyMargin',
   'operationTimeout',
   'maxEventLoopStall',

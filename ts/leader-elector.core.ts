@@ -44,6 +44,13 @@ export interface LeaderElectorConfig {
   schema?: string;
   /** Create or upgrade the table at start (default true); false when a migration creates it. */
   createTableOnInit?: boolean;
+  /**
+   * New (PostgreSQL): after a database failover (the server shows a new WAL timeline or system
+   * identifier), a candidate does not acquire until one lease after it first saw the change, since an
+   * asynchronous standby may have lost the last lease the old primary acknowledged (default true). Turn
+   * it off only where every failover target is a synchronous standby; see docs/design.md, "Failover".
+   */
+  failoverQuarantine?: boolean;
   /** New: the leader steps down this long before its lease ends, in ms (default leaseDuration / 10). */
   safetyMargin?: number;
   /** New: upper bound of one database operation, in ms (default renewalInterval / 2, at most 2000). */
@@ -330,14 +337,15 @@ function toNativeOptions(config: LeaderElectorConfig | undefined): ElectorOption
     }
     out[field] = v;
   }
-  const create = given('createTableOnInit');
-  if (create !== undefined) {
-    if (typeof create !== 'boolean') {
+  for (const field of ['createTableOnInit', 'failoverQuarantine'] as const) {
+    const v = given(field);
+    if (v === undefined) continue;
+    if (typeof v !== 'boolean') {
       throw new LeaderElectionConfigError(
-        `invalid leader election config: \`createTableOnInit\` must be a boolean (got ${typeof create})`,
+        `invalid leader election config: \`${field}\` must be a boolean (got ${typeof v})`,
       );
     }
-    out.createTableOnInit = create;
+    out[field] = v;
   }
   return out;
 }

@@ -21,7 +21,7 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
 /// The JS names of the settings, by the core's Rust names, so that errors name what the JS user wrote.
-const JS_FIELDS: [(&str, &str); 10] = [
+const JS_FIELDS: [(&str, &str); 11] = [
     ("lease_duration", "leaseDuration"),
     ("renewal_interval", "renewalInterval"),
     ("jitter_range", "jitterRange"),
@@ -30,6 +30,7 @@ const JS_FIELDS: [(&str, &str); 10] = [
     ("instance_id", "instanceId"),
     ("schema", "schema"),
     ("create_table_on_init", "createTableOnInit"),
+    ("failover_quarantine", "failoverQuarantine"),
     ("safety_margin", "safetyMargin"),
     ("operation_timeout", "operationTimeout"),
 ];
@@ -76,6 +77,9 @@ pub struct ElectorOptions {
     pub schema: Option<String>,
     /// Create or upgrade the table at start (default true).
     pub create_table_on_init: Option<bool>,
+    /// After a database failover (a new timeline or system identifier), a candidate waits one lease
+    /// before acquiring (default true; PostgreSQL).
+    pub failover_quarantine: Option<bool>,
     /// The leader considers its lease over this long before it ends (default leaseDuration / 10, at
     /// least 50).
     pub safety_margin: Option<f64>,
@@ -283,6 +287,9 @@ impl ElectorOptions {
         }
         if let Some(yes) = self.create_table_on_init {
             b = b.with_create_table_on_init(yes);
+        }
+        if let Some(on) = self.failover_quarantine {
+            b = b.with_failover_quarantine(on);
         }
         let stall = millis("maxEventLoopStall", self.max_event_loop_stall)?;
         let config = b.clone().build().map_err(with_js_names)?;
