@@ -637,3 +637,49 @@ async fn a_leader_whose_server_turns_read_only_steps_down_at_once() {
 async fn a_leader_rerouted_to_a_standby_steps_down_at_once() {
     leader_on_a_server_turning_read_only(true).await;
 }
+
+/// A database user that may not read the server's identity (a provider revoked `EXECUTE` on
+/// `pg_control_system()`, or on the WAL functions too) still starts and leads: the quarantine compares
+/// what it may read, or runs without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_privilege_to_read_the_server_identity_the_election_still_runs() {
+    let pg = ThrowawayPg::start();
+    let admin = admin_pool(&pg.url()).await;
+    exec(&admin, "CREATE ROLE ll_plain LOGIN").await;
+    exec(&admin, "CREATE SCHEMA ll_plain AUTHORIZATION ll_plain").await;
+    exec(&admin, "GRANT CREATE ON DATABASE postgres TO ll_plain").await;
+    exec(
+        &admin,
+        "REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC",
+    )
+    .await;
+    let url = url_as_user(&pg.url(), "ll_plain");
+    let plain = admin_pool(&url).await;
+    let may: bool = sqlx::query_scalar(
+        "SELECT has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')",
+    )
+    .fetch_one(&plain)
+    .await
+    .unwrap();
+    assert!(!may, "the role may not read the system identifier");
+    plain.close().await;
+    for revoke_wal in [false, true] {
+        if revoke_wal {
+            exec(
+                &admin,
+                "REVOKE EXECUTE ON FUNCTION pg_walfile_name(pg_lsn), pg_current_wal_lsn() FROM PUBLIC",
+            )
+            .await;
+        }
+        let elector = fast()
+            .with_schema("ll_plain")
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("start without EXECUTE (WAL functions too: {revoke_wal}): {e}")
+            });
+        wait_until(Duration::from_secs(5), "it leads", || elector.is_leader()).await;
+        elector.shutdown().await.unwrap();
+    }
+    admin.close().await;
+}
