@@ -105,12 +105,11 @@ impl Campaign {
         }
     }
 
-    /// The local deadline of the held lease.
+    /// The local deadline of the held lease ([`ElectorConfig::local_deadline`]).
     fn deadline(&self) -> Option<Instant> {
-        let c = self.config();
         self.held
             .as_ref()
-            .map(|h| h.confirmed_at + c.lease_duration() - c.safety_margin())
+            .map(|h| self.config().local_deadline(h.confirmed_at))
     }
 
     pub(crate) async fn run(
@@ -325,7 +324,7 @@ impl Campaign {
     /// Records a confirmed acquire or renew of `term` sent at `sent`.
     fn confirmed(&mut self, term: u64, sent: Instant) {
         let c = self.config();
-        let deadline = sent + c.lease_duration() - c.safety_margin();
+        let deadline = c.local_deadline(sent);
         let next_renew = sent + jittered(c.renewal_interval(), c.jitter_range());
         let instance_id = c.instance_id().to_owned();
         self.held = Some(Held {
