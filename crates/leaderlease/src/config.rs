@@ -1,7 +1,7 @@
 //! Election settings: a builder with named defaults, validated once.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -154,6 +154,22 @@ impl ElectorConfig {
     /// How long before the lease's end, as measured from the request's send time, the leader steps down.
     pub fn safety_margin(&self) -> Duration {
         self.safety_margin
+    }
+    /// The local deadline of a lease whose acquire or renew was sent at `sent` and then confirmed:
+    /// `sent + lease_duration - safety_margin`, on the local monotonic clock. Every local deadline of
+    /// the crate ([`crate::Elector::is_leader`], [`crate::Lease::deadline`], the step-down) comes from
+    /// here.
+    ///
+    /// It counts from the moment the request was *sent*, not from when the answer came back: the store
+    /// began (or extended) the lease no earlier than it received the request, and judges its expiry by
+    /// its own clock, so it lets nobody else in before `sent + lease_duration` (with both clocks running
+    /// at about the same rate). Counting from the answer would add the round trip, and any stall before
+    /// the answer was read, to this node's time, past the store's expiry. The safety margin covers the
+    /// drift between the clocks and the delay between checking leadership and acting on it. The builder
+    /// keeps `safety_margin + renewal_interval + jitter_range / 2` below `lease_duration`, so the
+    /// deadline comes after the send time of the next renewal.
+    pub(crate) fn local_deadline(&self, sent: Instant) -> Instant {
+        sent + self.lease_duration - self.safety_margin
     }
     /// Upper bound of one database operation, connection included.
     pub fn operation_timeout(&self) -> Duration {

@@ -73,6 +73,7 @@
 struct ReadmeDoctests;
 
 pub mod backend;
+mod campaign;
 mod clock;
 mod config;
 mod elector;
@@ -87,13 +88,12 @@ pub mod nats;
 pub mod noleader;
 mod postgres;
 pub mod schema;
+mod state;
 
 pub use backend::{AcquireOutcome, Backend, ObservedLease, START_CONNECT_TIMEOUT};
+pub use campaign::{ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, LIVENESS_RECHECK_INTERVAL};
 pub use config::*;
-pub use elector::{
-    ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LIVENESS_RECHECK_INTERVAL, LeaderInfo, Lease,
-    LivenessCheck, Snapshot, Status, StoreHealth,
-};
+pub use elector::{Elector, LivenessCheck};
 pub use error::{Error, Result};
 pub use events::{Event, EventKind, EventObserver};
 pub use fence::{FENCE_SQLSTATE, fence};
@@ -105,6 +105,7 @@ pub use postgres::{
 };
 pub use sqlx::PgPool;
 pub use sqlx::postgres::{PgConnectOptions, PgSslMode};
+pub use state::{LeaderInfo, Lease, Snapshot, Status, StoreHealth};
 pub use tokio_util::sync::CancellationToken;
 
 /// Locks `m`, taking the data as it is when a thread panicked while holding the lock (poisoning is

@@ -1,0 +1,743 @@
+//! The campaign loop: one background task per election that campaigns (polls, acquires), renews,
+//! steps down at the local deadline, releases and cleans up, and publishes each decision to the
+//! [`Elector`](crate::Elector) handle through [`Shared`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Level;
+
+use crate::backend::{AcquireOutcome, Backend, ObservedLease};
+use crate::config::ElectorConfig;
+use crate::events::{Event, EventKind, deliver};
+use crate::state::{LeaderInfo, Lease, Shared, Snapshot, Status};
+use crate::{Error, Result, lock};
+
+/// A follower wakes this long after the moment it computed for the observed lease's expiry, so that its
+/// attempt reaches the database after the expiry, not just before.
+pub const EXPIRY_WAKE_MARGIN: Duration = Duration::from_millis(20);
+/// First retry delay after a failed database operation; it doubles per failure up to half the renewal
+/// interval.
+pub const ERROR_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// How often a candidate whose liveness check fails looks at it again (no database access meanwhile).
+pub const LIVENESS_RECHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What the [`Elector`](crate::Elector) handle asks of its campaign task.
+pub(crate) enum Command {
+    /// Release the lease now (see [`Elector::release`](crate::Elector::release)); the reply says how
+    /// it went.
+    Release(oneshot::Sender<Result<()>>),
+}
+
+struct Held {
+    term: u64,
+    /// Send time of the last confirmed acquire or renew.
+    confirmed_at: Instant,
+}
+
+/// State of the background task.
+pub(crate) struct Campaign {
+    backend: Arc<dyn Backend>,
+    shared: Arc<Shared>,
+    held: Option<Held>,
+    leading: bool,
+    next_renew: Instant,
+    next_poll: Instant,
+    next_cleanup: Instant,
+    stand_back_until: Option<Instant>,
+    failures: u32,
+    acquire_outcome_unknown: bool,
+    warned_same_id: bool,
+    /// A release was announced: the next poll tries to acquire without reading the lease first.
+    announced: bool,
+    /// The reason of the failover quarantine last reported (reported once per change of server).
+    deferred_for: Option<String>,
+}
+
+impl Campaign {
+    pub(crate) fn new(backend: Arc<dyn Backend>, shared: Arc<Shared>) -> Self {
+        let now = Instant::now();
+        let c = &shared.config;
+        let next_cleanup = now + jittered(c.clean_interval(), c.jitter_range());
+        Self {
+            backend,
+            shared,
+            held: None,
+            leading: false,
+            next_renew: now,
+            next_poll: now,
+            next_cleanup,
+            stand_back_until: None,
+            failures: 0,
+            acquire_outcome_unknown: false,
+            warned_same_id: false,
+            announced: false,
+            deferred_for: None,
+        }
+    }
+
+    fn config(&self) -> &ElectorConfig {
+        &self.shared.config
+    }
+
+    /// Logs `event` with `tracing`, hands it to the observer and records it in the metrics.
+    fn report(&self, event: Event) {
+        report(&self.shared, event);
+    }
+
+    /// The store answered.
+    fn reachable(&self) {
+        let mut h = lock(&self.shared.health);
+        if !h.connected {
+            h.connected = true;
+            h.since = Instant::now();
+        }
+    }
+
+    /// An operation on the store failed.
+    fn unreachable(&self, e: &Error) {
+        let mut h = lock(&self.shared.health);
+        h.last_error = Some(e.to_string());
+        if h.connected {
+            h.connected = false;
+            h.since = Instant::now();
+        }
+    }
+
+    /// The local deadline of the held lease ([`ElectorConfig::local_deadline`]).
+    fn deadline(&self) -> Option<Instant> {
+        self.held
+            .as_ref()
+            .map(|h| self.config().local_deadline(h.confirmed_at))
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        stop: CancellationToken,
+    ) {
+        self.report(Event::new(
+            EventKind::Started,
+            Level::DEBUG,
+            "campaign started",
+        ));
+        let released = self.backend.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Release(reply)) => {
+                        self.drain_work().await;
+                        let _ = reply.send(self.release().await);
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(self.next_wake().into()) => self.tick().await,
+                _ = released.released(), if self.held.is_none() => {
+                    tracing::debug!("the lease was released; trying at once");
+                    self.next_poll = Instant::now();
+                    self.announced = true;
+                }
+            }
+        }
+        // Shutdown (explicit, by the external token, or by dropping the handle): the same order as a
+        // release, so the lease is never deleted under running leader work.
+        self.drain_work().await;
+        if self.held.is_some()
+            && let Err(e) = self.release().await
+        {
+            self.report(
+                Event::new(
+                    EventKind::ReleaseFailed,
+                    Level::WARN,
+                    "could not delete the lease at shutdown; it will expire by itself",
+                )
+                .error(&e),
+            );
+        }
+        self.step_down("shutdown");
+        self.backend.close().await;
+        self.shared.status.send_replace(Status::Stopped);
+        self.publish();
+        self.report(Event::new(
+            EventKind::Stopped,
+            Level::INFO,
+            "elector stopped",
+        ));
+    }
+
+    fn next_wake(&self) -> Instant {
+        let mut wake = self.next_cleanup.min(if self.held.is_some() {
+            self.next_renew
+        } else {
+            self.next_poll
+        });
+        if self.leading
+            && let Some(d) = self.deadline()
+        {
+            wake = wake.min(d);
+        }
+        wake
+    }
+
+    /// Cancels the current leadership's work token and waits, at most one lease duration, for the
+    /// closures of `run_while_leader` to return, renewing the lease meanwhile. Releasing afterwards can
+    /// therefore not let another node in while this one's work still runs.
+    async fn drain_work(&mut self) {
+        if let Some(token) = lock(&self.shared.work).as_ref() {
+            token.cancel();
+        }
+        let mut active = self.shared.active_work.subscribe();
+        let give_up = Instant::now() + self.config().lease_duration();
+        loop {
+            if *active.borrow_and_update() == 0 {
+                return;
+            }
+            tokio::select! {
+                changed = active.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep_until(give_up.into()) => {
+                    self.report(Event::new(
+                        EventKind::WorkOverran,
+                        Level::WARN,
+                        "leader work still running one lease after its cancellation; releasing anyway",
+                    ));
+                    return;
+                }
+                _ = tokio::time::sleep_until(self.next_wake().into()) => self.tick().await,
+            }
+        }
+    }
+
+    async fn tick(&mut self) {
+        let now = Instant::now();
+        if self.leading && self.deadline().is_some_and(|d| now >= d) {
+            self.step_down("local lease deadline passed before a renewal was confirmed");
+        }
+        if now >= self.next_cleanup {
+            self.cleanup().await;
+        }
+        if self.held.is_some() {
+            if Instant::now() >= self.next_renew {
+                self.renew().await;
+            }
+        } else if Instant::now() >= self.next_poll {
+            self.poll().await;
+        }
+    }
+
+    /// Awaits a backend call; while leading, steps down at the local deadline even if the call is still
+    /// in flight.
+    async fn guarded<T>(&mut self, call: impl Future<Output = T>) -> T {
+        tokio::pin!(call);
+        loop {
+            let deadline = self.deadline().filter(|_| self.leading);
+            tokio::select! {
+                out = &mut call => return out,
+                _ = sleep_until_opt(deadline) => {
+                    self.step_down("local lease deadline passed while the database did not answer");
+                }
+            }
+        }
+    }
+
+    async fn renew(&mut self) {
+        let Some(term) = self.held.as_ref().map(|h| h.term) else {
+            return;
+        };
+        if !self.config().is_alive() {
+            self.report(
+                Event::new(
+                    EventKind::LivenessFailed,
+                    Level::WARN,
+                    "liveness check failed: stepping down and deleting the lease so that another node takes over",
+                )
+                .term(term),
+            );
+            if let Err(e) = self.release().await {
+                self.report(
+                    Event::new(
+                        EventKind::ReleaseFailed,
+                        Level::WARN,
+                        "could not delete the lease; it will expire by itself",
+                    )
+                    .error(&e),
+                );
+            }
+            return;
+        }
+        let backend = self.backend.clone();
+        let sent = Instant::now();
+        let outcome = self.guarded(backend.renew(term)).await;
+        let latency = sent.elapsed();
+        match outcome {
+            Ok(true) => {
+                self.failures = 0;
+                self.reachable();
+                self.confirmed(term, sent);
+                self.report(
+                    Event::new(EventKind::Renewed, Level::DEBUG, "lease renewed")
+                        .term(term)
+                        .latency(latency),
+                );
+            }
+            Ok(false) => {
+                self.reachable();
+                self.step_down("lease lost: renewal matched no row (expired or taken over)");
+                self.held = None;
+                self.next_poll = Instant::now();
+                // After the step-down (whose warning carries the reason), so that reporting it never
+                // delays the step-down's snapshot.
+                self.report(
+                    Event::new(
+                        EventKind::LeaseLost,
+                        Level::DEBUG,
+                        "renewal matched no row: the lease expired or was taken over",
+                    )
+                    .term(term)
+                    .latency(latency),
+                );
+            }
+            Err(e @ Error::ReadOnly { .. }) => {
+                // The server refuses writes (a standby, or read-only transactions): no renewal can
+                // succeed there, so waiting for the local deadline gains nothing. Step down now; the lease
+                // in this node's name is left to expire (its holder is this node: no duplicate warning).
+                self.unreachable(&e);
+                self.step_down_because(
+                    "the database server is read-only (a standby, or default_transaction_read_only): \
+                     it refused the renewal",
+                    Some(&e),
+                );
+                self.held = None;
+                self.acquire_outcome_unknown = true;
+                let delay = self.failure_delay();
+                self.next_poll = Instant::now() + delay;
+                self.report(
+                    Event::new(
+                        EventKind::RenewalFailed,
+                        Level::WARN,
+                        "renewal refused by a read-only server; stepped down",
+                    )
+                    .term(term)
+                    .error(&e)
+                    .latency(latency)
+                    .retry_in(delay),
+                );
+            }
+            Err(e) => {
+                // Keep the term and retry: leadership is kept until the local deadline (then `guarded` or
+                // `tick` steps down), and the retries go on after it, because a renewal whose answer was
+                // lost may have extended the lease. Only the database saying "no row" ends the term.
+                let delay = self.failure_delay();
+                self.unreachable(&e);
+                self.report(
+                    Event::new(
+                        EventKind::RenewalFailed,
+                        Level::WARN,
+                        "renewal failed; retrying",
+                    )
+                    .term(term)
+                    .error(&e)
+                    .latency(latency)
+                    .retry_in(delay),
+                );
+                self.next_renew = Instant::now() + delay;
+            }
+        }
+    }
+
+    /// Records a confirmed acquire or renew of `term` sent at `sent`.
+    fn confirmed(&mut self, term: u64, sent: Instant) {
+        let c = self.config();
+        let deadline = c.local_deadline(sent);
+        let next_renew = sent + jittered(c.renewal_interval(), c.jitter_range());
+        let instance_id = c.instance_id().to_owned();
+        self.held = Some(Held {
+            term,
+            confirmed_at: sent,
+        });
+        self.next_renew = next_renew;
+        *lock(&self.shared.leader) = Some(LeaderInfo {
+            leader_id: instance_id,
+            term,
+            expires_at: deadline,
+        });
+        if Instant::now() >= deadline {
+            // Confirmed too late to act on (the runtime stalled): renew again at once.
+            self.next_renew = Instant::now();
+            return;
+        }
+        self.shared.clock.set(term, deadline);
+        self.shared
+            .lease
+            .send_replace(Some(Lease { term, deadline }));
+        let elected = !self.leading;
+        if elected {
+            self.leading = true;
+            *lock(&self.shared.work) = Some(CancellationToken::new());
+            self.shared.status.send_replace(Status::Leader { term });
+        }
+        self.publish();
+        // Reported after the snapshot is published, so that reporting never delays it.
+        if elected {
+            self.report(Event::new(EventKind::Elected, Level::INFO, "elected leader").term(term));
+        }
+    }
+
+    /// Publishes the current decision as the next [`Snapshot`].
+    fn publish(&self) {
+        let status = self.shared.status.borrow().clone();
+        let lease = if status.is_leader() {
+            *self.shared.lease.borrow()
+        } else {
+            None
+        };
+        let generation = self.shared.clock.generation();
+        self.shared.state.send_modify(|s| {
+            *s = Snapshot {
+                seq: s.seq + 1,
+                status,
+                lease,
+                generation,
+            }
+        });
+    }
+
+    fn step_down(&mut self, reason: &str) {
+        self.step_down_because(reason, None);
+    }
+
+    /// Steps down for `reason`; the step-down event carries `error` when one caused it.
+    fn step_down_because(&mut self, reason: &str, error: Option<&Error>) {
+        self.shared.clock.clear();
+        let term = self
+            .held
+            .as_ref()
+            .map(|h| h.term)
+            .or_else(|| self.shared.lease.borrow().map(|l| l.term));
+        let had_lease = self.shared.lease.send_if_modified(|l| l.take().is_some());
+        if let Some(token) = lock(&self.shared.work).take() {
+            token.cancel();
+        }
+        let stepped_down = self.leading;
+        if stepped_down {
+            self.leading = false;
+            self.shared
+                .status
+                .send_replace(Status::Candidate { leader: None });
+        }
+        if had_lease || self.shared.state.borrow().is_leader() {
+            self.publish();
+        }
+        // Reported after the snapshot is published, so that reporting never delays it.
+        if stepped_down {
+            let level = if reason == "released" || reason == "shutdown" {
+                Level::INFO
+            } else {
+                Level::WARN
+            };
+            let mut event =
+                Event::new(EventKind::SteppedDown, level, "stepped down").reason(reason);
+            if let Some(e) = error {
+                event = event.error(e);
+            }
+            event.term = term;
+            self.report(event);
+        }
+    }
+
+    async fn poll(&mut self) {
+        let now = Instant::now();
+        if let Some(until) = self.stand_back_until {
+            if now < until {
+                self.next_poll = until;
+                return;
+            }
+            self.stand_back_until = None;
+        }
+        if !self.config().is_alive() {
+            // Unfit to lead: neither read nor acquire until the check passes again.
+            self.next_poll = now + LIVENESS_RECHECK_INTERVAL;
+            return;
+        }
+        if std::mem::take(&mut self.announced) {
+            self.acquire().await;
+            return;
+        }
+        match self.backend.observe().await {
+            Ok(Some(lease)) if lease.expires_in.is_some() => {
+                self.failures = 0;
+                self.reachable();
+                self.observed(&lease);
+            }
+            Ok(_) => {
+                self.failures = 0;
+                self.reachable();
+                self.acquire().await;
+            }
+            Err(e) => {
+                let delay = self.failure_delay();
+                self.unreachable(&e);
+                self.report(
+                    Event::new(
+                        EventKind::ReadFailed,
+                        Level::WARN,
+                        "could not read the lease",
+                    )
+                    .error(&e)
+                    .retry_in(delay),
+                );
+                self.next_poll = Instant::now() + delay;
+            }
+        }
+    }
+
+    async fn acquire(&mut self) {
+        let sent = Instant::now();
+        let outcome = self.backend.try_acquire().await;
+        if outcome.is_ok() {
+            self.reachable();
+        }
+        match outcome {
+            Ok(AcquireOutcome::Acquired { term }) => {
+                self.acquire_outcome_unknown = false;
+                self.deferred_for = None;
+                self.confirmed(term, sent);
+            }
+            Ok(AcquireOutcome::Deferred { retry_in, reason }) => {
+                // The failover quarantine: look again (reading the lease meanwhile) at the next poll
+                // or when it ends.
+                self.failures = 0;
+                if self.deferred_for.as_ref() != Some(&reason) {
+                    self.report(
+                        Event::new(
+                            EventKind::ServerChanged,
+                            Level::WARN,
+                            "the database server changed (a failover): not acquiring until one lease \
+                             after the change was first seen",
+                        )
+                        .reason(reason.clone())
+                        .retry_in(retry_in),
+                    );
+                    self.deferred_for = Some(reason);
+                }
+                let c = self.config();
+                let poll = jittered(c.renewal_interval(), c.jitter_range());
+                self.next_poll = Instant::now() + retry_in.min(poll);
+            }
+            Ok(AcquireOutcome::NotAcquired {
+                current: Some(lease),
+            }) if lease.expires_in.is_some() => self.observed(&lease),
+            Ok(AcquireOutcome::NotAcquired { .. }) => {
+                // Another candidate was acquiring at the same moment: look again shortly.
+                self.report(Event::new(
+                    EventKind::Contended,
+                    Level::DEBUG,
+                    "lease contended; looking again shortly",
+                ));
+                self.next_poll = Instant::now()
+                    + jittered(Duration::from_millis(100), Duration::from_millis(100));
+            }
+            Err(e) => {
+                // The statement may have committed without us hearing back: we do not lead (no
+                // confirmation), and a lease in our name with an unknown term is left to expire.
+                self.acquire_outcome_unknown = true;
+                let delay = if matches!(e, Error::ReadOnly { .. }) {
+                    // A read-only server answers the same until it is promoted or the route moves:
+                    // look again at the poll interval, not in a tight retry.
+                    let c = self.config();
+                    jittered(c.renewal_interval(), c.jitter_range())
+                } else {
+                    self.failure_delay()
+                };
+                self.unreachable(&e);
+                self.report(
+                    Event::new(EventKind::AcquireFailed, Level::WARN, "acquire failed")
+                        .error(&e)
+                        .retry_in(delay),
+                );
+                self.next_poll = Instant::now() + delay;
+            }
+        }
+    }
+
+    /// Notes a live lease held by someone else and schedules the next look: just after the lease's
+    /// expiry when the backend announces releases (its `LISTEN` connection is up), otherwise at the next
+    /// jittered poll or just after the expiry, whichever comes first.
+    fn observed(&mut self, lease: &ObservedLease) {
+        let now = Instant::now();
+        let expires_in = lease.expires_in.unwrap_or_default();
+        let expires_at = now + expires_in;
+        let shared = self.shared.clone();
+        let c = &shared.config;
+        if lease.leader_id == c.instance_id() {
+            if !self.acquire_outcome_unknown && !self.warned_same_id {
+                self.report(
+                    Event::new(
+                        EventKind::DuplicateInstanceId,
+                        Level::WARN,
+                        "a lease in this node's instance id is held by another process: \
+                         instance ids must be unique; this node waits for that lease to end",
+                    )
+                    .term(lease.term),
+                );
+                self.warned_same_id = true;
+            }
+        } else {
+            self.acquire_outcome_unknown = false;
+        }
+        let at_expiry = expires_at + EXPIRY_WAKE_MARGIN;
+        self.next_poll = if self.backend.wakes_on_release() {
+            at_expiry
+        } else {
+            at_expiry.min(now + jittered(c.renewal_interval(), c.jitter_range()))
+        };
+        let changed = lock(&self.shared.leader)
+            .as_ref()
+            .is_none_or(|l| l.leader_id != lease.leader_id || l.term != lease.term);
+        *lock(&self.shared.leader) = Some(LeaderInfo {
+            leader_id: lease.leader_id.clone(),
+            term: lease.term,
+            expires_at,
+        });
+        if changed {
+            self.report(
+                Event::new(EventKind::ObservedLeader, Level::INFO, "observed leader")
+                    .leader(&lease.leader_id)
+                    .term(lease.term),
+            );
+        }
+        let status = Status::Candidate {
+            leader: Some((lease.leader_id.clone(), lease.term)),
+        };
+        let modified = self.shared.status.send_if_modified(|s| {
+            if *s == status {
+                false
+            } else {
+                *s = status;
+                true
+            }
+        });
+        if modified {
+            self.publish();
+        }
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        let Some(held) = self.held.take() else {
+            return Ok(());
+        };
+        self.step_down("released");
+        let c = self.config();
+        self.stand_back_until = Some(Instant::now() + c.renewal_interval() + c.jitter_range());
+        self.next_poll = Instant::now();
+        *lock(&self.shared.leader) = None;
+        match self.backend.release(held.term).await {
+            Ok(true) => {
+                self.reachable();
+                self.report(
+                    Event::new(EventKind::Released, Level::INFO, "lease released").term(held.term),
+                );
+                Ok(())
+            }
+            Ok(false) => {
+                self.reachable();
+                self.report(
+                    Event::new(
+                        EventKind::Released,
+                        Level::DEBUG,
+                        "lease was already gone at release",
+                    )
+                    .term(held.term),
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.unreachable(&e);
+                Err(e)
+            }
+        }
+    }
+
+    async fn cleanup(&mut self) {
+        let c = self.config();
+        self.next_cleanup = Instant::now() + jittered(c.clean_interval(), c.jitter_range());
+        let backend = self.backend.clone();
+        match self.guarded(backend.cleanup()).await {
+            Ok(0) => self.reachable(),
+            Ok(n) => {
+                self.reachable();
+                self.report(
+                    Event::new(
+                        EventKind::Cleaned,
+                        Level::DEBUG,
+                        "deleted long-expired leases",
+                    )
+                    .rows(n),
+                );
+            }
+            Err(e) => {
+                self.unreachable(&e);
+                self.report(
+                    Event::new(
+                        EventKind::CleanupFailed,
+                        Level::DEBUG,
+                        "cleanup failed; trying again next interval",
+                    )
+                    .error(&e),
+                );
+            }
+        }
+    }
+
+    fn failure_delay(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let cap = self.config().renewal_interval() / 2;
+        let exp = ERROR_RETRY_DELAY.saturating_mul(1 << self.failures.min(16).saturating_sub(1));
+        let base = exp.min(cap).max(Duration::from_millis(10));
+        jittered(base, base / 2)
+    }
+}
+
+/// Logs `event` with `tracing`, hands it to the election's observer and records it in the metrics.
+fn report(shared: &Shared, event: Event) {
+    event.trace();
+    if let Some(observer) = shared.config.observer() {
+        deliver(observer, &event);
+    }
+    #[cfg(feature = "metrics")]
+    crate::metrics_names::record(&shared.metrics_name, &event, shared.clock.remaining());
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `base` ± `range`/2, uniformly.
+fn jittered(base: Duration, range: Duration) -> Duration {
+    let offset = range.mul_f64(rand::random::<f64>());
+    (base + offset).saturating_sub(range / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_the_range() {
+        let base = Duration::from_millis(3000);
+        let range = Duration::from_millis(2000);
+        let samples: Vec<_> = (0..2000).map(|_| jittered(base, range)).collect();
+        assert!(samples.iter().all(|d| *d >= Duration::from_millis(2000)));
+        assert!(samples.iter().all(|d| *d <= Duration::from_millis(4000)));
+        assert!(samples.iter().any(|d| *d < Duration::from_millis(2500)));
+        assert!(samples.iter().any(|d| *d > Duration::from_millis(3500)));
+    }
+}
