@@ -98,7 +98,7 @@ pub use elector::{
     ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, Elector, LIVENESS_RECHECK_INTERVAL, LeaderInfo, Lease,
     LivenessCheck, Snapshot, Status, StoreHealth,
 };
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 pub use events::{Event, EventKind, EventObserver};
 pub use fence::{FENCE_SQLSTATE, fence};
 pub use hub::{
