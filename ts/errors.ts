@@ -43,7 +43,10 @@ export class LeaderElectionConfigError extends LeaderElectionError {
   }
 }
 
-/** The database could not be reached at start (refused, unknown host, bad credentials, timeout). */
+/**
+ * PostgreSQL could not be reached at start (refused, unknown host, bad credentials, timeout). NATS reports
+ * {@link StoreUnreachableError} instead.
+ */
 export class DatabaseUnreachableError extends LeaderElectionError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('ERR_DATABASE_UNREACHABLE', message, options);

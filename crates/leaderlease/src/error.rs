@@ -19,7 +19,8 @@ pub enum Error {
     /// A setting broke a rule.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The database could not be reached at start (refused, unknown host, bad credentials, timeout).
+    /// The PostgreSQL database could not be reached at start (refused, unknown host, bad credentials,
+    /// timeout). NATS reports [`Error::StoreUnreachable`] instead.
     #[error("database unreachable: {message}")]
     Unreachable {
         /// What the driver said, e.g. "connection refused".
