@@ -316,6 +316,62 @@ async fn release_is_seen_through_the_watch_not_the_next_poll() {
     f.shutdown().await.unwrap();
 }
 
+/// A follower's watch can go silent while its client stays connected: its consumer lives on one server
+/// (in a cluster, a server the client is not connected to may die with it), and the client only notices
+/// after missed idle heartbeats, 10 s later. A release must still reach the follower at once, not at the
+/// lease's expiry. Here the consumers of the bucket's stream are deleted, as a dead server takes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_is_seen_at_once_when_the_watch_consumer_is_gone() {
+    let b = Bucket::new("ll_lostwatch");
+    // Followers would wait 6 s for the expiry: a handover much faster than that is not the expiry.
+    let slow = || {
+        Elector::builder()
+            .with_lease_duration(Duration::from_secs(6))
+            .with_renewal_interval(Duration::from_secs(4))
+            .with_jitter_range(Duration::from_millis(200))
+    };
+    let a = b.start(slow().with_instance_id("a")).await;
+    wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
+    let f = b.start(slow().with_instance_id("f")).await;
+    wait_until(Duration::from_secs(3), "f to see a", || {
+        f.leader().is_some()
+    })
+    .await;
+    let stream = b
+        .js()
+        .await
+        .get_stream(format!("KV_{}", b.name))
+        .await
+        .unwrap();
+    let names: Vec<String> = {
+        use futures_util::StreamExt;
+        stream
+            .consumer_names()
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(!names.is_empty(), "the watches have consumers");
+    for name in &names {
+        stream.delete_consumer(name).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let term_a = a.term().unwrap();
+    let released = Instant::now();
+    a.release().await.unwrap();
+    wait_until(Duration::from_secs(8), "f to take over", || f.is_leader()).await;
+    let took = released.elapsed();
+    assert!(
+        took < Duration::from_millis(1000),
+        "handover took {took:?} with the watch's consumer gone"
+    );
+    assert!(f.term().unwrap() > term_a);
+    a.shutdown().await.unwrap();
+    f.shutdown().await.unwrap();
+}
+
 /// While its watch works, a follower does not poll: it reads the key about once per lease (at the expiry
 /// it saw), not at every renewal interval. Counted on the server's side: a client of the test listens on
 /// the subjects of the bucket's read requests (direct gets and message gets), which reach every subscriber.
