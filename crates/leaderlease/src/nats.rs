@@ -518,15 +518,32 @@ fn hex_id(bytes: &[u8]) -> String {
 /// How often the key watcher checks the client's connection.
 const WATCH_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Whether a message published on the key's subject is a delete or a purge (`KV-Operation` header).
+fn is_delete(message: &async_nats::Message) -> bool {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("KV-Operation"))
+        .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
+}
+
 /// Runs the key watch: notifies `released` on a delete or an expiry marker, and keeps `watching` true
 /// only while the watch is known to deliver. A watch made before the client lost its connection may stay
 /// silent for seconds after the reconnect (its consumer is gone with the server's state, and the client
 /// notices only after missed heartbeats), so after every reconnect the watch is made anew; until then,
 /// and after any watch error, `watching` is false and followers poll.
+///
+/// A watch can also go silent while the client stays connected: its consumer lives on one server, which
+/// in a cluster may die while the client is connected to another (the client notices after 10 s of missed
+/// heartbeats). So releases are also taken from `writes`, a plain subscription to the subject the key is
+/// written on: a delete reaches every subscriber through whichever server, with no state on any one of
+/// them, and the client subscribes again after a reconnect. (Expiry markers are the server's own and come
+/// only through the watch; a follower whose watch is silent still wakes at the expiry it estimated.)
 async fn watch_key(
     store: Store,
     key: String,
     mut watch: kv::Watch,
+    mut writes: async_nats::Subscriber,
     client: async_nats::Client,
     released: Arc<Notify>,
     watching: Arc<AtomicBool>,
@@ -535,8 +552,17 @@ async fn watch_key(
     let mut check = tokio::time::interval(WATCH_CHECK_INTERVAL);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stale = false;
+    let mut writes_open = true;
     loop {
         tokio::select! {
+            message = writes.next(), if writes_open => match message {
+                Some(message) => {
+                    if is_delete(&message) {
+                        released.notify_one();
+                    }
+                }
+                None => writes_open = false,
+            },
             entry = watch.next(), if !stale => match entry {
                 Some(Ok(entry)) => {
                     watching.store(true, Ordering::Relaxed);
@@ -634,11 +660,23 @@ impl Backend for NatsBackend {
                 .watch(&self.key)
                 .await
                 .map_err(|e| store_error("watch", e))?;
+            let subject = format!(
+                "{}{}",
+                store.put_prefix.as_deref().unwrap_or(&store.prefix),
+                self.key
+            );
+            let writes = self
+                .js
+                .client()
+                .subscribe(subject)
+                .await
+                .map_err(|e| store_error("watch", e))?;
             self.watching.store(true, Ordering::Relaxed);
             let watcher = tokio::spawn(watch_key(
                 store.clone(),
                 self.key.clone(),
                 watch,
+                writes,
                 self.js.client(),
                 self.released.clone(),
                 self.watching.clone(),
@@ -769,8 +807,9 @@ impl Backend for NatsBackend {
     }
 
     /// True while the key watch runs and the client is connected, on a bucket whose server writes a
-    /// marker when a key expires: then the watch reports releases and expiries alike, and followers need
-    /// not poll. Without markers (`max_age` mode) the followers keep polling.
+    /// marker when a key expires: then the watch reports releases and expiries alike (releases also come
+    /// through a subscription to the key's subject, see [`watch_key`]), and followers need not poll.
+    /// Without markers (`max_age` mode) the followers keep polling.
     fn wakes_on_release(&self) -> bool {
         matches!(self.expiry(), Some(Expiry::KeyTtl { markers: true, .. }))
             && self.watching.load(Ordering::Relaxed)
