@@ -258,12 +258,13 @@ impl Seen {
 }
 
 /// A client of elector `i`: its own server first, then the others (kept in that order), reconnecting
-/// with a cap of an eighth of the lease, as `NatsBackend::connect` does.
+/// with a cap of an eighth of the lease (50 ms to 1 s), as `NatsBackend::connect` does. The test makes
+/// the clients itself to know which server each is connected to.
 async fn client_for(cluster: &Cluster, i: usize) -> async_nats::Client {
     let addrs: Vec<async_nats::ServerAddr> = (0..3)
         .map(|k| cluster.url((i + k) % 3).parse().unwrap())
         .collect();
-    let cap = LEASE / 8;
+    let cap = (LEASE / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
     async_nats::ConnectOptions::new()
         .retain_servers_order()
         .request_timeout(Some(RENEWAL / 2))
