@@ -27,9 +27,10 @@ export declare class Elector {
    */
   static connectPg(connection: PgConnection, options?: ElectorOptions | undefined | null, onEvent?: (((arg: ElectorEvent) => void)) | undefined | null): Promise<Elector>
   /**
-   * Connects to NATS at `url` (e.g. `nats://127.0.0.1:4222`) and campaigns in the JetStream KV
-   * bucket `bucket` (default `leaderlease`; created with `max_age` = leaseDuration if missing, refused
-   * if it exists with another `max_age`). The key is `lock-<lockId>`.
+   * Connects to NATS at `url` (e.g. `nats://127.0.0.1:4222`, or several servers separated by commas)
+   * and campaigns in the JetStream KV bucket `bucket` (default `leaderlease`; created with per-key TTL
+   * if missing, see `NatsBackend::open_bucket`). The key is `lock-<lockId>`. No server reachable:
+   * `ERR_STORE_UNREACHABLE`.
    */
   static connectNats(url: string, bucket?: string | undefined | null, options?: ElectorOptions | undefined | null, onEvent?: (((arg: ElectorEvent) => void)) | undefined | null): Promise<Elector>
   /**

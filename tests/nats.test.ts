@@ -90,3 +90,40 @@ test('LeaderElectorModule.forRoot({ backend: { nats } }) runs without TypeORM or
   await app.close();
   assert.equal(elector.amILeader(), false);
 });
+
+test('on NATS: no server at the address rejects with StoreUnreachableError naming it', async () => {
+  // A port nothing listens on (bound, then closed).
+  const { createServer } = await import('node:net');
+  const port = await new Promise<number>((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+  await assert.rejects(
+    LeaderElectorCore.connectNats(`nats://127.0.0.1:${port}`, { ...FAST, bucket: randomBucket() }),
+    (err: Error & { code?: string }) =>
+      err.name === 'StoreUnreachableError' &&
+      err.code === 'ERR_STORE_UNREACHABLE' &&
+      err.message.includes(`127.0.0.1:${port}`),
+  );
+});
+
+test('NATS is its own source: connect() with an empty url is a config error naming `url`, also with backend.nats', async () => {
+  const bucket = randomBucket();
+  for (const config of [FAST, { ...FAST, backend: { nats: { servers: NATS_URL, bucket } } }]) {
+    await assert.rejects(
+      LeaderElectorCore.connect('', config),
+      (err: Error & { code?: string }) => err.code === 'ERR_INVALID_CONFIG' && /`url`/.test(err.message),
+    );
+  }
+  await assert.rejects(
+    LeaderElectorCore.connectNats('', { ...FAST, bucket }),
+    (err: Error & { code?: string }) => err.code === 'ERR_INVALID_CONFIG' && /`servers`/.test(err.message),
+  );
+  // The constructor takes NATS as a source of its own; several servers are separated by commas.
+  const e = new LeaderElectorCore({ nats: { servers: `${NATS_URL},${NATS_URL}`, bucket } }, FAST);
+  await e.ready();
+  assert.ok(await waitFor(() => e.amILeader(), 3000), 'leads');
+  await e.shutdown();
+});

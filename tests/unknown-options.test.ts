@@ -49,7 +49,9 @@ describe('unknown configuration keys', () => {
         await (await LeaderElectorCore.connect(url, all)).shutdown();
         const { schema: _s, ...natsBase } = all;
         await (await LeaderElectorCore.connectNats(servers, { ...natsBase, bucket: bucket1 })).shutdown();
-        await (await LeaderElectorCore.connect('', { ...natsBase, backend: { nats: { servers, bucket: bucket1 } } })).shutdown();
+        const viaSource = new LeaderElectorCore({ nats: { servers, bucket: bucket1 } }, natsBase);
+        await viaSource.ready();
+        await viaSource.shutdown();
         await compileAndClose([LeaderElectorModule.forRoot({ ...all, connectionString: url })]);
         await compileAndClose([LeaderElectorModule.forRootAsync({
           imports: [], inject: [], dataSourceName: undefined,
@@ -62,7 +64,7 @@ describe('unknown configuration keys', () => {
         await (await LeaderElectorCore.connect(url, { ...base, lockId: 2, leaseDurtion: 5000 })).shutdown();
         await (await LeaderElectorCore.connect(url, { ...base, lockId: 3, leaseDurtion: 5000 })).shutdown();
         await (await LeaderElectorCore.connectNats(servers, { ...timings, bucket: bucket2, leaseDurtion: 5000, instanceID: 'x' })).shutdown();
-        await (await LeaderElectorCore.connect('', { ...timings, backend: { nats: { servers, bucket: bucket2, sever: 'y' } } })).shutdown();
+        await compileAndClose([LeaderElectorModule.forRoot({ ...timings, backend: { nats: { servers, bucket: bucket2, sever: 'y' } } })]);
         await compileAndClose([LeaderElectorModule.forRoot({ connectionString: url, ...base, lockid: 4 })]);
         await compileAndClose([LeaderElectorModule.forRootAsync({
           injct: [], useFactory: () => ({ connectionString: url, ...base, shema: 'x', fooBarBazQux: 1 }),

@@ -16,6 +16,7 @@ export {
   type LeaderIdentity,
   type LeaderStatus,
   type LeadershipEvent,
+  type NatsSource,
   type RepositoryLike,
 } from './leader-elector.core.js';
 export {
@@ -32,6 +33,7 @@ export {
   PermissionDeniedError,
   ReadOnlyDatabaseError,
   StoreError,
+  StoreUnreachableError,
   TableMissingError,
   UnsupportedServerError,
   UnsupportedPlatformError,

@@ -14,6 +14,7 @@ export type LeaderElectionErrorCode =
   | 'ERR_READ_ONLY'
   | 'ERR_TIMEOUT'
   | 'ERR_DATABASE'
+  | 'ERR_STORE_UNREACHABLE'
   | 'ERR_STORE'
   | 'ERR_INVALID_BUCKET'
   | 'ERR_UNSUPPORTED_SERVER'
@@ -42,7 +43,10 @@ export class LeaderElectionConfigError extends LeaderElectionError {
   }
 }
 
-/** The database could not be reached at start (refused, unknown host, bad credentials, timeout). */
+/**
+ * PostgreSQL could not be reached at start (refused, unknown host, bad credentials, timeout). NATS reports
+ * {@link StoreUnreachableError} instead.
+ */
 export class DatabaseUnreachableError extends LeaderElectionError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('ERR_DATABASE_UNREACHABLE', message, options);
@@ -87,7 +91,17 @@ export class DatabaseError extends LeaderElectionError {
   }
 }
 
-/** A store other than PostgreSQL (NATS) answered with an error. */
+/**
+ * A store other than PostgreSQL (NATS) could not be reached at start: refused, unknown host, no server
+ * answering in time, an address that does not parse. The message names the servers.
+ */
+export class StoreUnreachableError extends LeaderElectionError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_STORE_UNREACHABLE', message, options);
+  }
+}
+
+/** An operation on a store other than PostgreSQL (NATS) failed: the server answered with an error. */
 export class StoreError extends LeaderElectionError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('ERR_STORE', message, options);
@@ -197,6 +211,7 @@ const BY_CODE: Record<string, new (message: string, options?: { cause?: unknown 
   ERR_READ_ONLY: ReadOnlyDatabaseError,
   ERR_TIMEOUT: LeaderElectionTimeoutError,
   ERR_DATABASE: DatabaseError,
+  ERR_STORE_UNREACHABLE: StoreUnreachableError,
   ERR_STORE: StoreError,
   ERR_INVALID_BUCKET: InvalidBucketError,
   ERR_UNSUPPORTED_SERVER: UnsupportedServerError,

@@ -31,6 +31,7 @@ export {
   PermissionDeniedError,
   ReadOnlyDatabaseError,
   StoreError,
+  StoreUnreachableError,
   TableMissingError,
   UnsupportedServerError,
   UnsupportedPlatformError,
@@ -62,6 +63,7 @@ export type {
   LeaderIdentity,
   LeaderStatus,
   LeadershipEvent,
+  NatsSource,
   RepositoryLike,
 } from './leader-elector.core.js';
 export type {

@@ -69,7 +69,9 @@ export interface LeaderElectorConfig {
    * `{ nats: { servers, bucket } }` the lease is a key in a NATS JetStream KV bucket (NATS 2.10+). The
    * bucket is created if missing, with per-key TTL on NATS 2.11+: each key carries its own lease, so one
    * bucket holds elections of different `leaseDuration`s. An existing bucket without per-message TTL must
-   * have `max_age` = `leaseDuration` (otherwise it is refused with `InvalidBucketError`).
+   * have `max_age` = `leaseDuration` (otherwise it is refused with `InvalidBucketError`). Used by
+   * `LeaderElectorModule` (no `connectionString` then); with `LeaderElectorCore`, start with
+   * `connectNats(servers, config)` instead: `backend.nats` with a PostgreSQL URL or repository is refused.
    */
   backend?: { nats: { servers: string; bucket?: string } };
   /**
@@ -441,6 +443,53 @@ export async function connectionStringFromDataSource(dataSource: DataSourceLike)
   return `postgres://${auth}${hostPart}:${o.port ?? 5432}${db}${query}`;
 }
 
+/**
+ * The NATS servers and bucket an elector keeps its lease in: the source of
+ * `new LeaderElectorCore({ nats: { servers, bucket } }, config)` (what {@link LeaderElectorCore.connectNats}
+ * makes). `servers`: one URL (`nats://127.0.0.1:4222`) or several separated by commas.
+ */
+export interface NatsSource {
+  nats: { servers: string; bucket?: string };
+}
+
+function isNatsSource(source: unknown): source is NatsSource {
+  return typeof source === 'object' && source !== null && 'nats' in source;
+}
+
+/**
+ * The NATS settings of an elector on `source` with `config`, or null for PostgreSQL. `config.backend.nats`
+ * (the module's, or a named election's) wins over the source's; it cannot be combined with a PostgreSQL
+ * `url` or repository: the lease lives in one store.
+ */
+function natsSettings(
+  source: string | RepositoryLike | NatsSource,
+  config: LeaderElectorConfig | undefined,
+): { servers: string; bucket?: string } | null {
+  const fromConfig = config?.backend?.nats;
+  if (fromConfig !== undefined && fromConfig !== null && !isNatsSource(source)) {
+    throw new LeaderElectionConfigError(
+      `invalid leader election config: \`backend.nats\` was given with a PostgreSQL ${typeof source === 'string' ? '`url`' : 'repository'}: ` +
+        'the lease lives in one store; start on NATS with LeaderElectorCore.connectNats(servers, config)',
+    );
+  }
+  const nats = fromConfig ?? (isNatsSource(source) ? source.nats : null);
+  if (nats === null || nats === undefined) return null;
+  const where = fromConfig ? '`backend.nats.servers`' : '`servers`';
+  if (typeof nats !== 'object') {
+    throw new LeaderElectionConfigError(`invalid leader election config: \`backend.nats\` must be an object (got ${typeof nats})`);
+  }
+  if (typeof nats.servers !== 'string' || nats.servers.trim() === '') {
+    throw new LeaderElectionConfigError(
+      `invalid leader election config: ${where} must be a non-empty string of NATS server URLs, e.g. nats://127.0.0.1:4222 ` +
+        `(got ${nats.servers === '' ? 'an empty string' : typeof nats.servers})`,
+    );
+  }
+  if (nats.bucket !== undefined && nats.bucket !== null && typeof nats.bucket !== 'string') {
+    throw new LeaderElectionConfigError(`invalid leader election config: \`bucket\` must be a string (got ${typeof nats.bucket})`);
+  }
+  return nats;
+}
+
 /** `repository.manager.dataSource` (TypeORM 0.3+) or `repository.manager.connection`. */
 export interface RepositoryLike {
   manager: { dataSource?: DataSourceLike; connection?: DataSourceLike };
@@ -463,7 +512,7 @@ function toStatus(s: StatusInfo): LeaderStatus {
 export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
   #native: Elector | null = null;
   #stopped = false;
-  #source: string | RepositoryLike;
+  #source: string | RepositoryLike | NatsSource;
   #config: LeaderElectorConfig;
   /** Set by the first {@link start}; null while a deferred start has not happened. */
   #started: Promise<Elector> | null = null;
@@ -523,7 +572,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
    * {@link start} (used by `LeaderElectorService`, which starts with the Nest application).
    */
   constructor(
-    source: string | RepositoryLike,
+    source: string | RepositoryLike | NatsSource,
     config: LeaderElectorConfig = {},
     options: { start?: boolean; name?: string } = {},
   ) {
@@ -580,7 +629,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     await this.#begin();
   }
 
-  async #start(source: string | RepositoryLike, config: LeaderElectorConfig): Promise<Elector> {
+  async #start(source: string | RepositoryLike | NatsSource, config: LeaderElectorConfig): Promise<Elector> {
     let native: Elector;
     try {
       const options = toNativeOptions(config);
@@ -598,13 +647,19 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
         this.#untrackMetrics = trackMetrics(this, metrics === true ? {} : metrics, config.lockId ?? 1);
       }
       const onEvent = (e: ElectorEvent) => this.#onNativeEvent(e);
-      const nats = config?.backend?.nats;
+      if (typeof source === 'string' && source.trim() === '') {
+        throw new LeaderElectionConfigError(
+          'invalid leader election config: `url` must be a non-empty PostgreSQL connection string, e.g. ' +
+            'postgres://user@host:5432/db (for NATS: LeaderElectorCore.connectNats(servers, config))',
+        );
+      }
+      const nats = natsSettings(source, config);
       let connection: PgConnection = {};
-      if (nats) {
-        // The lease lives in NATS: the source is not used.
+      if (nats !== null) {
+        // The lease lives in NATS.
       } else if (typeof source === 'string') {
         connection = connectionForUrl(source, config);
-      } else {
+      } else if (!isNatsSource(source)) {
         const ds = source?.manager?.dataSource ?? source?.manager?.connection;
         if (!ds) {
           throw new LeaderElectionConfigError(
@@ -619,7 +674,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
           options.schema = tableSchema;
         }
       }
-      native = nats
+      native = nats !== null
         ? await addon.Elector.connectNats(nats.servers, nats.bucket ?? null, options, onEvent)
         : await addon.Elector.connectPg(connection, options, onEvent);
     } catch (err) {
@@ -724,16 +779,19 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
 
   /**
    * Starts on NATS (`servers`, e.g. `nats://127.0.0.1:4222`), with the lease as a key in the JetStream
-   * KV bucket `bucket` (default `leaderlease`), and resolves once campaigning. Same as `connect` with
-   * `backend: { nats: { servers, bucket } }`.
+   * KV bucket `bucket` (default `leaderlease`), and resolves once campaigning. Same as
+   * `new LeaderElectorCore({ nats: { servers, bucket } }, config)` and `ready()`. `servers` may list several
+   * servers of a cluster, separated by commas.
    */
   static async connectNats(
     servers: string,
     config: LeaderElectorConfig & { bucket?: string } = {},
   ): Promise<LeaderElectorCore> {
     warnUnknownKeys(config, NATS_CONFIG_KEYS, 'connectNats config');
-    const { bucket, ...rest } = config;
-    return LeaderElectorCore.connect('', { ...rest, backend: { nats: { servers, bucket } } });
+    const { bucket, ...rest } = config ?? {};
+    const elector = new LeaderElectorCore({ nats: bucket !== undefined ? { servers, bucket } : { servers } }, rest);
+    await elector.ready();
+    return elector;
   }
 
   /**
@@ -888,7 +946,7 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
    */
   async fence(runner: FenceRunner, term: number | null = this.term()): Promise<number> {
     const native = this.#native;
-    if (this.#config.backend?.nats) {
+    if (this.#config.backend?.nats || isNatsSource(this.#source)) {
       throw new LeaderElectionConfigError('fence(): needs the PostgreSQL backend (the lease is in NATS here)');
     }
     if (!runner || typeof (runner as { query?: unknown }).query !== 'function') {

@@ -11,7 +11,7 @@ import {
 } from './config-keys.js';
 import { LeaderElectionConfigError } from './errors.js';
 import { LEADER_ELECTOR_MODULE_OPTIONS } from './leader-elector.constants.js';
-import type { DataSourceLike, LeaderElectorConfig, RepositoryLike } from './leader-elector.core.js';
+import type { DataSourceLike, LeaderElectorConfig, NatsSource, RepositoryLike } from './leader-elector.core.js';
 import { LeaderElectorService, bindNamedElections } from './leader-elector.service.js';
 import { LeaderElectionHealthIndicator } from './health.js';
 import { createLeaderLeaseEntity } from './leader-lease.entity.js';
@@ -74,7 +74,7 @@ function electorConfig(options: LeaderElectorModuleOptions): LeaderElectorConfig
 
 /** The app-wide service and its named elections, made from one source with the module's settings. */
 function createService(options: LeaderElectorModuleOptions, dataSource: DataSourceLike | undefined): LeaderElectorService {
-  const make = (source: string | RepositoryLike): LeaderElectorService => {
+  const make = (source: string | RepositoryLike | NatsSource): LeaderElectorService => {
     const base = electorConfig(options);
     const service = new LeaderElectorService(source, base);
     const named = new NamedElections(
@@ -92,7 +92,7 @@ function createService(options: LeaderElectorModuleOptions, dataSource: DataSour
 function createServiceFrom(
   options: LeaderElectorModuleOptions,
   dataSource: DataSourceLike | undefined,
-  make: (source: string | RepositoryLike) => LeaderElectorService,
+  make: (source: string | RepositoryLike | NatsSource) => LeaderElectorService,
 ): LeaderElectorService {
   if (options === null || typeof options !== 'object') {
     throw new LeaderElectionConfigError(
@@ -103,7 +103,7 @@ function createServiceFrom(
   const { connectionString } = options;
   if (options.backend?.nats) {
     // The lease lives in NATS: no PostgreSQL connection is used.
-    return make('');
+    return make({ nats: options.backend.nats });
   }
   if (connectionString !== undefined) {
     if (typeof connectionString !== 'string' || connectionString === '') {

@@ -3,6 +3,7 @@ import type * as NestCommon from '@nestjs/common';
 import {
   LeaderElectorCore,
   type LeaderElectorConfig,
+  type NatsSource,
   type RepositoryLike,
 } from './leader-elector.core.js';
 import { LeaderElectionConfigError } from './errors.js';
@@ -72,7 +73,7 @@ export class LeaderElectorService
    * `source`: a TypeORM repository of `LeaderLease` (or anything with its DataSource), or a URL.
    * `name`: set for the named elections the module makes (`election(name)`).
    */
-  constructor(source: string | RepositoryLike, config: LeaderElectorConfig = {}, name?: string) {
+  constructor(source: string | RepositoryLike | NatsSource, config: LeaderElectorConfig = {}, name?: string) {
     // The core's events (elected, stepped down and why, renewal failed, ...) go to Nest's Logger unless
     // the options name a logger of their own; each line names the election's lock id.
     super(source, { ...config, logger: config?.logger ?? nestLogger(name) }, { start: false, ...(name !== undefined ? { name } : {}) });

@@ -666,9 +666,10 @@ impl Elector {
         Ok(Self::new(inner, heartbeat, events))
     }
 
-    /// Connects to NATS at `url` (e.g. `nats://127.0.0.1:4222`) and campaigns in the JetStream KV
-    /// bucket `bucket` (default `leaderlease`; created with `max_age` = leaseDuration if missing, refused
-    /// if it exists with another `max_age`). The key is `lock-<lockId>`.
+    /// Connects to NATS at `url` (e.g. `nats://127.0.0.1:4222`, or several servers separated by commas)
+    /// and campaigns in the JetStream KV bucket `bucket` (default `leaderlease`; created with per-key TTL
+    /// if missing, see `NatsBackend::open_bucket`). The key is `lock-<lockId>`. No server reachable:
+    /// `ERR_STORE_UNREACHABLE`.
     #[napi(factory)]
     pub async fn connect_nats(
         url: String,

@@ -345,6 +345,7 @@ fn retryable(e: &Error) -> bool {
             | Error::Timeout { .. }
             | Error::Database { .. }
             | Error::Store { .. }
+            | Error::StoreUnreachable { .. }
     )
 }
 

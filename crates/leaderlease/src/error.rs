@@ -7,6 +7,11 @@ use crate::config::ConfigError;
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The client error kept as the source of [`Error::Store`] and [`Error::StoreUnreachable`]: downcast it
+/// to the store client's own type (for NATS, e.g. `async_nats::ConnectError` or
+/// `async_nats::jetstream::context::PublishError`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// What can go wrong. Losing or not winning an election is never an error: see [`crate::Status`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -14,7 +19,8 @@ pub enum Error {
     /// A setting broke a rule.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The database could not be reached at start (refused, unknown host, bad credentials, timeout).
+    /// The PostgreSQL database could not be reached at start (refused, unknown host, bad credentials,
+    /// timeout). NATS reports [`Error::StoreUnreachable`] instead.
     #[error("database unreachable: {message}")]
     Unreachable {
         /// What the driver said, e.g. "connection refused".
@@ -71,13 +77,29 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
-    /// An error of a store other than PostgreSQL (e.g. NATS).
-    #[error("store error during {operation}: {message}")]
+    /// A store other than PostgreSQL (NATS) could not be reached at start: refused, unknown host, no
+    /// server answering within the connect timeout, a bad server address.
+    #[error("{store} unreachable: {message}")]
+    StoreUnreachable {
+        /// The store (`NATS`).
+        store: &'static str,
+        /// What went wrong, naming the server address.
+        message: String,
+        /// The client's error (for NATS an `async_nats::ConnectError`, or the `std::io::Error` of an
+        /// address that does not parse).
+        #[source]
+        source: BoxError,
+    },
+    /// An operation of a store other than PostgreSQL (NATS) failed: the server answered with an error, or
+    /// the request could not be sent.
+    #[error("store error during {operation}: {source}")]
     Store {
         /// The operation (`acquire`, `renew`, ...).
         operation: &'static str,
-        /// What the store's client said.
-        message: String,
+        /// The store client's error, kept whole: downcast it (for NATS, e.g. to
+        /// `async_nats::jetstream::context::PublishError` or `async_nats::jetstream::kv::EntryError`).
+        #[source]
+        source: BoxError,
     },
     /// A NATS KV bucket cannot hold leases as configured.
     #[error("the NATS KV bucket {bucket:?} {problem}")]
@@ -125,6 +147,7 @@ impl Error {
         "ERR_READ_ONLY",
         "ERR_TIMEOUT",
         "ERR_DATABASE",
+        "ERR_STORE_UNREACHABLE",
         "ERR_STORE",
         "ERR_INVALID_BUCKET",
         "ERR_UNSUPPORTED_SERVER",
@@ -142,6 +165,7 @@ impl Error {
             Error::ReadOnly { .. } => "ERR_READ_ONLY",
             Error::Timeout { .. } => "ERR_TIMEOUT",
             Error::Database { .. } => "ERR_DATABASE",
+            Error::StoreUnreachable { .. } => "ERR_STORE_UNREACHABLE",
             Error::Store { .. } => "ERR_STORE",
             Error::InvalidBucket { .. } => "ERR_INVALID_BUCKET",
             Error::UnsupportedServer { .. } => "ERR_UNSUPPORTED_SERVER",
@@ -183,9 +207,14 @@ mod tests {
                 operation: "x",
                 source: sqlx::Error::PoolClosed,
             },
+            Error::StoreUnreachable {
+                store: "x",
+                message: String::new(),
+                source: "x".into(),
+            },
             Error::Store {
                 operation: "x",
-                message: String::new(),
+                source: "x".into(),
             },
             Error::InvalidBucket {
                 bucket: String::new(),

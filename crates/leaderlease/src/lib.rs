@@ -94,7 +94,7 @@ pub use backend::{AcquireOutcome, Backend, ObservedLease, START_CONNECT_TIMEOUT}
 pub use campaign::{ERROR_RETRY_DELAY, EXPIRY_WAKE_MARGIN, LIVENESS_RECHECK_INTERVAL};
 pub use config::*;
 pub use elector::{Elector, LivenessCheck};
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 pub use events::{Event, EventKind, EventObserver};
 pub use fence::{FENCE_SQLSTATE, fence};
 #[cfg(feature = "nats")]

@@ -84,6 +84,8 @@ pub struct NatsBackend {
     /// The key watch is known to deliver (see [`watch_key`]).
     watching: Arc<AtomicBool>,
     watcher: Mutex<Option<JoinHandle<()>>>,
+    /// Replicas of a bucket this backend creates.
+    replicas: usize,
 }
 
 impl std::fmt::Debug for NatsBackend {
@@ -95,25 +97,75 @@ impl std::fmt::Debug for NatsBackend {
     }
 }
 
-fn store_error(operation: &'static str, e: impl std::fmt::Display) -> Error {
+fn store_error(
+    operation: &'static str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
     Error::Store {
         operation,
-        message: e.to_string(),
+        source: Box::new(e),
     }
 }
 
+/// How long [`NatsBackend::connect`] waits for a NATS server to accept the connection, and
+/// [`prepare`](Backend::prepare) for the bucket to be opened or created. A start, not an operation of the
+/// election: it may take longer than the operation timeout (a JetStream cluster that is still electing
+/// its meta leader answers bucket requests only once it has one), but a server that is down or a wrong
+/// address must fail the start in seconds, with a typed error, rather than hang the application's boot.
+pub const NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most replicas a JetStream stream (so a KV bucket) can have.
+pub const MAX_REPLICAS: usize = 5;
+
+/// The server addresses of `servers`: one URL (`nats://host:port`, `host:port`) or several separated by
+/// commas, as NATS tools take them. The client reconnects to any of them (and to the servers of the
+/// cluster that the first one it reaches announces).
+fn server_addrs(servers: &str) -> Result<Vec<async_nats::ServerAddr>> {
+    let addrs: Result<Vec<_>> = servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<async_nats::ServerAddr>()
+                .map_err(|e| Error::StoreUnreachable {
+                    store: "NATS",
+                    message: format!("{s:?} is not a NATS server address: {e}"),
+                    source: Box::new(e),
+                })
+        })
+        .collect();
+    let addrs = addrs?;
+    if addrs.is_empty() {
+        return Err(crate::ConfigError::new(
+            "url",
+            "must name at least one NATS server (e.g. nats://127.0.0.1:4222)",
+        )
+        .into());
+    }
+    Ok(addrs)
+}
+
 impl NatsBackend {
-    /// Connects to the NATS servers at `url` (e.g. `nats://127.0.0.1:4222`) and uses `bucket`.
+    /// Connects to the NATS servers at `url` (e.g. `nats://127.0.0.1:4222`, or several separated by
+    /// commas: `nats://a:4222,nats://b:4222`) and uses `bucket`. A server that cannot be reached within
+    /// [`NATS_CONNECT_TIMEOUT`] fails with [`Error::StoreUnreachable`], whose source is the client's
+    /// `async_nats::ConnectError`.
     pub async fn connect(url: &str, bucket: &str, config: &ElectorConfig) -> Result<Self> {
+        let addrs = server_addrs(url)?;
         let cap = reconnect_cap(config.lease_duration());
         let options = async_nats::ConnectOptions::new()
-            .connection_timeout(crate::START_CONNECT_TIMEOUT)
+            .connection_timeout(NATS_CONNECT_TIMEOUT)
             .request_timeout(Some(config.operation_timeout()))
             .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, cap));
-        let client = options.connect(url).await.map_err(|e| Error::Unreachable {
-            message: format!("cannot connect to NATS at {url}: {e}"),
-            source: None,
-        })?;
+        let client =
+            options
+                .connect(addrs.as_slice())
+                .await
+                .map_err(|e| Error::StoreUnreachable {
+                    store: "NATS",
+                    message: format!("cannot connect to NATS at {url}: {e}"),
+                    source: Box::new(e),
+                })?;
         Ok(Self::new(client, bucket, config))
     }
 
@@ -137,7 +189,17 @@ impl NatsBackend {
             released: Arc::new(Notify::new()),
             watching: Arc::new(AtomicBool::new(false)),
             watcher: Mutex::new(None),
+            replicas: 1,
         }
+    }
+
+    /// Creates a missing bucket with `replicas` copies of its stream (1 to [`MAX_REPLICAS`]; default 1),
+    /// for a JetStream cluster: with 3, the leases survive the loss of any one server (see docs/design.md,
+    /// "NATS durability"). An existing bucket keeps the replicas it has. The setting is checked in
+    /// [`prepare`](Backend::prepare): out of range is [`Error::Config`] naming `replicas`.
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
     }
 
     /// Uses `key` for this election instead of `lock-<lock id>` (letters, digits, `-_/=.`).
@@ -170,6 +232,24 @@ impl NatsBackend {
         bucket: &str,
         lease: Duration,
     ) -> Result<(Store, Expiry)> {
+        Self::open_bucket_with_replicas(js, bucket, lease, 1).await
+    }
+
+    /// [`open_bucket`](Self::open_bucket), creating a missing bucket with `replicas` copies of its stream
+    /// (1 to [`MAX_REPLICAS`]) on a JetStream cluster. An existing bucket keeps the replicas it has.
+    pub async fn open_bucket_with_replicas(
+        js: &async_nats::jetstream::Context,
+        bucket: &str,
+        lease: Duration,
+        replicas: usize,
+    ) -> Result<(Store, Expiry)> {
+        if !(1..=MAX_REPLICAS).contains(&replicas) {
+            return Err(crate::ConfigError::new(
+                "replicas",
+                format!("must be between 1 and {MAX_REPLICAS} (got {replicas})"),
+            )
+            .into());
+        }
         check_server_version(&js.client())?;
         let with_ttl = server_version(&js.client())
             .zip(parse_version(TTL_SERVER_VERSION))
@@ -188,6 +268,7 @@ impl NatsBackend {
                     description: "leaderlease leases (per-key TTL)".to_owned(),
                     history: 1,
                     limit_markers: Some(MARKER_TTL),
+                    num_replicas: replicas,
                     ..Default::default()
                 }
             } else {
@@ -196,6 +277,7 @@ impl NatsBackend {
                     description: "leaderlease leases".to_owned(),
                     history: 1,
                     max_age: lease,
+                    num_replicas: replicas,
                     ..Default::default()
                 }
             };
@@ -229,9 +311,9 @@ impl NatsBackend {
         self.store
             .get()
             .map(|(store, _)| store)
-            .ok_or(Error::Store {
+            .ok_or_else(|| Error::Store {
                 operation: "use bucket",
-                message: "the backend was not prepared".to_owned(),
+                source: "the backend was not prepared".into(),
             })
     }
 
@@ -436,15 +518,32 @@ fn hex_id(bytes: &[u8]) -> String {
 /// How often the key watcher checks the client's connection.
 const WATCH_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Whether a message published on the key's subject is a delete or a purge (`KV-Operation` header).
+fn is_delete(message: &async_nats::Message) -> bool {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("KV-Operation"))
+        .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
+}
+
 /// Runs the key watch: notifies `released` on a delete or an expiry marker, and keeps `watching` true
 /// only while the watch is known to deliver. A watch made before the client lost its connection may stay
 /// silent for seconds after the reconnect (its consumer is gone with the server's state, and the client
 /// notices only after missed heartbeats), so after every reconnect the watch is made anew; until then,
 /// and after any watch error, `watching` is false and followers poll.
+///
+/// A watch can also go silent while the client stays connected: its consumer lives on one server, which
+/// in a cluster may die while the client is connected to another (the client notices after 10 s of missed
+/// heartbeats). So releases are also taken from `writes`, a plain subscription to the subject the key is
+/// written on: a delete reaches every subscriber through whichever server, with no state on any one of
+/// them, and the client subscribes again after a reconnect. (Expiry markers are the server's own and come
+/// only through the watch; a follower whose watch is silent still wakes at the expiry it estimated.)
 async fn watch_key(
     store: Store,
     key: String,
     mut watch: kv::Watch,
+    mut writes: async_nats::Subscriber,
     client: async_nats::Client,
     released: Arc<Notify>,
     watching: Arc<AtomicBool>,
@@ -453,8 +552,17 @@ async fn watch_key(
     let mut check = tokio::time::interval(WATCH_CHECK_INTERVAL);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stale = false;
+    let mut writes_open = true;
     loop {
         tokio::select! {
+            message = writes.next(), if writes_open => match message {
+                Some(message) => {
+                    if is_delete(&message) {
+                        released.notify_one();
+                    }
+                }
+                None => writes_open = false,
+            },
             entry = watch.next(), if !stale => match entry {
                 Some(Ok(entry)) => {
                     watching.store(true, Ordering::Relaxed);
@@ -538,13 +646,13 @@ impl Backend for NatsBackend {
         Box::pin(async move {
             check_server_version(&self.js.client())?;
             let (store, expiry) = tokio::time::timeout(
-                crate::START_CONNECT_TIMEOUT,
-                Self::open_bucket(&self.js, &self.bucket, self.lease),
+                NATS_CONNECT_TIMEOUT,
+                Self::open_bucket_with_replicas(&self.js, &self.bucket, self.lease, self.replicas),
             )
             .await
             .map_err(|_| Error::Timeout {
                 operation: "prepare",
-                after: crate::START_CONNECT_TIMEOUT,
+                after: NATS_CONNECT_TIMEOUT,
             })??;
             // Watch the key so that a release (a delete) or, with limit markers, an expiry (the server's
             // marker) wakes the followers at once.
@@ -552,11 +660,23 @@ impl Backend for NatsBackend {
                 .watch(&self.key)
                 .await
                 .map_err(|e| store_error("watch", e))?;
+            let subject = format!(
+                "{}{}",
+                store.put_prefix.as_deref().unwrap_or(&store.prefix),
+                self.key
+            );
+            let writes = self
+                .js
+                .client()
+                .subscribe(subject)
+                .await
+                .map_err(|e| store_error("watch", e))?;
             self.watching.store(true, Ordering::Relaxed);
             let watcher = tokio::spawn(watch_key(
                 store.clone(),
                 self.key.clone(),
                 watch,
+                writes,
                 self.js.client(),
                 self.released.clone(),
                 self.watching.clone(),
@@ -687,8 +807,9 @@ impl Backend for NatsBackend {
     }
 
     /// True while the key watch runs and the client is connected, on a bucket whose server writes a
-    /// marker when a key expires: then the watch reports releases and expiries alike, and followers need
-    /// not poll. Without markers (`max_age` mode) the followers keep polling.
+    /// marker when a key expires: then the watch reports releases and expiries alike (releases also come
+    /// through a subscription to the key's subject, see [`watch_key`]), and followers need not poll.
+    /// Without markers (`max_age` mode) the followers keep polling.
     fn wakes_on_release(&self) -> bool {
         matches!(self.expiry(), Some(Expiry::KeyTtl { markers: true, .. }))
             && self.watching.load(Ordering::Relaxed)

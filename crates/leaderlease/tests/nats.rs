@@ -316,6 +316,129 @@ async fn release_is_seen_through_the_watch_not_the_next_poll() {
     f.shutdown().await.unwrap();
 }
 
+/// A follower's watch can go silent while its client stays connected: its consumer lives on one server
+/// (in a cluster, a server the client is not connected to may die with it), and the client only notices
+/// after missed idle heartbeats, 10 s later. A release must still reach the follower at once, not at the
+/// lease's expiry. Here the consumers of the bucket's stream are deleted, as a dead server takes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_is_seen_at_once_when_the_watch_consumer_is_gone() {
+    let b = Bucket::new("ll_lostwatch");
+    // Followers would wait 6 s for the expiry: a handover much faster than that is not the expiry.
+    let slow = || {
+        Elector::builder()
+            .with_lease_duration(Duration::from_secs(6))
+            .with_renewal_interval(Duration::from_secs(4))
+            .with_jitter_range(Duration::from_millis(200))
+    };
+    let a = b.start(slow().with_instance_id("a")).await;
+    wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
+    let f = b.start(slow().with_instance_id("f")).await;
+    wait_until(Duration::from_secs(3), "f to see a", || {
+        f.leader().is_some()
+    })
+    .await;
+    let stream = b
+        .js()
+        .await
+        .get_stream(format!("KV_{}", b.name))
+        .await
+        .unwrap();
+    let names: Vec<String> = {
+        use futures_util::StreamExt;
+        stream
+            .consumer_names()
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(!names.is_empty(), "the watches have consumers");
+    for name in &names {
+        stream.delete_consumer(name).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let term_a = a.term().unwrap();
+    let released = Instant::now();
+    a.release().await.unwrap();
+    wait_until(Duration::from_secs(8), "f to take over", || f.is_leader()).await;
+    let took = released.elapsed();
+    assert!(
+        took < Duration::from_millis(1000),
+        "handover took {took:?} with the watch's consumer gone"
+    );
+    assert!(f.term().unwrap() > term_a);
+    a.shutdown().await.unwrap();
+    f.shutdown().await.unwrap();
+}
+
+/// While its watch works, a follower does not poll: it reads the key about once per lease (at the expiry
+/// it saw), not at every renewal interval. Counted on the server's side: a client of the test listens on
+/// the subjects of the bucket's read requests (direct gets and message gets), which reach every subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_does_not_poll_while_its_watch_works() {
+    let b = Bucket::new("ll_nopoll");
+    // Lease (and key TTL) 4 s, renewal every 300 ms: a follower polling at the renewal interval would read
+    // the key about 20 times in the 6 s counted (twice per attempt), one waiting for the expiry 2 or 3 times.
+    let timing = || {
+        Elector::builder()
+            .with_lease_duration(Duration::from_secs(4))
+            .with_renewal_interval(Duration::from_millis(300))
+            .with_jitter_range(Duration::from_millis(100))
+    };
+    let a = b.start(timing().with_instance_id("a")).await;
+    wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
+    let f = b.start(timing().with_instance_id("f")).await;
+    wait_until(Duration::from_secs(3), "f to see a", || {
+        f.leader().is_some()
+    })
+    .await;
+    let client = async_nats::connect(&b.url).await.unwrap();
+    let mut subs = Vec::new();
+    for subject in [
+        format!("$JS.API.DIRECT.GET.KV_{}", b.name),
+        format!("$JS.API.DIRECT.GET.KV_{}.>", b.name),
+        format!("$JS.API.STREAM.MSG.GET.KV_{}", b.name),
+    ] {
+        subs.push(client.subscribe(subject).await.unwrap());
+    }
+    client.flush().await.unwrap();
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counters: Vec<_> = subs
+        .into_iter()
+        .map(|mut sub| {
+            let reads = reads.clone();
+            tokio::spawn(async move {
+                use futures_util::StreamExt;
+                while sub.next().await.is_some() {
+                    reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    // The listener sees requests: check it on one read of the test's own.
+    let own = b.js().await.get_key_value(&b.name).await.unwrap();
+    own.entry("lock-1").await.unwrap();
+    wait_until(Duration::from_secs(2), "the listener to see a read", || {
+        reads.load(std::sync::atomic::Ordering::Relaxed) >= 1
+    })
+    .await;
+    reads.store(0, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let n = reads.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("the follower read the key {n} times in 6 s (renewal interval 300 ms, lease 4 s)");
+    assert!(a.is_leader() && !f.is_leader(), "the leadership changed");
+    assert!(
+        n <= 10,
+        "the follower read the key {n} times in 6 s: it polls while its watch works"
+    );
+    for c in counters {
+        c.abort();
+    }
+    a.shutdown().await.unwrap();
+    f.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_write_to_the_key_ends_leadership_and_never_gives_two_leaders() {
     let b = Bucket::new("ll_conflict");
@@ -645,4 +768,34 @@ async fn a_server_older_than_2_10_is_refused_at_start_naming_its_version() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "ERR_UNSUPPORTED_SERVER", "{err}");
+}
+
+/// No server at the address: a typed error of its own (not the PostgreSQL one) that names the address and
+/// keeps the client's error as its source.
+#[tokio::test]
+async fn no_server_at_the_address_is_store_unreachable_with_the_clients_error() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let err = fast()
+        .connect_nats(&url, "ll_nowhere")
+        .await
+        .expect_err("no server there");
+    assert_eq!(err.code(), "ERR_STORE_UNREACHABLE", "{err}");
+    assert!(err.to_string().contains(&url), "{err}");
+    let source = std::error::Error::source(&err).expect("the client's error");
+    assert!(
+        source.downcast_ref::<async_nats::ConnectError>().is_some(),
+        "source: {source:?}"
+    );
+    // An address that does not parse names itself too.
+    let err = fast()
+        .connect_nats(&format!("{url},nats://[bad"), "ll_nowhere")
+        .await
+        .expect_err("a bad address");
+    assert_eq!(err.code(), "ERR_STORE_UNREACHABLE", "{err}");
+    assert!(err.to_string().contains("nats://[bad"), "{err}");
 }

@@ -379,7 +379,7 @@ fn copy_error(e: &Error) -> Error {
         },
         other => Error::Store {
             operation: "batch",
-            message: other.to_string(),
+            source: other.to_string().into(),
         },
     }
 }
