@@ -152,8 +152,9 @@ export async function pack(): Promise<Packed> {
 
 /**
  * A fresh app outside the repository with the tarballs and `deps` installed; `close()` removes it. The
- * platform packages (the addon's and the command line's) are installed from their tarballs, as npm would take it from the registry as the package's
- * optional dependency (the other platforms' packages are skipped, as for a user).
+ * platform packages (the addon's and the command line's) are installed from their tarballs, as npm would
+ * take them from the registry as the package's optional dependencies (the other platforms' packages are
+ * skipped, as for a user).
  */
 export async function installApp(packed: Packed, deps: string[]): Promise<{ dir: string; close(): void }> {
   const dir = mkdtempSync(join(tmpdir(), 'leaderlease-app-'));
