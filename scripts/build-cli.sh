@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the `leaderlease` command line (the Rust crate with the cargo feature `cli`) and puts it next
-# to the addon as native/leaderlease-<platform>, the file that dist/cli.js (`npx leaderlease`)
-# runs. One implementation: the same binary `cargo install leaderlease --features cli` gives.
+# to the addon as native/leaderlease-<platform>, the file that dist/cli.js (`npx leaderlease`) runs in
+# a checkout (scripts/stage-platform.sh cli-<platform> puts it into its package, leaderlease-cli-<platform>).
+# One implementation: the same binary `cargo install leaderlease --features cli` gives.
 #   bash scripts/build-cli.sh [release|release-fast|dev]   (default release)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -2,8 +2,8 @@
 # npm's `prepare` step. npm runs it after `npm install` (no arguments) in a checkout and before
 # `npm pack` / `npm publish`, never when the package is installed from the registry or from a tarball:
 # those ship the compiled TypeScript (dist/) and the loader (native/index.js), and the prebuilt addon and
-# command line come in the platform package that fits (npm/<platform>/, an optional dependency), so an
-# install needs no Rust.
+# command line come in the platform packages that fit (npm/<platform>/ and, on Linux, npm/cli-<platform>/,
+# optional dependencies), so an install needs no Rust.
 #   npm install / npm ci: compiles the TypeScript and builds the addon from source with the
 #     `release-fast` profile, the one scripts/test-node.sh uses (so `npm install && npm test` builds once).
 #     Without cargo it warns and goes on: everything but the addon still works (typecheck, docs).

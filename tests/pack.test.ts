@@ -1,6 +1,6 @@
 // The published packages, end to end: `npm pack` in this checkout (the package, which ships no binary)
-// and of this machine's platform package (npm/<platform>/ with the addon and the command line), both
-// installed into a fresh NestJS 12 app outside the repository with no Rust toolchain on PATH, then a
+// and of this machine's platform packages (npm/<platform>/ with the addon, npm/cli-<platform>/ with the
+// command line), all installed into a fresh NestJS 12 app outside the repository with no Rust toolchain on PATH, then a
 // CommonJS Nest app that elects a leader through TypeORM, an ES module that imports the named exports,
 // and a type check of the shipped `.d.ts` files.
 import assert from 'node:assert/strict';
@@ -14,9 +14,11 @@ import { DATABASE_URL, dropSchema, randomSchema } from './helpers.js';
 import { HOST_PLATFORM, packPlatform } from './packed-app.js';
 
 const REPO = resolve(__dirname, '..');
-/** The platform package and what it ships: the addon, and the command line (scripts/build-cli.sh) that dist/cli.js (ts/cli.ts) runs. */
+/** The platform package and what it ships: the addon. */
 const PLATFORM_PACKAGE = `leaderlease-${HOST_PLATFORM}`;
 const ADDON = `leaderlease.${HOST_PLATFORM}.node`;
+/** The command line's package and what it ships: the binary (scripts/build-cli.sh) that dist/cli.js (ts/cli.ts) runs. */
+const CLI_PACKAGE = `leaderlease-cli-${HOST_PLATFORM}`;
 const CLI = 'leaderlease';
 
 interface Run {
@@ -257,7 +259,9 @@ test('the npm tarball installs into a fresh NestJS app with no Rust toolchain an
     const tarball = join(packDir, info.filename);
     assert.ok(existsSync(tarball), `no ${tarball}`);
     const platform = await packPlatform(packDir);
-    assert.deepEqual(platform.files.sort(), ['README.md', CLI, ADDON, 'package.json'].sort());
+    assert.deepEqual(platform.files.sort(), ['README.md', ADDON, 'package.json'].sort());
+    const cliPlatform = await packPlatform(packDir, `cli-${HOST_PLATFORM}`);
+    assert.deepEqual(cliPlatform.files.sort(), ['README.md', CLI, 'package.json'].sort());
     lap('packed');
 
     // 2. A fresh app outside the repository, installed with no cargo/rustc reachable.
@@ -275,6 +279,7 @@ test('the npm tarball installs into a fresh NestJS app with no Rust toolchain an
         '--prefer-offline',
         tarball,
         platform.tarball,
+        cliPlatform.tarball,
         '@nestjs/common@^12',
         '@nestjs/core@^12',
         '@nestjs/typeorm@^12',
@@ -288,15 +293,25 @@ test('the npm tarball installs into a fresh NestJS app with no Rust toolchain an
       150_000,
     );
     assert.ok(existsSync(join(appDir, 'node_modules', PLATFORM_PACKAGE, ADDON)), 'the addon was not installed');
+    assert.ok(existsSync(join(appDir, 'node_modules', CLI_PACKAGE, CLI)), 'the command line was not installed');
     // The package records the platform packages as optional dependencies (the generated loader requires them).
     const manifest = require(join(appDir, 'node_modules/leaderlease/package.json')) as {
       version: string;
       optionalDependencies?: Record<string, string>;
     };
     assert.equal(manifest.optionalDependencies?.[PLATFORM_PACKAGE], manifest.version);
-    // `npx leaderlease`: the bin runs the Rust command line shipped in the tarball.
+    assert.equal(manifest.optionalDependencies?.[CLI_PACKAGE], manifest.version);
+    // `npx leaderlease`: the bin runs the Rust command line of the installed leaderlease-cli-<platform>.
     const version = await ok('leaderlease --version', join(appDir, 'node_modules/.bin/leaderlease'), ['--version'], appDir, env, 30_000);
     assert.match(version.stdout, /^leaderlease \d+\.\d+\.\d+/, describe('leaderlease --version', version));
+    // ... and its commands: migrate, run (the exit status passed through, the lease released), status.
+    const bin = join(appDir, 'node_modules/.bin/leaderlease');
+    const where = ['--url', DATABASE_URL, '--schema', schema];
+    await ok('leaderlease migrate up', bin, ['migrate', 'up', ...where], appDir, env, 30_000);
+    const ran = await run(bin, ['run', ...where, '--lock-id', '5', '--lease', '2s', '--', 'sh', '-c', 'exit 6'], appDir, env, 30_000);
+    assert.equal(ran.code, 6, describe('leaderlease run', ran));
+    const status = await ok('leaderlease status', bin, ['status', ...where, '--json'], appDir, env, 30_000);
+    assert.deepEqual((JSON.parse(status.stdout) as { leases: unknown[] }).leases, [], describe('leaderlease status', status));
     lap('installed');
 
     // 3. CommonJS: the Nest app elects itself through TypeORM, closes, and exits by itself.

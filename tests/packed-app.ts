@@ -88,9 +88,10 @@ function pathWithoutRust(shimDir: string): string {
 export const HOST_PLATFORM = currentPlatform().tag;
 
 /**
- * The platform package for this machine as `napi prepublish` would publish it: npm/<platform>/ filled by
- * scripts/stage-platform.sh (the addon and the command line this checkout built) in a copy under `dir`,
- * then `npm pack`. Returns the tarball and the files in it.
+ * A platform package for this machine as the release publishes it: `platform` (default
+ * npm/<this platform>/, the addon) or `cli-<platform>` (npm/cli-<platform>/, the command line), filled by
+ * scripts/stage-platform.sh from what this checkout built in a copy under `dir`, then `npm pack`. Returns
+ * the tarball and the files in it.
  */
 export async function packPlatform(dir: string, platform = HOST_PLATFORM): Promise<{ tarball: string; files: string[] }> {
   const stage = join(dir, `stage-${platform}`);
@@ -104,8 +105,10 @@ export async function packPlatform(dir: string, platform = HOST_PLATFORM): Promi
 /** The tarballs of this checkout (the package and this machine's platform package) and the environment apps run in; `close()` removes both. */
 export interface Packed {
   tarball: string;
-  /** The platform package's tarball (npm/<platform>/ with the addon and the command line). */
+  /** The platform package's tarball (npm/<platform>/, the addon). */
   platformTarball: string;
+  /** The command line's package's tarball (npm/cli-<platform>/). */
+  cliTarball: string;
   files: string[];
   env: NodeJS.ProcessEnv;
   close(): void;
@@ -132,9 +135,11 @@ export async function pack(): Promise<Packed> {
     assert.ok(existsSync(tarball), `no ${tarball}`);
     const env = { ...cleanEnv(), PATH: pathWithoutRust(join(dir, 'bin')), DATABASE_URL };
     const platform = await packPlatform(dir);
+    const cli = await packPlatform(dir, `cli-${HOST_PLATFORM}`);
     return {
       tarball,
       platformTarball: platform.tarball,
+      cliTarball: cli.tarball,
       files: info.files.map((f) => f.path),
       env,
       close: () => rmSync(dir, { recursive: true, force: true }),
@@ -147,8 +152,9 @@ export async function pack(): Promise<Packed> {
 
 /**
  * A fresh app outside the repository with the tarballs and `deps` installed; `close()` removes it. The
- * platform package is installed from its tarball, as npm would take it from the registry as the package's
- * optional dependency (the other platforms' packages are skipped, as for a user).
+ * platform packages (the addon's and the command line's) are installed from their tarballs, as npm would
+ * take them from the registry as the package's optional dependencies (the other platforms' packages are
+ * skipped, as for a user).
  */
 export async function installApp(packed: Packed, deps: string[]): Promise<{ dir: string; close(): void }> {
   const dir = mkdtempSync(join(tmpdir(), 'leaderlease-app-'));
@@ -158,7 +164,7 @@ export async function installApp(packed: Packed, deps: string[]): Promise<{ dir:
     await ok(
       `npm install ${deps.join(' ')}`,
       'npm',
-      ['install', '--no-audit', '--no-fund', '--prefer-offline', packed.tarball, packed.platformTarball, ...deps],
+      ['install', '--no-audit', '--no-fund', '--prefer-offline', packed.tarball, packed.platformTarball, packed.cliTarball, ...deps],
       dir,
       packed.env,
       300_000,

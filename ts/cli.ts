@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // `npx leaderlease …`: the command line of the Rust crate (crates/leaderlease, cargo feature `cli`),
-// shipped in each platform package beside the addon (in a checkout: native/leaderlease-<platform>). Nothing is implemented here: this wrapper
+// shipped in a package of its own per Linux platform, `leaderlease-cli-<platform>` (an optional dependency
+// like the addon's `leaderlease-<platform>`; in a checkout: native/leaderlease-<platform>). Nothing is
+// implemented here: this wrapper
 // runs that binary with the same arguments and standard streams, forwards SIGTERM, SIGINT and SIGHUP to
 // it, and ends the way it ended (its exit status, or the same signal). Node cannot replace itself with
 // another program, so the wrapper stays the binary's parent: it passes its pid in LEADERLEASE_WRAPPER_PID,
@@ -14,9 +16,10 @@ import { SUPPORTED_PLATFORMS, currentPlatform } from './native.js';
 
 /**
  * The command line for this platform, found like the addon (ts/native.ts, native/index.js): next to the
- * loader in a checkout that built it (native/leaderlease-<platform>), otherwise in the platform package
- * `leaderlease-<platform>` that npm installed as an optional dependency (its file `leaderlease`, on
- * Windows `leaderlease.exe`, should one be built there).
+ * loader in a checkout that built it (native/leaderlease-<platform>), otherwise in the package
+ * `leaderlease-cli-<platform>` that npm installed as an optional dependency (its file `leaderlease`, on
+ * Windows `leaderlease.exe`, should one be built there). It is not in the addon's package
+ * `leaderlease-<platform>`, so that each package stays small (README "Platforms").
  */
 function findBinary(tag: string): { binary: string | null; looked: string[] } {
   const exe = process.platform === 'win32' ? '.exe' : '';
@@ -24,12 +27,12 @@ function findBinary(tag: string): { binary: string | null; looked: string[] } {
   const looked = [local];
   if (existsSync(local)) return { binary: local, looked };
   try {
-    const pkg = dirname(require.resolve(`leaderlease-${tag}/package.json`));
+    const pkg = dirname(require.resolve(`leaderlease-cli-${tag}/package.json`));
     const inPackage = join(pkg, `leaderlease${exe}`);
     looked.push(inPackage);
     if (existsSync(inPackage)) return { binary: inPackage, looked };
   } catch {
-    looked.push(`package leaderlease-${tag} (not installed)`);
+    looked.push(`package leaderlease-cli-${tag} (not installed)`);
   }
   return { binary: null, looked };
 }
@@ -43,7 +46,7 @@ if (located === null) {
   process.stderr.write(
     (supported.includes(found.tag)
       ? `leaderlease: no command-line binary for ${where}: looked in ${looked.join(', ')}. npm installs ` +
-        `leaderlease-${found.tag} as an optional dependency: install without --omit=optional.`
+        `leaderlease-cli-${found.tag} as an optional dependency: install without --omit=optional.`
       : `leaderlease: no prebuilt command line for ${where}. Prebuilt for: ${supported.join(', ')}.`) +
       ' Or build it from source: `cargo install leaderlease --features cli`.\n',
   );

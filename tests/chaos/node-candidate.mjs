@@ -35,6 +35,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
+import { parseArgs } from 'node:util';
 import readline from 'node:readline';
 import { createRequire } from 'node:module';
 
@@ -44,11 +45,20 @@ const SLOT_LEN = 256;
 const START_DEADLINE_MS = 120_000;
 const RETRYABLE = new Set(['ERR_DATABASE_UNREACHABLE', 'ERR_TIMEOUT', 'ERR_DATABASE', 'ERR_STORE']);
 
-function parseArgs(argv) {
-  const get = (name) => {
-    const i = argv.indexOf(name);
-    return i >= 0 && i + 1 < argv.length ? argv[i + 1] : undefined;
-  };
+function parseCandidateArgs(argv) {
+  const str = { type: 'string' };
+  // Strict: every option the harness passes (tests/chaos/harness.mjs, spawnCandidate) is declared here;
+  // anything else is an error.
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      id: str, url: str, dir: str, t0: str, 'lock-id': str, schema: str, lease: str, renewal: str, jitter: str,
+      'safety-margin': str, 'operation-timeout': str, 'max-event-loop-stall': str, store: str, bucket: str,
+      package: str, elections: str, answer: str,
+    },
+  });
+  const get = (name) => values[name.slice(2)];
   const need = (name) => {
     const v = get(name);
     if (v === undefined) throw new Error(`missing ${name}`);
@@ -86,7 +96,7 @@ function parseArgs(argv) {
 
 let args;
 try {
-  args = parseArgs(process.argv.slice(2));
+  args = parseCandidateArgs(process.argv.slice(2));
 } catch (err) {
   process.stderr.write(`node-candidate: ${err.message}\n`);
   process.exit(2);
