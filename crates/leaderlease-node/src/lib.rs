@@ -570,6 +570,37 @@ fn event_sink(on_event: Option<EventCallback>) -> Option<Arc<EventSink>> {
     }))
 }
 
+/// What the factories (`connect`, `connectPg`, `connectNats`) build before they connect.
+struct Prepared {
+    config: ElectorConfig,
+    heartbeat: Option<Arc<Heartbeat>>,
+    events: Option<Arc<EventSink>>,
+}
+
+/// The part the factories share: the sink of `on_event` (and its forwarding task), the config from
+/// `options` (a typed error naming the JavaScript field), the sink's lock id and instance id, and the
+/// first beat of the event loop heartbeat, if on.
+fn prepare(options: Option<ElectorOptions>, on_event: Option<EventCallback>) -> Result<Prepared> {
+    let events = event_sink(on_event);
+    let (config, heartbeat) = options
+        .unwrap_or_default()
+        .into_config(events.clone())
+        .map_err(|e| to_js(e.into()))?;
+    if let Some(sink) = &events {
+        let _ = sink
+            .identity
+            .set((config.lock_id(), config.instance_id().to_owned()));
+    }
+    if let Some(h) = &heartbeat {
+        h.beat();
+    }
+    Ok(Prepared {
+        config,
+        heartbeat,
+        events,
+    })
+}
+
 /// Whether the elector can reach its store (see `Elector.storeHealth()`).
 #[napi(object)]
 #[derive(Debug)]
@@ -616,23 +647,11 @@ impl Elector {
             ThreadsafeFunction<ElectorEvent, (), ElectorEvent, NapiStatus, false, true>,
         >,
     ) -> Result<Self> {
-        let events = event_sink(on_event);
-        let (config, heartbeat) = options
-            .unwrap_or_default()
-            .into_config(events.clone())
-            .map_err(|e| to_js(e.into()))?;
-        if let Some(sink) = &events {
-            let _ = sink
-                .identity
-                .set((config.lock_id(), config.instance_id().to_owned()));
-        }
-        if let Some(h) = &heartbeat {
-            h.beat();
-        }
-        let inner = leaderlease::Elector::connect_shared(&url, config)
+        let p = prepare(options, on_event)?;
+        let inner = leaderlease::Elector::connect_shared(&url, p.config)
             .await
             .map_err(to_js)?;
-        Ok(Self::new(inner, heartbeat, events))
+        Ok(Self::new(inner, p.heartbeat, p.events))
     }
 
     /// Like `connect`, with the connection given field by field (a TypeORM DataSource's settings, TLS
@@ -647,23 +666,11 @@ impl Elector {
         >,
     ) -> Result<Self> {
         let settings = connection.into_settings().map_err(|e| to_js(e.into()))?;
-        let events = event_sink(on_event);
-        let (config, heartbeat) = options
-            .unwrap_or_default()
-            .into_config(events.clone())
-            .map_err(|e| to_js(e.into()))?;
-        if let Some(sink) = &events {
-            let _ = sink
-                .identity
-                .set((config.lock_id(), config.instance_id().to_owned()));
-        }
-        if let Some(h) = &heartbeat {
-            h.beat();
-        }
-        let inner = leaderlease::Elector::connect_shared_settings(&settings, config)
+        let p = prepare(options, on_event)?;
+        let inner = leaderlease::Elector::connect_shared_settings(&settings, p.config)
             .await
             .map_err(to_js)?;
-        Ok(Self::new(inner, heartbeat, events))
+        Ok(Self::new(inner, p.heartbeat, p.events))
     }
 
     /// Connects to NATS at `url` (e.g. `nats://127.0.0.1:4222`, or several servers separated by commas)
@@ -679,27 +686,15 @@ impl Elector {
             ThreadsafeFunction<ElectorEvent, (), ElectorEvent, NapiStatus, false, true>,
         >,
     ) -> Result<Self> {
-        let events = event_sink(on_event);
-        let (config, heartbeat) = options
-            .unwrap_or_default()
-            .into_config(events.clone())
-            .map_err(|e| to_js(e.into()))?;
-        if let Some(sink) = &events {
-            let _ = sink
-                .identity
-                .set((config.lock_id(), config.instance_id().to_owned()));
-        }
-        if let Some(h) = &heartbeat {
-            h.beat();
-        }
+        let p = prepare(options, on_event)?;
         let bucket = bucket.unwrap_or_else(|| leaderlease::nats::DEFAULT_BUCKET.to_owned());
-        let backend = leaderlease::NatsBackend::connect(&url, &bucket, &config)
+        let backend = leaderlease::NatsBackend::connect(&url, &bucket, &p.config)
             .await
             .map_err(to_js)?;
-        let inner = leaderlease::Elector::start(backend, config)
+        let inner = leaderlease::Elector::start(backend, p.config)
             .await
             .map_err(to_js)?;
-        Ok(Self::new(inner, heartbeat, events))
+        Ok(Self::new(inner, p.heartbeat, p.events))
     }
 
     /// True only while this node holds an unexpired lease (local deadline included). No database
