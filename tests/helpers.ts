@@ -69,6 +69,17 @@ export async function runScript(script: string): Promise<Record<string, unknown>
 }
 
 /**
+ * Closes `socket` with a TCP reset (RST), as a network fault would, or with a plain close when its write
+ * side has already ended. Node 20's `resetAndDestroy()` on a socket whose shutdown (FIN, after `end()`, as
+ * `pipe()` does when the other side ends) is still in flight leaks the handle: libuv refuses the reset
+ * (EINVAL while shutting), Node marks the handle closing anyway, and the process then never exits (it
+ * spins at exit waiting for that handle). Seen as tests/logs.test.ts hanging after all its tests passed.
+ */
+export function resetSocket(socket: Socket): void {
+  socket.resetAndDestroy();
+}
+
+/**
  * A TCP proxy on 127.0.0.1 in front of `target` (host:port) that a test can cut: `cut()` resets every
  * connection and every new one until `heal()`. What an elector sees when its database's network goes.
  */
@@ -85,7 +96,7 @@ export class CuttableProxy {
 
   async listen(): Promise<this> {
     this.#server = createServer((client) => {
-      if (this.#cut) return client.resetAndDestroy();
+      if (this.#cut) return resetSocket(client);
       const upstream = connect(this.targetPort, this.targetHost);
       for (const s of [client, upstream]) {
         this.#sockets.add(s);
@@ -112,7 +123,7 @@ export class CuttableProxy {
 
   cut(): void {
     this.#cut = true;
-    for (const s of this.#sockets) s.resetAndDestroy();
+    for (const s of this.#sockets) resetSocket(s);
   }
 
   heal(): void {
