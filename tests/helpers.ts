@@ -76,7 +76,8 @@ export async function runScript(script: string): Promise<Record<string, unknown>
  * spins at exit waiting for that handle). Seen as tests/logs.test.ts hanging after all its tests passed.
  */
 export function resetSocket(socket: Socket): void {
-  socket.resetAndDestroy();
+  if (socket.writableEnded) socket.destroy();
+  else socket.resetAndDestroy();
 }
 
 /**

@@ -226,8 +226,9 @@ describe('logs standalone', () => {
       const target = new URL(${JSON.stringify(DATABASE_URL)});
       const sockets = new Set();
       let cut = false;
+      const reset = (s) => (s.writableEnded ? s.destroy() : s.resetAndDestroy()); // see resetSocket in helpers
       const server = net.createServer((c) => {
-        if (cut) return c.resetAndDestroy();
+        if (cut) return reset(c);
         const u = net.connect(Number(target.port || 5432), target.hostname);
         for (const s of [c, u]) { sockets.add(s); s.on('error', () => {}); s.on('close', () => sockets.delete(s)); }
         c.pipe(u); u.pipe(c);
@@ -238,7 +239,7 @@ describe('logs standalone', () => {
         const wait = (ms) => new Promise((r) => setTimeout(r, ms));
         for (let i = 0; i < 100 && !e.amILeader(); i++) await wait(50);
         const led = e.amILeader();
-        cut = true; for (const s of sockets) s.resetAndDestroy();
+        cut = true; for (const s of sockets) reset(s);
         await wait(2500);
         cut = false;
         await e.shutdown();

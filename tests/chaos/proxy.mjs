@@ -25,6 +25,16 @@ import net from 'node:net';
 
 const END = null;
 
+/**
+ * A TCP reset (RST), or a plain close when the socket's write side has already ended: Node 20's
+ * `resetAndDestroy()` while a shutdown (FIN) is in flight leaks the handle and the process never exits
+ * (tests/helpers.ts, resetSocket).
+ */
+function resetSocket(socket) {
+  if (socket.writableEnded) socket.destroy();
+  else socket.resetAndDestroy();
+}
+
 export class Proxy {
   #targetPort;
   #server = null;
@@ -110,7 +120,7 @@ export class Proxy {
     this.stats.connections += 1;
     if (this.#mode === 'reset') {
       client.on('error', () => undefined);
-      client.resetAndDestroy();
+      resetSocket(client);
       return;
     }
     client.setNoDelay(true);
@@ -193,7 +203,7 @@ export class Proxy {
         c.toServer.length = 0;
         c.upstream.end();
         c.client.on('error', () => undefined);
-        c.client.resetAndDestroy();
+        resetSocket(c.client);
         ack.resolve({ matched: true, at, healAt: performance.now() });
       }
       return;
@@ -258,7 +268,7 @@ export class Proxy {
     for (const s of [c.client, c.upstream]) {
       if (s === null || s.destroyed) continue;
       s.on('error', () => undefined);
-      if (reset) s.resetAndDestroy();
+      if (reset) resetSocket(s);
       else s.destroy();
     }
   }
