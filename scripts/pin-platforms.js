@@ -2,7 +2,7 @@
 // Pins the platform packages as the published package's optionalDependencies: every npm/<dir>/package.json
 // of this checkout (the addons, `leaderlease-<platform>`, and on Linux the command lines,
 // `leaderlease-cli-<platform>`) at the version of the package.json it writes, so that npm installs the one
-// that fits the user's machine (README, "Platforms"; docs/platforms.md).
+// that fits the user's machine (docs/platforms.md).
 //
 // The checkout's package.json names none of them: they exist only on the registry, and npm leaves an
 // optional dependency it cannot fetch out of package-lock.json, which `npm ci` then rejects. napi-rs's

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tests the cross builds of the addon on this x86_64 machine (README, "Platforms"):
+# Tests the cross builds of the addon on this x86_64 machine (docs/platforms.md):
 #   - linux-x64-gnu: the build linked against glibc 2.17 (it replaces native/'s), under this machine's Node,
 #     running election.test;
 #   - every build: ELF checks (machine, NEEDED libraries, no interpreter, the newest GLIBC_ symbol version
