@@ -16,7 +16,7 @@
 #     private mount namespace shows musl's loader as /usr/bin/ldd), running the same tests as linux-arm64-gnu.
 # Builds with the `cross-test` profile (quick to compile, not shipped) unless --profile is given, and only
 # what is asked: `bash scripts/test-cross.sh [--profile P] [PLATFORM...|all]` (default linux-arm64-gnu,
-# the leg `npm test` runs). Needs the TypeScript built (npm run build:ts) and PostgreSQL (scripts/pg-env.sh).
+# the leg `npm run test:all` runs). Needs the TypeScript built (npm run build:ts) and PostgreSQL (scripts/pg-env.sh).
 # LEADERLEASE_CROSS_PREBUILT=1 tests the binaries already in native/ without building (release workflow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
