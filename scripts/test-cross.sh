@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tests the cross builds of the addon on this x86_64 machine (README, "Platforms"):
+# Tests the cross builds of the addon on this x86_64 machine (docs/platforms.md):
 #   - linux-x64-gnu: the build linked against glibc 2.17 (it replaces native/'s), under this machine's Node,
 #     running election.test;
 #   - every build: ELF checks (machine, NEEDED libraries, no interpreter, the newest GLIBC_ symbol version
@@ -16,7 +16,7 @@
 #     private mount namespace shows musl's loader as /usr/bin/ldd), running the same tests as linux-arm64-gnu.
 # Builds with the `cross-test` profile (quick to compile, not shipped) unless --profile is given, and only
 # what is asked: `bash scripts/test-cross.sh [--profile P] [PLATFORM...|all]` (default linux-arm64-gnu,
-# the leg `npm test` runs). Needs the TypeScript built (npm run build:ts) and PostgreSQL (scripts/pg-env.sh).
+# the leg `npm run test:all` runs). Needs the TypeScript built (npm run build:ts) and PostgreSQL (scripts/pg-env.sh).
 # LEADERLEASE_CROSS_PREBUILT=1 tests the binaries already in native/ without building (release workflow).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,5 @@
-// The published packages, end to end: `npm pack` in this checkout (the package, which ships no binary)
+// The published packages, end to end: `npm pack` in this checkout (the package, which ships no binary,
+// with the platform packages pinned as the release pins them)
 // and of this machine's platform packages (npm/<platform>/ with the addon, npm/cli-<platform>/ with the
 // command line), all installed into a fresh NestJS 12 app outside the repository with no Rust toolchain on PATH, then a
 // CommonJS Nest app that elects a leader through TypeORM, an ES module that imports the named exports,
@@ -11,7 +12,7 @@ import { delimiter, join, resolve, sep } from 'node:path';
 import { test } from 'node:test';
 
 import { DATABASE_URL, dropSchema, randomSchema } from './helpers.js';
-import { HOST_PLATFORM, packPlatform } from './packed-app.js';
+import { HOST_PLATFORM, packPackage, packPlatform } from './packed-app.js';
 
 const REPO = resolve(__dirname, '..');
 /** The platform package and what it ships: the addon. */
@@ -234,19 +235,9 @@ test('the npm tarball installs into a fresh NestJS app with no Rust toolchain an
   try {
     assert.ok(!appDir.startsWith(REPO + sep), 'the app must live outside the repository');
 
-    // 1. The tarball, from what scripts/test-node.sh built (LEADERLEASE_SKIP_BUILD: no rebuild here).
-    const packed = await ok(
-      'npm pack',
-      'npm',
-      ['pack', '--json', '--pack-destination', packDir],
-      REPO,
-      { ...cleanEnv(), LEADERLEASE_SKIP_BUILD: '1' },
-      120_000,
-    );
-    const json = packed.stdout.slice(packed.stdout.indexOf('['));
-    const [info] = JSON.parse(json) as { filename: string; files: { path: string }[] }[];
-    assert.ok(info, 'npm pack reported no tarball');
-    const files = info.files.map((f) => f.path);
+    // 1. The tarball as published (the platform packages pinned as optionalDependencies), from what
+    // scripts/test-node.sh built (LEADERLEASE_SKIP_BUILD: no rebuild here).
+    const { tarball, files } = await packPackage(packDir);
     const required = ['package.json', 'dist/index.js', 'dist/index.d.ts', 'native/index.js', 'native/index.d.ts'];
     for (const f of [...required, 'dist/cli.js', 'dist/native.js']) {
       assert.ok(files.includes(f), `the tarball lacks ${f}: ${files.join(', ')}`);
@@ -256,8 +247,6 @@ test('the npm tarball installs into a fresh NestJS app with no Rust toolchain an
       // The binaries are in the platform packages, not here.
       assert.ok(!/\.node$|^native\/leaderlease-/.test(f), `the tarball has the binary ${f}`);
     }
-    const tarball = join(packDir, info.filename);
-    assert.ok(existsSync(tarball), `no ${tarball}`);
     const platform = await packPlatform(packDir);
     assert.deepEqual(platform.files.sort(), ['README.md', ADDON, 'package.json'].sort());
     const cliPlatform = await packPlatform(packDir, `cli-${HOST_PLATFORM}`);

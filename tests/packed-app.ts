@@ -114,25 +114,52 @@ export interface Packed {
   close(): void;
 }
 
-/** `npm pack` of this checkout, from what is built (LEADERLEASE_SKIP_BUILD: no rebuild here). */
+/**
+ * The package's tarball as the release publishes it: `npm pack` of this checkout, from what is built
+ * (LEADERLEASE_SKIP_BUILD: no rebuild here; the `prepare` step checks that the build is there), with the
+ * platform packages pinned as optionalDependencies by scripts/pin-platforms.js, as the release workflow
+ * does before `npm publish`. The tarball goes into `dir`; returns it and the files in it.
+ */
+export async function packPackage(dir: string): Promise<{ tarball: string; files: string[] }> {
+  const raw = join(dir, 'unpinned');
+  mkdirSync(raw);
+  const packed = await ok(
+    'npm pack',
+    'npm',
+    ['pack', '--json', '--pack-destination', raw],
+    REPO,
+    { ...cleanEnv(), LEADERLEASE_SKIP_BUILD: '1' },
+    120_000,
+  );
+  const [first] = JSON.parse(packed.stdout.slice(packed.stdout.indexOf('['))) as { filename: string }[];
+  assert.ok(first, 'npm pack reported no tarball');
+  await ok('tar -x', 'tar', ['-xzf', join(raw, first.filename), '-C', raw], raw, cleanEnv(), 60_000);
+  const unpacked = join(raw, 'package');
+  await ok('pin-platforms.js', process.execPath, [join(REPO, 'scripts/pin-platforms.js'), unpacked], REPO, cleanEnv(), 30_000);
+  const repacked = await ok(
+    'npm pack (pinned)',
+    'npm',
+    ['pack', '--json', '--ignore-scripts', '--pack-destination', dir],
+    unpacked,
+    cleanEnv(),
+    120_000,
+  );
+  const [info] = JSON.parse(repacked.stdout.slice(repacked.stdout.indexOf('['))) as {
+    filename: string;
+    files: { path: string }[];
+  }[];
+  assert.ok(info, 'npm pack reported no tarball');
+  rmSync(raw, { recursive: true, force: true });
+  const tarball = join(dir, info.filename);
+  assert.ok(existsSync(tarball), `no ${tarball}`);
+  return { tarball, files: info.files.map((f) => f.path) };
+}
+
+/** The tarballs of this checkout as published ({@link packPackage}, {@link packPlatform}). */
 export async function pack(): Promise<Packed> {
   const dir = mkdtempSync(join(tmpdir(), 'leaderlease-pack-'));
   try {
-    const packed = await ok(
-      'npm pack',
-      'npm',
-      ['pack', '--json', '--pack-destination', dir],
-      REPO,
-      { ...cleanEnv(), LEADERLEASE_SKIP_BUILD: '1' },
-      120_000,
-    );
-    const [info] = JSON.parse(packed.stdout.slice(packed.stdout.indexOf('['))) as {
-      filename: string;
-      files: { path: string }[];
-    }[];
-    assert.ok(info, 'npm pack reported no tarball');
-    const tarball = join(dir, info.filename);
-    assert.ok(existsSync(tarball), `no ${tarball}`);
+    const { tarball, files } = await packPackage(dir);
     const env = { ...cleanEnv(), PATH: pathWithoutRust(join(dir, 'bin')), DATABASE_URL };
     const platform = await packPlatform(dir);
     const cli = await packPlatform(dir, `cli-${HOST_PLATFORM}`);
@@ -140,7 +167,7 @@ export async function pack(): Promise<Packed> {
       tarball,
       platformTarball: platform.tarball,
       cliTarball: cli.tarball,
-      files: info.files.map((f) => f.path),
+      files,
       env,
       close: () => rmSync(dir, { recursive: true, force: true }),
     };

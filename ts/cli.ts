@@ -19,7 +19,7 @@ import { SUPPORTED_PLATFORMS, currentPlatform } from './native.js';
  * loader in a checkout that built it (native/leaderlease-<platform>), otherwise in the package
  * `leaderlease-cli-<platform>` that npm installed as an optional dependency (its file `leaderlease`, on
  * Windows `leaderlease.exe`, should one be built there). It is not in the addon's package
- * `leaderlease-<platform>`, so that each package stays small (README "Platforms").
+ * `leaderlease-<platform>`, so that each package stays small (docs/platforms.md).
  */
 function findBinary(tag: string): { binary: string | null; looked: string[] } {
   const exe = process.platform === 'win32' ? '.exe' : '';

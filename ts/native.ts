@@ -2,8 +2,8 @@
 //
 // native/index.js is napi-rs's generated loader: it takes `native/leaderlease.<platform>.node` when there
 // is one (a checkout that built it), otherwise the platform package `leaderlease-<platform>`, which the
-// published package lists in `optionalDependencies` so that npm installs the one that fits (README,
-// "Platforms"). Where none loads, the loader throws a generic "Cannot find native binding" that points at
+// published package lists in `optionalDependencies` so that npm installs the one that fits
+// (docs/platforms.md). Where none loads, the loader throws a generic "Cannot find native binding" that points at
 // lock files; this module turns that into an `UnsupportedPlatformError` that says what was found, what is
 // prebuilt, what still works, and what to do.
 
@@ -86,7 +86,7 @@ export function unsupportedPlatformError(cause: unknown, found: PlatformInfo = c
     : `leaderlease: no prebuilt native addon for ${where}` +
       `${failures.length ? ` (${failures.join('; ')})` : ''}. Prebuilt for: ${list}. Use one of those ` +
       `(e.g. another base image), or build the addon from source with the Rust toolchain ` +
-      `(README, "Platforms": \`npm run build\` in a checkout).`;
+      `(docs/platforms.md: \`npm run build\` in a checkout).`;
   const rest =
     ' Without the addon these still work: upSql()/downSql(), LeaderElectionMigrationBase, the LeaderLease ' +
     "entity and the error classes (from 'leaderlease'); LeaderElectorCore, LeaderElectorModule and " +

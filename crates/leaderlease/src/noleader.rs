@@ -10,9 +10,10 @@
 //! `anyhow::Result<()>`. Underneath is an [`Elector`](crate::Elector): leadership ends at the local
 //! deadline (the lease counted from when the write was sent), never later, every leadership has a term
 //! ([`Leader::term`]), a crashed leader's key expires after the lease and is taken over at once, a
-//! released one at once too. The README's section "Switching from noleader" lists what differs.
+//! released one at once too. What differs: the section "Switching from noleader" of the repository's
+//! docs/nats.md.
 //!
-//! The README's example, compiled:
+//! That section's example, compiled:
 //!
 //! ```no_run
 //! use leaderlease::noleader::Leader;

@@ -206,12 +206,12 @@ async fn start_in_a_task_and_do_while_leader_as_in_noleader() {
     b_task.await.unwrap().unwrap();
 }
 
-/// The README's migration example is the module's compiled doc example, word for word.
+/// The migration example of docs/nats.md is the module's compiled doc example, word for word.
 #[test]
-fn the_readme_example_is_the_compiled_doc_example() {
+fn the_docs_example_is_the_compiled_doc_example() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let Ok(readme) = std::fs::read_to_string(root.join("README.md")) else {
-        eprintln!("no repository README (a packaged crate): nothing to compare");
+    let Ok(page) = std::fs::read_to_string(root.join("docs/nats.md")) else {
+        eprintln!("no repository docs/nats.md (a packaged crate): nothing to compare");
         return;
     };
     let module = std::fs::read_to_string(
@@ -230,11 +230,11 @@ fn the_readme_example_is_the_compiled_doc_example() {
         text[start..end].trim().to_owned()
     };
     let in_doc = block(&doc, "```no_run\n");
-    let in_readme = block(
-        &readme[readme
-            .find("### Switching from noleader")
+    let in_page = block(
+        &page[page
+            .find("## Switching from noleader")
             .expect("the section")..],
         "```rust\n",
     );
-    assert_eq!(in_readme, in_doc);
+    assert_eq!(in_page, in_doc);
 }
