@@ -68,7 +68,7 @@ test('a SIGKILLed wrapper: the command line stops its command and releases the l
   assert.equal(sleeping.stdout.trim(), '', 'the command outlived the command line');
 });
 
-test('three wrappers, SIGKILL and SIGSTOP of the leader in turn: a new command runs after every fault, never two at once', async () => {
+test('three wrappers, SIGKILL and SIGSTOP of the leader in turn: a new command runs after every fault, never two at once', async (t) => {
   // The npm bin stays the parent of the native command line (Node cannot exec), so a SIGSTOP of
   // `npx leaderlease run` stops only the wrapper: the command line under it must step down as if it had
   // been stopped itself, and its command must be stopped before anyone else's starts.
@@ -117,15 +117,15 @@ test('three wrappers, SIGKILL and SIGSTOP of the leader in turn: a new command r
       for (const sig of ['SIGKILL', 'SIGSTOP'] as const) {
         await sleep(500);
         const w = wrappers.find((x) => x.id === leader.id)!;
-        const t = Date.now();
+        const at = Date.now();
         w.child.kill(sig);
         faults.push(`${sig} ${w.id}`);
         if (sig === 'SIGKILL') start();
         leader = await next(pids(), `${sig} of the leading wrapper ${w.id} (faults: ${faults.join(', ')})`, 6_000);
-        faults[faults.length - 1] += ` -> ${leader.id} after ${Date.now() - t} ms`;
+        faults[faults.length - 1] += ` -> ${leader.id} after ${Date.now() - at} ms`;
         if (sig === 'SIGSTOP') {
           // Stopped past its lease, then continued: it must not run its old command again.
-          await sleep(Math.max(0, 2_500 - (Date.now() - t)));
+          await sleep(Math.max(0, 2_500 - (Date.now() - at)));
           w.child.kill('SIGCONT');
         }
       }
@@ -141,6 +141,7 @@ test('three wrappers, SIGKILL and SIGSTOP of the leader in turn: a new command r
       assert.ok(spans[i - 1]![1] < spans[i]![0], `commands ${i} and ${i + 1} overlap (faults: ${faults.join(', ')})`);
     }
     assert.ok(spans.length >= 5, `${spans.length} commands for 4 faults`);
+    t.diagnostic(faults.join('; '));
   } finally {
     for (const w of wrappers) {
       w.child.kill('SIGCONT');
