@@ -55,6 +55,8 @@ pub const KILL_LEAD: Duration = Duration::from_millis(20);
 pub const EXIT_LOST: u8 = 75;
 /// How often the state of the npm wrapper (this process's parent) is looked at.
 pub const WRAPPER_POLL: Duration = Duration::from_millis(20);
+/// Time between two attempts to join the election again after a pause of the wrapper.
+const REJOIN_RETRY: Duration = Duration::from_millis(250);
 /// The longest default `--grace`.
 const MAX_DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
@@ -283,6 +285,8 @@ pub async fn main(a: RunArgs) -> ExitCode {
         }
     };
     let wrapper = Wrapper::from_env();
+    // After a pause the election is joined again; the store may be unreachable then for a while.
+    let mut rejoining = false;
     loop {
         if let Some(w) = &wrapper
             && w.is_stopped()
@@ -302,9 +306,17 @@ pub async fn main(a: RunArgs) -> ExitCode {
             _ = wrapper_stopped(wrapper.as_ref()) => continue,
             r = Elector::connect(&a.db.url, config.clone()) => match r {
                 Ok(e) => e,
+                Err(e) if rejoining && transient(&e) => {
+                    warn!(error = %e, "cannot join the election again yet: retrying");
+                    tokio::select! {
+                        sig = stops.recv() => return ExitCode::from(128 + sig),
+                        _ = tokio::time::sleep(REJOIN_RETRY) => continue,
+                    }
+                }
                 Err(e) => return crate::fail("run", &e),
             },
         };
+        rejoining = true;
         let outcome = campaign(&a, &elector, grace, &mut stops, wrapper.as_ref()).await;
         // Releases the lease if this node still holds it: the command has ended by now.
         if let Err(e) = elector.shutdown().await {
@@ -372,6 +384,15 @@ async fn campaign(
             End::Failed => return Campaign::Exit(ExitCode::FAILURE),
         }
     }
+}
+
+/// Whether joining the election may succeed if tried again shortly (the store restarting, cut off, slow).
+fn transient(e: &leaderlease::Error) -> bool {
+    use leaderlease::Error as E;
+    matches!(
+        e,
+        E::Unreachable { .. } | E::Timeout { .. } | E::Database { .. } | E::Store { .. }
+    )
 }
 
 /// Waits until this node leads with a deadline still ahead.
@@ -510,7 +531,10 @@ async fn run_once(
             }
             s = watchdog.wait(), if watchdog_status.is_none() => {
                 let code = s.as_ref().ok().and_then(|s| s.code());
-                if code != Some(EXIT_DEADLINE.into()) {
+                let asked = lost || paused || stop_signal.is_some();
+                if asked && code == Some(0) {
+                    debug!("the watchdog has stopped the command's process group");
+                } else if code != Some(EXIT_DEADLINE.into()) {
                     warn!(status = ?s, "the watchdog ended unexpectedly: killing the command");
                 }
                 // The watchdog has sent SIGKILL (or is gone): make sure, and count it as a loss.
