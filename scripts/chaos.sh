@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The chaos checker (docs/chaos.md): Node, Rust and Nest candidate processes for several lock ids on a
+# The chaos checker (docs/chaos.md): Node, Rust, Nest and command-line (`leaderlease run`) candidate processes for several lock ids on a
 # throwaway PostgreSQL, then on a throwaway NATS server, of their own; faults injected at random (SIGKILL,
 # SIGSTOP, pg_terminate_backend, server restarts, a DOWN+UP migration, latency, partitions, lost NATS
 # acknowledgements, a wedged event loop, graceful restarts, voluntary handovers), then a check of every
@@ -27,6 +27,12 @@ if [ -z "$addon" ] || newer_source "$addon" crates/leaderlease/src crates/leader
     crates/leaderlease/Cargo.toml crates/leaderlease-node/Cargo.toml Cargo.lock migrations; then
   echo "chaos: building the addon (npm run build:fast)" >&2
   npm run --silent build:fast
+fi
+# The command line of the CLI candidates (native/leaderlease-<platform>, which dist/cli.js runs).
+cli=$(ls native/leaderlease-linux-* 2>/dev/null | head -n 1 || true)
+if [ -z "$cli" ] || newer_source "$cli" crates/leaderlease/src crates/leaderlease/Cargo.toml Cargo.lock migrations; then
+  echo "chaos: building the command line (bash scripts/build-cli.sh release-fast)" >&2
+  bash scripts/build-cli.sh release-fast
 fi
 if [ ! -f dist/index.js ] || newer_source dist/index.js ts; then
   echo "chaos: compiling the TypeScript (npm run build:ts)" >&2

@@ -18,11 +18,15 @@
 //             leading within the stall's bound of its start
 //   stall     a candidate whose event loop was blocked answered "leader" after the block with the term it
 //             held before it
+//   stop      a candidate SIGSTOPped while it led (a command-line candidate under the npm bin: its
+//             wrapper) that still led more than a lease after the SIGSTOP, before its SIGCONT
 //   crash     a candidate that exited unasked, with a non-zero status or a signal the harness did not
 //             send, logged a fatal line (unhandled rejection, uncaught exception), or whose stderr shows a
 //             panic, an unhandled rejection, an uncaught exception, a V8 fatal error or a segfault; a Nest
 //             candidate sent SIGTERM that did not end by that signal (Nest re-raises it after its hooks) or
-//             whose last shutdown hook did not run
+//             whose last shutdown hook did not run; a command-line candidate (`leaderlease run`) ends on
+//             SIGTERM with status 0 (its command's, as a leader) or 143 (a follower), and writes no exit
+//             record of its own (its commands write their intervals)
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -121,7 +125,9 @@ export function check(dir) {
 
     // --- Crashes.
     const killedByHarness = p.expected === 'sigkill' && p.signal === 'SIGKILL';
-    const cleanExit = p.exit_code === 0 && p.signal === null;
+    // `leaderlease run` passes its command's status through as a leader, and exits 128 + 15 as a follower.
+    const cli = p.lang === 'cli';
+    const cleanExit = (p.exit_code === 0 || (cli && p.exit_code === 143)) && p.signal === null;
     if (p.exit_code === undefined && p.signal === undefined) {
       violations.push({ kind: 'crash', text: `${p.candidate}: no exit recorded` });
     } else if (p.lang === 'nest' && p.expected === 'sigterm' && !ready && (p.signal === 'SIGTERM' || cleanExit)) {
@@ -145,7 +151,7 @@ export function check(dir) {
       });
     } else if (cleanExit && p.expected !== 'sigterm') {
       violations.push({ kind: 'crash', text: `${p.candidate} (${p.lang}) exited by itself ${at(p.exited_ns)}` });
-    } else if (cleanExit && exit === null) {
+    } else if (cleanExit && exit === null && !cli) {
       violations.push({ kind: 'crash', text: `${p.candidate} (${p.lang}) exited 0 without its exit record` });
     }
     const stderrFile = path.join(dir, `${p.candidate}.stderr`);
@@ -330,6 +336,21 @@ export function check(dir) {
     }
   }
 
+  // --- Stopped candidates: a frozen leader's lease ends at most a lease after the SIGSTOP (its last renewal
+  // was sent before it), and so must its leading. A library candidate's sampler is frozen with it; the
+  // command of a command-line candidate is a process of its own, stopped only by the command line.
+  const leaseNs = (run.settings?.lease ?? 0) * 1e6;
+  for (const f of faults.filter((x) => x.kind === 'stop' || x.signal === 'SIGSTOP')) {
+    if (leaseNs === 0 || f.heal_ns === undefined) continue;
+    for (const iv of intervals.filter((x) => x.process === f.target && x.first < f.heal_ns && x.last > f.inject_ns + leaseNs)) {
+      const tag = locks.length > 1 ? `lock ${iv.lock}: ` : '';
+      violations.push({
+        kind: 'stop',
+        text: `${tag}${iv.candidate} led (term ${iv.term}) until ${at(iv.last)}, though stopped ${at(f.inject_ns)}..${at(f.heal_ns)}: more than a lease (${run.settings.lease} ms) after the SIGSTOP`,
+      });
+    }
+  }
+
   const byLang = {};
   for (const l of leaderships) byLang[l.lang] = (byLang[l.lang] ?? 0) + 1;
   let maxSampleGapNs = 0;
@@ -375,7 +396,7 @@ export function check(dir) {
 export function summarize({ violations, report, run }) {
   const lines = [];
   const s = run.settings;
-  const who = [`${s.node} Node`, `${s.rust} Rust`, ...(s.nest ? [`${s.nest} Nest`] : [])].join(' + ');
+  const who = [`${s.node} Node`, `${s.rust} Rust`, ...(s.nest ? [`${s.nest} Nest`] : []), ...(s.cli ? [`${s.cli} CLI`] : [])].join(' + ');
   const lockText = report.locks > 1 ? `lock ids ${s.lockId}..${s.lockId + report.locks - 1}` : `lock id ${s.lockId}`;
   lines.push(
     `chaos summary [${report.store === 'nats' ? 'NATS' : 'PostgreSQL'}]: seed ${run.seed}, ${((run.phase_end_ns - (run.candidates_started_ns ?? 0)) / 60e9).toFixed(1)} min, ${who} candidates${s.twin ? ' (one Rust process with two electors of one instance id)' : ''}, ${lockText}`,

@@ -43,11 +43,14 @@ function runDir({ procs, faults = [], phaseEnd = 60_000 * MS, bound = 3800 }) {
     if (p.ready) records.push({ type: 'ready', candidate: id });
     if (!killed && p.exit !== false) records.push({ type: 'exit', candidate: id, shutdown: 'ok', max_sample_gap_ns: 0, ...(p.hooks ? { hooks: p.hooks } : {}) });
     fs.writeFileSync(path.join(dir, `${id}.jsonl`), records.map((r) => `${JSON.stringify(r)}\n`).join(''));
-    if (p.slot) {
-      const [term, first, last] = p.slot;
+    // `slot`: one open interval; `slots`: several, one record each (a command-line candidate's commands).
+    const slots = p.slots ?? (p.slot ? [p.slot] : []);
+    if (slots.length > 0) {
       fs.writeFileSync(
         path.join(dir, `${id}.slot`),
-        `${JSON.stringify({ type: 'open', candidate: id, term, first_true_ns: first * MS, last_true_ns: last * MS })}   \n`,
+        slots
+          .map(([term, first, last]) => `${JSON.stringify({ type: 'open', candidate: id, term, first_true_ns: first * MS, last_true_ns: last * MS })}   \n`)
+          .join(''),
       );
     }
     fs.writeFileSync(path.join(dir, `${id}.stderr`), p.stderr ?? '');
@@ -271,4 +274,47 @@ test('a stalled event loop: an old-term answer after the block and no other lead
     faults: [stall],
   });
   assert.deepEqual(check(letGo).violations, []);
+});
+
+test('a command-line candidate: 143 and 0 after SIGTERM are clean without an exit record, 75 is not; the killed commands of its slot records count', () => {
+  const clean = runDir({
+    procs: {
+      c1: { lang: 'cli', exit: false, intervals: [[4, 30_500, 60_000]], slots: [[1, 100, 10_000], [3, 20_000, 30_000]], proc: { exit_code: 0 } },
+      c2: { lang: 'cli', exit: false, proc: { exit_code: 143 } },
+      a: { intervals: [[2, 10_500, 19_500]] },
+    },
+  });
+  assert.deepEqual(check(clean).violations, []);
+  const lost = runDir({ procs: { c1: { lang: 'cli', exit: false, intervals: [[1, 100, 60_000]], proc: { exit_code: 75, expected: null } } } });
+  assert.deepEqual(kinds(lost), ['crash']);
+  // The second killed command's last sample is after another candidate started leading.
+  const late = runDir({
+    procs: {
+      c1: { lang: 'cli', exit: false, slots: [[1, 100, 10_000], [2, 10_500, 30_001]] },
+      a: { intervals: [[3, 30_000, 60_000]] },
+    },
+  });
+  assert.deepEqual(kinds(late), ['overlap']);
+});
+
+test('a candidate SIGSTOPped while leading that leads on for more than a lease before its SIGCONT is a stop violation', () => {
+  // The command of a command-line candidate under a stopped npm wrapper runs (and samples) on.
+  const stop = { kind: 'cli', signal: 'SIGSTOP', target: 'c1', locks: [7], inject_ns: 20_000 * MS, ref_ns: 20_000 * MS, heal_ns: 25_000 * MS };
+  const ledOn = runDir({
+    procs: {
+      c1: { lang: 'cli', exit: false, intervals: [[1, 100, 22_100]] },
+      a: { intervals: [[2, 22_400, 60_000]] },
+    },
+    faults: [stop],
+  });
+  assert.deepEqual(kinds(ledOn), ['stop']);
+  // Stepped down within the lease (here at once), and led again after the SIGCONT: no violation.
+  const steppedDown = runDir({
+    procs: {
+      c1: { lang: 'cli', exit: false, intervals: [[1, 100, 20_050], [3, 40_000, 60_000]] },
+      a: { intervals: [[2, 20_100, 39_900]] },
+    },
+    faults: [stop],
+  });
+  assert.deepEqual(check(steppedDown).violations, []);
 });

@@ -4,7 +4,7 @@
 // the candidates recorded. Run it through `npm run chaos` (scripts/chaos.sh), which builds what it needs.
 //
 //   node tests/chaos/harness.mjs [--profile short|long] [--store pg|nats|both] [--minutes M]
-//       [--nats-minutes M] [--seed S] [--node 3] [--rust 3] [--nest 1] [--no-twin] [--elections N]
+//       [--nats-minutes M] [--seed S] [--node 3] [--rust 3] [--nest 1] [--cli 2] [--no-twin] [--elections N]
 //       [--handover-every MS] [--lease 2000] [--renewal 600] [--jitter 200] [--safety-margin MS]
 //       [--operation-timeout MS] [--max-event-loop-stall MS] [--slack 500] [--faults kill,stop,...]
 //       [--out DIR] [--quiet] [--node-answer status]
@@ -14,8 +14,16 @@
 // NATS 10 min, 6 lock ids per candidate, a handover every 150 ms of quiet. --store picks the legs,
 // --minutes the PostgreSQL leg's length (or the only leg's), --nats-minutes the NATS leg's.
 // Fault kinds: kill, stop, graceful, latency, partition, handover, stall, nest-term (both stores);
-// terminate, pg-restart, down-up, twin (PostgreSQL only); lost-ack, nats-restart (NATS only). --faults keeps
+// terminate, pg-restart, down-up, twin, cli (PostgreSQL only); lost-ack, nats-restart (NATS only). --faults keeps
 // those named (each leg runs the ones that apply to its store).
+//
+// Command-line candidates (PostgreSQL only, --cli 3): `leaderlease run --restart -- chaos_candidate
+// --cli-child ...` for a lock id of their own (the one after the other candidates' lock ids), the
+// odd-numbered ones through the npm package's bin (`node dist/cli.js run`, the process a user of `npx
+// leaderlease` signals; its native command line stays its child), the others the native binary itself
+// (native/leaderlease-<platform>, scripts/build-cli.sh). The command leads for as long as it runs: it
+// samples and records itself as the other candidates do. The fault kind `cli`: SIGKILL of the leading
+// command-line candidate, then SIGSTOP of the next leading one for 1.2-2.5 leases, then SIGCONT.
 //
 // The candidates run from a copy of the package (package.json, dist/, native/) and of the candidate
 // programs taken into the run directory at the start, so that a rebuild in the working tree during a long run does
@@ -37,6 +45,7 @@ import { parseArgs } from 'node:util';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
+import { candidateArgv } from './candidate-args.mjs';
 import { check, summarize } from './check.mjs';
 import { ThrowawayNats } from './nats.mjs';
 import { ThrowawayPostgres } from './pg.mjs';
@@ -48,9 +57,9 @@ const require = createRequire(path.join(ROOT, 'package.json'));
 
 const ALL_FAULTS = [
   'kill', 'stop', 'terminate', 'pg-restart', 'latency', 'partition', 'graceful', 'handover', 'down-up', 'twin',
-  'stall', 'lost-ack', 'nats-restart', 'nest-term',
+  'stall', 'lost-ack', 'nats-restart', 'nest-term', 'cli',
 ];
-const PG_ONLY = new Set(['terminate', 'pg-restart', 'down-up', 'twin']);
+const PG_ONLY = new Set(['terminate', 'pg-restart', 'down-up', 'twin', 'cli']);
 const NATS_ONLY = new Set(['lost-ack', 'nats-restart']);
 const faultsFor = (store, faults) => faults.filter((f) => !(store === 'pg' ? NATS_ONLY : PG_ONLY).has(f));
 const LOCK_ID = 7;
@@ -69,7 +78,7 @@ function parseSettings(argv) {
     args: argv,
     strict: true,
     options: {
-      profile: str, store: str, minutes: str, 'nats-minutes': str, seed: str, node: str, rust: str, nest: str,
+      profile: str, store: str, minutes: str, 'nats-minutes': str, seed: str, node: str, rust: str, nest: str, cli: str,
       'no-twin': { type: 'boolean' }, elections: str, 'handover-every': str, lease: str, renewal: str, jitter: str,
       'safety-margin': str, 'operation-timeout': str, 'max-event-loop-stall': str, slack: str, faults: str,
       out: str, quiet: { type: 'boolean' }, 'rust-bin': str, 'node-answer': str, help: { type: 'boolean' },
@@ -102,6 +111,7 @@ function parseSettings(argv) {
     node: num('node', 3),
     rust: num('rust', 3),
     nest: num('nest', 1),
+    cli: num('cli', 3),
     twin: !opts['no-twin'],
     elections: Math.max(1, Math.floor(num('elections', profile.elections))),
     handoverEvery: num('handover-every', profile.handoverEvery),
@@ -124,7 +134,7 @@ function parseSettings(argv) {
   if (!['amILeader', 'status'].includes(s.nodeAnswer)) throw new Error(`--node-answer: amILeader or status`);
   if (!['pg', 'nats', 'both'].includes(s.store)) throw new Error(`--store: pg, nats or both`);
   for (const f of s.faults) if (!ALL_FAULTS.includes(f)) throw new Error(`unknown fault kind ${f} (known: ${ALL_FAULTS.join(', ')})`);
-  if (s.node + s.rust + s.nest < 2) throw new Error('at least two candidates are needed');
+  if (s.node + s.rust + s.nest + s.cli < 2) throw new Error('at least two candidates are needed');
   s.legs = (s.store === 'both' ? ['pg', 'nats'] : [s.store])
     .map((store) => ({ store, minutes: store === 'pg' ? s.minutes : s.natsMinutes, faults: faultsFor(store, s.faults) }))
     .filter((leg) => leg.minutes > 0 && leg.faults.length > 0);
@@ -176,6 +186,10 @@ class Harness {
     this.unexpected = [];
     this.locks = Array.from({ length: s.elections }, (_, k) => s.lockId + k);
     this.runExtra = {};
+    // `leaderlease run` campaigns on PostgreSQL only, for a lock id of its own.
+    this.cliCount = leg.store === 'pg' ? s.cli : 0;
+    this.cliLock = s.lockId + s.elections;
+    if (this.cliCount > 0) this.locks.push(this.cliLock);
   }
 
   log(msg) {
@@ -211,6 +225,7 @@ class Harness {
         node: s.node,
         rust: s.rust,
         nest: s.nest,
+        cli: this.store === 'pg' ? s.cli : 0,
         twin: this.twinSlot !== undefined,
         elections: s.elections,
         locks: this.locks,
@@ -254,13 +269,22 @@ class Harness {
     for (const f of ['index.js', 'index.d.ts', ...addons]) {
       fs.copyFileSync(path.join(ROOT, 'native', f), path.join(this.pkgDir, 'native', f));
     }
+    if (this.cliCount > 0) {
+      // The command line that dist/cli.js runs in a checkout (scripts/build-cli.sh).
+      const cli = fs.readdirSync(path.join(ROOT, 'native')).find((f) => /^leaderlease-linux-[a-z0-9-]+$/.test(f));
+      if (!cli) throw new Error('native/leaderlease-linux-<platform> is missing: build it with scripts/chaos.sh (scripts/build-cli.sh)');
+      this.cliBin = path.join(this.pkgDir, 'native', cli);
+      fs.copyFileSync(path.join(ROOT, 'native', cli), this.cliBin);
+      fs.chmodSync(this.cliBin, 0o755);
+    }
     fs.mkdirSync(path.join(this.dir, 'bin'), { recursive: true });
+    fs.copyFileSync(path.join(HERE, 'candidate-args.mjs'), path.join(this.dir, 'bin', 'candidate-args.mjs'));
     this.nodeCandidate = path.join(this.dir, 'bin', 'node-candidate.mjs');
     fs.copyFileSync(path.join(HERE, 'node-candidate.mjs'), this.nodeCandidate);
     this.nestCandidate = path.join(this.dir, 'bin', 'nest-candidate.mjs');
     fs.copyFileSync(path.join(HERE, 'nest-candidate.mjs'), this.nestCandidate);
     this.rustBin = path.join(this.dir, 'bin', 'chaos_candidate');
-    if (s.rust > 0) {
+    if (s.rust > 0 || this.cliCount > 0) {
       if (!fs.existsSync(s.rustBin)) throw new Error(`${s.rustBin} is missing: build it with scripts/chaos.sh`);
       fs.copyFileSync(s.rustBin, this.rustBin);
       fs.chmodSync(this.rustBin, 0o755);
@@ -277,28 +301,34 @@ class Harness {
       this.store === 'nats'
         ? `nats://127.0.0.1:${slot.proxy.port}`
         : `postgres://postgres@127.0.0.1:${slot.proxy.port}/postgres?application_name=chaos-${id}`;
-    const args = [
-      '--id', id, '--url', url, '--dir', this.dir, '--t0', String(T0), '--lock-id', String(s.lockId),
-      '--schema', SCHEMA, '--lease', String(s.lease), '--renewal', String(s.renewal), '--jitter', String(s.jitter),
-      '--safety-margin', String(s.safetyMargin), '--operation-timeout', String(s.operationTimeout),
-      '--store', this.store, '--bucket', BUCKET,
-    ];
-    if (slot.lang !== 'nest') args.push('--elections', String(s.elections));
-    if (slot.lang !== 'rust') {
-      args.push('--package', this.pkgDir);
-      if (s.maxEventLoopStall !== undefined) args.push('--max-event-loop-stall', String(s.maxEventLoopStall));
+    // One table of the candidates' options (candidate-args.mjs) for what is passed and what is parsed.
+    const values = {
+      id, url, dir: this.dir, t0: T0, lockId: s.lockId, schema: SCHEMA, lease: s.lease, renewal: s.renewal,
+      jitter: s.jitter, safetyMargin: s.safetyMargin, operationTimeout: s.operationTimeout, store: this.store,
+      bucket: BUCKET, elections: s.elections, packageDir: this.pkgDir, maxEventLoopStall: s.maxEventLoopStall,
+      answer: s.nodeAnswer, shared: slot.shared, twin: slot.twin,
+    };
+    let cmd;
+    let argv;
+    if (slot.lang === 'cli') {
+      // `leaderlease run` takes the lease, renewal and jitter; the safety margin and operation timeout are
+      // the core's defaults, which the harness's own defaults are.
+      const run = [
+        'run', '--url', url, '--schema', SCHEMA, '--lock-id', String(this.cliLock), '--lease', `${s.lease}ms`,
+        '--renewal', `${s.renewal}ms`, '--jitter', `${s.jitter}ms`, '--instance-id', id, '--restart',
+        '--', this.rustBin, '--cli-child', ...candidateArgv('cli', values),
+      ];
+      [cmd, argv] = slot.npm ? [process.execPath, [path.join(this.pkgDir, 'dist', 'cli.js'), ...run]] : [this.cliBin, run];
+    } else if (slot.lang === 'rust') {
+      [cmd, argv] = [this.rustBin, candidateArgv('rust', values)];
+    } else {
+      [cmd, argv] = [process.execPath, [slot.lang === 'nest' ? this.nestCandidate : this.nodeCandidate, ...candidateArgv(slot.lang, values)]];
     }
-    if (slot.lang === 'node') args.push('--answer', s.nodeAnswer);
-    if (slot.lang === 'rust' && slot.shared) args.push('--shared');
-    if (slot.lang === 'rust' && slot.twin) args.push('--twin');
-    const [cmd, argv] =
-      slot.lang === 'rust'
-        ? [this.rustBin, args]
-        : [process.execPath, [slot.lang === 'nest' ? this.nestCandidate : this.nodeCandidate, ...args]];
     const stderr = fs.openSync(path.join(this.dir, `${id}.stderr`), 'a');
     const child = spawn(cmd, argv, {
-      // A Nest application reads no stdin: nothing of the harness's may keep its event loop alive.
-      stdio: [slot.lang === 'nest' ? 'ignore' : 'pipe', 'pipe', stderr],
+      // A Nest application reads no stdin: nothing of the harness's may keep its event loop alive. A
+      // command-line candidate takes no commands.
+      stdio: [slot.lang === 'nest' || slot.lang === 'cli' ? 'ignore' : 'pipe', 'pipe', stderr],
       // NODE_PATH: the package copy resolves its peers (NestJS, rxjs) from the repository's node_modules
       // wherever the run directory is.
       env: {
@@ -340,7 +370,8 @@ class Harness {
         this.procs.delete(proc);
         const fine =
           (proc.expected === 'sigkill' && signal === 'SIGKILL') ||
-          (proc.expected === 'sigterm' && (slot.lang === 'nest' ? signal === 'SIGTERM' : code === 0));
+          (proc.expected === 'sigterm' &&
+            (slot.lang === 'nest' ? signal === 'SIGTERM' : code === 0 || (slot.lang === 'cli' && code === 143)));
         if (!fine) {
           this.unexpected.push(rec);
           this.log(`!! ${id} exited with ${signal ?? `status ${code}`}${proc.expected ? ` (expected ${proc.expected})` : ' unasked'}; see ${id}.stderr`);
@@ -371,6 +402,21 @@ class Harness {
     slot.proc = proc;
     this.procs.add(proc);
     return proc;
+  }
+
+  /**
+   * Whether `p` is still starting (it may create the lease table). A command-line candidate reports no
+   * start: it has started once its log says it campaigns.
+   */
+  starting(p) {
+    if (p.state !== 'starting' || p.lang !== 'cli') return p.state === 'starting';
+    try {
+      if (!fs.readFileSync(path.join(this.dir, `${p.id}.stderr`), 'utf8').includes('campaigning')) return true;
+    } catch {
+      return true;
+    }
+    p.state = 'running';
+    return false;
   }
 
   /** The leader of `lock` as the candidates' own reports show it (highest term among those that lead). */
@@ -443,6 +489,7 @@ class Harness {
         f.target = p.id;
         const hold = Math.round(r.uniform(1.2, 2.5) * s.lease);
         f.detail = `${hold} ms`;
+        f.signal = 'SIGSTOP';
         p.stopped = true;
         f.inject_ns = now();
         p.child.kill('SIGSTOP');
@@ -453,6 +500,53 @@ class Harness {
         p.stopped = false;
         f.heal_ns = now();
         this.log(`SIGCONT ${p.id}`);
+        break;
+      }
+      case 'cli': {
+        // The command-line candidates' own lock id: SIGKILL of the leading one (a new process takes its
+        // slot once the next one leads), then SIGSTOP of the next leading one past its lease, then SIGCONT.
+        const lock = this.cliLock;
+        const first = this.leader(lock);
+        if (!first || first.lang !== 'cli' || first.expected !== null) {
+          this.log('fault cli skipped: no command-line candidate leads');
+          return null;
+        }
+        const term = first.leads.get(`${lock}|${first.id}`)?.term ?? -1;
+        const k = { kind: 'cli', locks: [lock], target: first.id, signal: 'SIGKILL', detail: 'SIGKILL of the leader' };
+        first.expected = 'sigkill';
+        k.inject_ns = k.ref_ns = k.heal_ns = now();
+        first.child.kill('SIGKILL');
+        this.log(`fault cli: SIGKILL ${first.id}`);
+        this.appendJson('faults.jsonl', k);
+        this.faultCounts.cli = (this.faultCounts.cli ?? 0) + 1;
+        await first.exit;
+        const until = Date.now() + this.bound + 2000;
+        let next = null;
+        while (!this.aborting && Date.now() < until) {
+          next = this.leader(lock);
+          if (next && next.leads.get(`${lock}|${next.id}`)?.term > term) break;
+          next = null;
+          await sleep(10);
+        }
+        this.spawnCandidate(first.slot);
+        if (!next || next.expected !== null) {
+          this.log(`fault cli: no command-line candidate led after the SIGKILL of ${first.id}`);
+          return null;
+        }
+        const hold = Math.round(r.uniform(1.2, 2.5) * s.lease);
+        f.locks = [lock];
+        f.target = next.id;
+        f.detail = `SIGSTOP of the next leader for ${hold} ms`;
+        f.signal = 'SIGSTOP';
+        next.stopped = true;
+        f.inject_ns = f.ref_ns = now();
+        next.child.kill('SIGSTOP');
+        this.log(`fault cli: SIGSTOP ${next.id} for ${hold} ms`);
+        await sleep(hold);
+        next.child.kill('SIGCONT');
+        next.stopped = false;
+        f.heal_ns = now();
+        this.log(`SIGCONT ${next.id}`);
         break;
       }
       case 'terminate': {
@@ -569,7 +663,7 @@ class Harness {
         // of the dropped one still leads by its deadline (seen under load: a Node candidate's start took
         // 2.5 s and overlapped the first DOWN). So the DOWN waits for every candidate to have started (at
         // most 2 leases), and is skipped otherwise.
-        const starting = () => [...this.procs].some((p) => p.state === 'starting');
+        const starting = () => [...this.procs].some((p) => this.starting(p));
         const waitUntil = Date.now() + 2 * s.lease;
         while (starting() && Date.now() < waitUntil) await sleep(20);
         if (starting()) {
@@ -687,6 +781,7 @@ class Harness {
       this.slots.push(slot);
     }
     for (let i = 1; i <= s.nest; i++) this.slots.push({ name: `s${i}`, lang: 'nest', gen: 0 });
+    for (let i = 1; i <= this.cliCount; i++) this.slots.push({ name: `c${i}`, lang: 'cli', gen: 0, npm: i % 2 === 1 });
     this.writeRun({ t0_clock_monotonic_ns: String(T0) });
     for (const slot of this.slots) slot.proxy = await new Proxy(this.server.port).listen();
     this.writeRun({ candidates_started_ns: now() });
@@ -779,7 +874,7 @@ try {
 }
 const legText = settings.legs.map((l) => `${l.store === 'pg' ? 'PostgreSQL' : 'NATS'} ${l.minutes} min`).join(', then ');
 process.stdout.write(
-  `chaos: seed ${settings.seed}, profile ${settings.profile}: ${legText} of faults; ${settings.node} Node + ${settings.rust} Rust + ${settings.nest} Nest candidates, ${settings.elections} lock id(s) each (Nest: 1), lease ${settings.lease} ms\n`,
+  `chaos: seed ${settings.seed}, profile ${settings.profile}: ${legText} of faults; ${settings.node} Node + ${settings.rust} Rust + ${settings.nest} Nest + ${settings.cli} CLI (PostgreSQL) candidates, ${settings.elections} lock id(s) each (Nest, CLI: 1), lease ${settings.lease} ms\n`,
 );
 let current = null;
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {

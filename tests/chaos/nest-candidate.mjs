@@ -19,59 +19,17 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { createRequire } from 'node:module';
+
+import { parseCandidateArgs } from './candidate-args.mjs';
 
 const SLOT_LEN = 256;
 
-function parseCandidateArgs(argv) {
-  const str = { type: 'string' };
-  // Strict: every option the harness passes (tests/chaos/harness.mjs, spawnCandidate) is declared here;
-  // anything else is an error.
-  const { values } = parseArgs({
-    args: argv,
-    strict: true,
-    options: {
-      id: str, url: str, dir: str, t0: str, 'lock-id': str, schema: str, lease: str, renewal: str, jitter: str,
-      'safety-margin': str, 'operation-timeout': str, 'max-event-loop-stall': str, store: str, bucket: str,
-      package: str,
-    },
-  });
-  const get = (name) => values[name.slice(2)];
-  const need = (name) => {
-    const v = get(name);
-    if (v === undefined) throw new Error(`missing ${name}`);
-    return v;
-  };
-  const num = (name, dflt) => {
-    const v = get(name);
-    if (v === undefined) return dflt;
-    const n = Number(v);
-    if (!Number.isFinite(n)) throw new Error(`${name}: not a number: ${v}`);
-    return n;
-  };
-  return {
-    id: need('--id'),
-    url: need('--url'),
-    dir: need('--dir'),
-    t0: BigInt(need('--t0')),
-    lockId: num('--lock-id', 7),
-    schema: get('--schema') ?? 'chaos',
-    lease: num('--lease', 2000),
-    renewal: num('--renewal', 600),
-    jitter: num('--jitter', 200),
-    safetyMargin: num('--safety-margin', undefined),
-    operationTimeout: num('--operation-timeout', undefined),
-    maxEventLoopStall: num('--max-event-loop-stall', undefined),
-    store: get('--store') ?? 'pg',
-    bucket: get('--bucket') ?? 'chaos',
-    packageDir: path.resolve(get('--package') ?? new URL('../..', import.meta.url).pathname),
-  };
-}
-
 let args;
 try {
-  args = parseCandidateArgs(process.argv.slice(2));
+  // Strict: the options of tests/chaos/candidate-args.mjs, the table the harness builds them from.
+  args = parseCandidateArgs('nest', process.argv.slice(2));
+  args.packageDir = path.resolve(args.packageDir ?? new URL('../..', import.meta.url).pathname);
 } catch (err) {
   process.stderr.write(`nest-candidate: ${err.message}\n`);
   process.exit(2);

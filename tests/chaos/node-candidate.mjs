@@ -35,9 +35,10 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import readline from 'node:readline';
 import { createRequire } from 'node:module';
+
+import { parseCandidateArgs } from './candidate-args.mjs';
 
 const require = createRequire(import.meta.url);
 
@@ -45,58 +46,12 @@ const SLOT_LEN = 256;
 const START_DEADLINE_MS = 120_000;
 const RETRYABLE = new Set(['ERR_DATABASE_UNREACHABLE', 'ERR_TIMEOUT', 'ERR_DATABASE', 'ERR_STORE']);
 
-function parseCandidateArgs(argv) {
-  const str = { type: 'string' };
-  // Strict: every option the harness passes (tests/chaos/harness.mjs, spawnCandidate) is declared here;
-  // anything else is an error.
-  const { values } = parseArgs({
-    args: argv,
-    strict: true,
-    options: {
-      id: str, url: str, dir: str, t0: str, 'lock-id': str, schema: str, lease: str, renewal: str, jitter: str,
-      'safety-margin': str, 'operation-timeout': str, 'max-event-loop-stall': str, store: str, bucket: str,
-      package: str, elections: str, answer: str,
-    },
-  });
-  const get = (name) => values[name.slice(2)];
-  const need = (name) => {
-    const v = get(name);
-    if (v === undefined) throw new Error(`missing ${name}`);
-    return v;
-  };
-  const num = (name, dflt) => {
-    const v = get(name);
-    if (v === undefined) return dflt;
-    const n = Number(v);
-    if (!Number.isFinite(n)) throw new Error(`${name}: not a number: ${v}`);
-    return n;
-  };
-  const store = get('--store') ?? 'pg';
-  if (!['pg', 'nats'].includes(store)) throw new Error(`--store: pg or nats`);
-  return {
-    id: need('--id'),
-    url: need('--url'),
-    dir: need('--dir'),
-    t0: BigInt(need('--t0')),
-    lockId: num('--lock-id', 7),
-    elections: Math.max(1, num('--elections', 1)),
-    schema: get('--schema') ?? 'chaos',
-    lease: num('--lease', 2000),
-    renewal: num('--renewal', 600),
-    jitter: num('--jitter', 200),
-    safetyMargin: num('--safety-margin', undefined),
-    operationTimeout: num('--operation-timeout', undefined),
-    maxEventLoopStall: num('--max-event-loop-stall', undefined),
-    store,
-    bucket: get('--bucket') ?? 'chaos',
-    packageDir: get('--package') ?? '../..',
-    answer: get('--answer') ?? 'amILeader',
-  };
-}
-
 let args;
 try {
-  args = parseCandidateArgs(process.argv.slice(2));
+  // Strict: the options of tests/chaos/candidate-args.mjs, the table the harness builds them from.
+  args = parseCandidateArgs('node', process.argv.slice(2));
+  args.elections = Math.max(1, args.elections);
+  args.packageDir ??= '../..';
 } catch (err) {
   process.stderr.write(`node-candidate: ${err.message}\n`);
   process.exit(2);

@@ -27,6 +27,14 @@
 //!   offset `k x 256`), rewritten in place after every true sample, so that a process killed while leading
 //!   leaves its exact last true sample behind.
 //!
+//! `chaos_candidate --cli-child --id c1-g1 --dir RUN_DIR --t0 NS` is the command of a command-line
+//! candidate (`leaderlease run ... -- chaos_candidate --cli-child ...`, see the harness): it leads for as
+//! long as it runs. It samples its own running every millisecond (term and lock id from
+//! `LEADERLEASE_TERM` and `LEADERLEASE_LOCK_ID`, which `leaderlease run` sets) into a slot record of its
+//! own, appended to `<id>.slot` after those of the candidate's earlier commands, so that a command killed
+//! by the watchdog or the kernel leaves its last sample behind; on SIGTERM it appends its interval to
+//! `<id>.jsonl` and exits 0.
+//!
 //! On stdout, one JSON line per change for the harness's live view (`ready`, `lead`, `follow`, with the
 //! lock id). On stdin, commands from the harness, one a line: `release <lock id>` (a voluntary handover:
 //! `release()` of that election). SIGTERM or the end of stdin shuts every elector down (sampling goes on
@@ -200,6 +208,38 @@ impl Recorder {
             log,
             slot,
             tracks,
+            intervals: 0,
+            samples: 0,
+            true_samples: 0,
+            termless: 0,
+            last_sample: None,
+            max_sample_gap: 0,
+        })
+    }
+
+    /// The records of one command of a command-line candidate: the candidate's files, not truncated, and
+    /// one slot record after those already there.
+    fn open_command(dir: &Path, id: &str, lock: i64) -> std::io::Result<Self> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{id}.jsonl")))?;
+        let slot = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(dir.join(format!("{id}.slot")))?;
+        let index = slot.metadata()?.len() as usize / SLOT_LEN;
+        Ok(Self {
+            id: id.to_owned(),
+            log,
+            slot,
+            tracks: vec![Track {
+                sampler: id.to_owned(),
+                lock,
+                index,
+                open: None,
+            }],
             intervals: 0,
             samples: 0,
             true_samples: 0,
@@ -424,7 +464,65 @@ async fn main() {
     std::process::exit(run().await);
 }
 
+/// `--cli-child`: the command of a command-line candidate (see the header).
+async fn cli_child() -> i32 {
+    let argv: Vec<String> = std::env::args().collect();
+    let get = |name: &str| {
+        argv.iter()
+            .position(|a| a == name)
+            .and_then(|i| argv.get(i + 1).cloned())
+    };
+    let env_num = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<i64>().ok());
+    let (Some(id), Some(dir), Some(t0), Some(term), Some(lock)) = (
+        get("--id"),
+        get("--dir"),
+        get("--t0").and_then(|t| t.parse::<i128>().ok()),
+        env_num("LEADERLEASE_TERM"),
+        env_num("LEADERLEASE_LOCK_ID"),
+    ) else {
+        eprintln!(
+            "chaos_candidate --cli-child: needs --id, --dir, --t0 and LEADERLEASE_TERM, LEADERLEASE_LOCK_ID"
+        );
+        return 2;
+    };
+    let mut sigterm = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("chaos_candidate {id}: no SIGTERM handler: {e}");
+            return 2;
+        }
+    };
+    let mut recorder = match Recorder::open_command(Path::new(&dir), &id, lock) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chaos_candidate {id}: cannot open the records: {e}");
+            return 2;
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            biased;
+            _ = sigterm.recv() => break,
+            _ = tick.tick() => {
+                let t = now_ns(t0);
+                recorder.sample(0, t, true, Some(term as u64));
+            }
+        }
+    }
+    recorder.close(0);
+    event(&format!(
+        r#"{{"ev":"follow","lock":{lock},"t":{}}}"#,
+        now_ns(t0)
+    ));
+    0
+}
+
 async fn run() -> i32 {
+    if std::env::args().any(|a| a == "--cli-child") {
+        return cli_child().await;
+    }
     // A panic on any thread (the elector's task included, which Tokio would otherwise swallow) ends the
     // process with SIGABRT, so the harness cannot miss it.
     let default_hook = std::panic::take_hook();

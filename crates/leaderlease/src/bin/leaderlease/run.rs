@@ -13,6 +13,14 @@
 //!   deadline, unless a renewal moved the deadline on. It does so even while this process is stopped
 //!   (SIGSTOP, a debugger) or starved, and stops the group when this process dies.
 //!
+//! Under the npm package's bin (`npx leaderlease`, ts/cli.ts), the process a user starts and signals is a
+//! Node wrapper that stays this process's parent (Node cannot `exec`). A SIGSTOP of that wrapper would
+//! stop only the wrapper, and this process would lead on under a frozen `leaderlease run`; so this process
+//! looks at the wrapper's state every [`WRAPPER_POLL`] and, while the wrapper is stopped (or stopped by a
+//! debugger), is no candidate: it stops the command, hands the lease over and campaigns again only once
+//! the wrapper runs again (with `--restart`; without it, a leader that stepped down so exits with
+//! [`EXIT_LOST`], as this process does when it was itself stopped past its lease).
+//!
 //! The local deadline is `send time of the last confirmed renewal + lease − safety margin`: the database
 //! cannot let another node in before `send time + lease`, so the command is dead a safety margin (plus
 //! `KILL_LEAD`) before anyone else can lead. What remains outside any guarantee: a process of the group in
@@ -45,6 +53,10 @@ pub const KILL_LEAD: Duration = Duration::from_millis(20);
 /// Exit status when leadership was lost (the command was stopped) and `--restart` was not given:
 /// `EX_TEMPFAIL`, "try again later", for supervisors.
 pub const EXIT_LOST: u8 = 75;
+/// How often the state of the npm wrapper (this process's parent) is looked at.
+pub const WRAPPER_POLL: Duration = Duration::from_millis(20);
+/// Time between two attempts to join the election again after a pause of the wrapper.
+const REJOIN_RETRY: Duration = Duration::from_millis(250);
 /// The longest default `--grace`.
 const MAX_DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
@@ -184,6 +196,51 @@ impl Stops {
     }
 }
 
+/// The npm wrapper this process runs under (the `bin` of the npm package), when it is the parent.
+struct Wrapper {
+    pid: i32,
+}
+
+impl Wrapper {
+    /// The wrapper named by [`crate::WRAPPER_PID_ENV`], if it is this process's parent.
+    fn from_env() -> Option<Self> {
+        let pid = std::env::var(crate::WRAPPER_PID_ENV)
+            .ok()?
+            .parse::<i32>()
+            .ok()?;
+        (getppid().map(|p| p.as_raw_nonzero().get()) == Some(pid)).then_some(Self { pid })
+    }
+
+    /// Whether the wrapper is stopped: by a signal (`T`) or in a debugger (`t`). A wrapper that is gone
+    /// is not stopped (its death sends this process SIGTERM).
+    fn is_stopped(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .ok()
+            .and_then(|stat| {
+                // pid (comm) state ...: comm may hold spaces and parentheses.
+                let (_, rest) = stat.rsplit_once(')')?;
+                rest.split_whitespace().next().map(|s| s == "T" || s == "t")
+            })
+            .unwrap_or(false)
+    }
+
+    /// Returns once the wrapper is stopped (`true`) or running (`false`); looks at once, then every
+    /// [`WRAPPER_POLL`].
+    async fn until(&self, stopped: bool) {
+        while self.is_stopped() != stopped {
+            tokio::time::sleep(WRAPPER_POLL).await;
+        }
+    }
+}
+
+/// Returns once the wrapper, if any, is stopped; never without one.
+async fn wrapper_stopped(wrapper: Option<&Wrapper>) {
+    match wrapper {
+        Some(w) => w.until(true).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How one run of the command ended.
 enum End {
     /// It exited by itself while this node led.
@@ -192,6 +249,8 @@ enum End {
     Lost,
     /// This process was told to stop; the command was stopped and exited so.
     Stopped(ExitStatus),
+    /// The npm wrapper was stopped (SIGSTOP): the command was stopped while this node still led.
+    Paused,
     /// It could not be started.
     Failed,
 }
@@ -225,13 +284,70 @@ pub async fn main(a: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let elector = tokio::select! {
-        r = Elector::connect(&a.db.url, config) => match r {
-            Ok(e) => e,
-            Err(e) => return crate::fail("run", &e),
-        },
-        sig = stops.recv() => return ExitCode::from(128 + sig),
-    };
+    let wrapper = Wrapper::from_env();
+    // After a pause the election is joined again; the store may be unreachable then for a while.
+    let mut rejoining = false;
+    loop {
+        if let Some(w) = &wrapper
+            && w.is_stopped()
+        {
+            info!(
+                wrapper_pid = w.pid,
+                "the wrapper is stopped: campaigning once it runs again"
+            );
+            tokio::select! {
+                sig = stops.recv() => return ExitCode::from(128 + sig),
+                _ = w.until(false) => info!("the wrapper runs again"),
+            }
+        }
+        let elector = tokio::select! {
+            biased;
+            sig = stops.recv() => return ExitCode::from(128 + sig),
+            _ = wrapper_stopped(wrapper.as_ref()) => continue,
+            r = Elector::connect(&a.db.url, config.clone()) => match r {
+                Ok(e) => e,
+                Err(e) if rejoining && transient(&e) => {
+                    warn!(error = %e, "cannot join the election again yet: retrying");
+                    tokio::select! {
+                        sig = stops.recv() => return ExitCode::from(128 + sig),
+                        _ = tokio::time::sleep(REJOIN_RETRY) => continue,
+                    }
+                }
+                Err(e) => return crate::fail("run", &e),
+            },
+        };
+        rejoining = true;
+        let outcome = campaign(&a, &elector, grace, &mut stops, wrapper.as_ref()).await;
+        // Releases the lease if this node still holds it: the command has ended by now.
+        if let Err(e) = elector.shutdown().await {
+            warn!(error = %e, "shutdown failed");
+        }
+        match outcome {
+            Campaign::Exit(code) => return code,
+            Campaign::Paused { led: true } if !a.restart => {
+                info!("stepped down while the wrapper is stopped: exiting");
+                return ExitCode::from(EXIT_LOST);
+            }
+            Campaign::Paused { .. } => {}
+        }
+    }
+}
+
+/// How one campaign (one elector) ended.
+enum Campaign {
+    /// Exit with this status.
+    Exit(ExitCode),
+    /// The npm wrapper was stopped; `led`: the command ran and was stopped for it.
+    Paused { led: bool },
+}
+
+async fn campaign(
+    a: &RunArgs,
+    elector: &Elector,
+    grace: Duration,
+    stops: &mut Stops,
+    wrapper: Option<&Wrapper>,
+) -> Campaign {
     let c = elector.config();
     info!(
         lock_id = c.lock_id(),
@@ -242,28 +358,41 @@ pub async fn main(a: RunArgs) -> ExitCode {
         "campaigning"
     );
     let mut leases = elector.subscribe_lease();
-    let code = loop {
+    loop {
         let lease = tokio::select! {
-            sig = stops.recv() => break ExitCode::from(128 + sig),
+            biased;
+            sig = stops.recv() => return Campaign::Exit(ExitCode::from(128 + sig)),
+            _ = wrapper_stopped(wrapper) => {
+                warn!("the wrapper is stopped: leaving the election until it runs again");
+                return Campaign::Paused { led: false };
+            }
             l = next_leadership(&mut leases) => l,
         };
-        match run_once(&a, &elector, grace, lease, &mut leases, &mut stops).await {
+        match run_once(a, elector, grace, lease, &mut leases, stops, wrapper).await {
             End::Exited(status) if a.restart => {
                 info!(%status, "the command exited: handing leadership over, then campaigning again");
                 if let Err(e) = elector.release().await {
                     warn!(error = %e, "could not release the lease; it will expire by itself");
                 }
             }
-            End::Exited(status) | End::Stopped(status) => break exit_code(status),
+            End::Exited(status) | End::Stopped(status) => {
+                return Campaign::Exit(exit_code(status));
+            }
+            End::Paused => return Campaign::Paused { led: true },
             End::Lost if a.restart => info!("campaigning again"),
-            End::Lost => break ExitCode::from(EXIT_LOST),
-            End::Failed => break ExitCode::FAILURE,
+            End::Lost => return Campaign::Exit(ExitCode::from(EXIT_LOST)),
+            End::Failed => return Campaign::Exit(ExitCode::FAILURE),
         }
-    };
-    if let Err(e) = elector.shutdown().await {
-        warn!(error = %e, "shutdown failed");
     }
-    code
+}
+
+/// Whether joining the election may succeed if tried again shortly (the store restarting, cut off, slow).
+fn transient(e: &leaderlease::Error) -> bool {
+    use leaderlease::Error as E;
+    matches!(
+        e,
+        E::Unreachable { .. } | E::Timeout { .. } | E::Database { .. } | E::Store { .. }
+    )
 }
 
 /// Waits until this node leads with a deadline still ahead.
@@ -320,6 +449,7 @@ async fn run_once(
     lease: Lease,
     leases: &mut watch::Receiver<Option<Lease>>,
     stops: &mut Stops,
+    wrapper: Option<&Wrapper>,
 ) -> End {
     let c = elector.config();
     let term = lease.term;
@@ -370,6 +500,7 @@ async fn run_once(
 
     let mut lost = false;
     let mut stop_signal = None;
+    let mut paused = false;
     let mut watchdog_status = None;
     let status = loop {
         tokio::select! {
@@ -393,9 +524,17 @@ async fn run_once(
                 info!(signal = sig, "stopping the command, then releasing the lease");
                 tell(&mut watchdog_in, "stop\n").await;
             }
+            _ = wrapper_stopped(wrapper), if !paused && !lost && stop_signal.is_none() => {
+                paused = true;
+                warn!(term, "the wrapper is stopped: stopping the command, then handing leadership over");
+                tell(&mut watchdog_in, "stop\n").await;
+            }
             s = watchdog.wait(), if watchdog_status.is_none() => {
                 let code = s.as_ref().ok().and_then(|s| s.code());
-                if code != Some(EXIT_DEADLINE.into()) {
+                let asked = lost || paused || stop_signal.is_some();
+                if asked && code == Some(0) {
+                    debug!("the watchdog has stopped the command's process group");
+                } else if code != Some(EXIT_DEADLINE.into()) {
                     warn!(status = ?s, "the watchdog ended unexpectedly: killing the command");
                 }
                 // The watchdog has sent SIGKILL (or is gone): make sure, and count it as a loss.
@@ -425,6 +564,8 @@ async fn run_once(
     info!(term, %status, "the command ended");
     if stop_signal.is_some() {
         End::Stopped(status)
+    } else if paused {
+        End::Paused
     } else if lost || elector.term() != Some(term) {
         End::Lost
     } else {
