@@ -1242,3 +1242,67 @@ async fn inject_faults(world: Arc<Mutex<World>>) {
         }
     }
 }
+
+/// The model store's lease statements, driven from outside with real instants: for the test that runs
+/// the same operations on the model and on a real PostgreSQL lease table and compares every answer
+/// (tests/sim_model_pg.rs).
+pub struct ModelLeases {
+    store: Store,
+    lease: Duration,
+    lock_id: i32,
+}
+
+impl ModelLeases {
+    /// An empty model table whose clock starts at `start`, for leases of `lease` on `lock_id`.
+    pub fn new(start: Instant, lease: Duration, lock_id: i32) -> Self {
+        Self {
+            store: Store::new(
+                start,
+                ServerClock {
+                    offset_us: 0.0,
+                    rate: 1.0,
+                },
+                Duration::from_secs(1),
+            ),
+            lease,
+            lock_id,
+        }
+    }
+    /// The acquire statement at `at`: the new term, or `None` while a live lease stands.
+    pub fn acquire(&mut self, at: Instant, me: &str) -> Option<u64> {
+        match self.store.acquire(at, self.lock_id, me, self.lease) {
+            Answer::Acquired(term) => Some(term),
+            _ => None,
+        }
+    }
+    /// The renew statement at `at`.
+    pub fn renew(&mut self, at: Instant, me: &str, term: u64) -> bool {
+        self.store.renew(at, self.lock_id, me, term, self.lease) == Answer::Renewed(true)
+    }
+    /// The release statement at `at` (true: a row was deleted, and a notification sent).
+    pub fn release(&mut self, at: Instant, me: &str, term: u64) -> bool {
+        self.store.release(at, self.lock_id, me, term) == Answer::Released(true)
+    }
+    /// The lease row at `at`: holder, term, and whether it is live.
+    pub fn observe(&self, at: Instant) -> Option<(String, u64, bool)> {
+        match self.store.observe(at, self.lock_id) {
+            Answer::Observed(Some((row, left))) => Some((row.leader, row.term, left.is_some())),
+            _ => None,
+        }
+    }
+    /// The cleanup statement at `at`: rows deleted.
+    pub fn cleanup(&mut self, at: Instant) -> u64 {
+        match self.store.cleanup(at) {
+            Answer::Cleaned(n) => n,
+            _ => 0,
+        }
+    }
+    /// Seconds from `at` until the row's lease ends (negative once it has), if there is a row.
+    pub fn expires_in(&self, at: Instant) -> Option<f64> {
+        self.store
+            .table
+            .rows
+            .get(&self.lock_id)
+            .map(|row| (row.expires_us - self.store.clock_us(at)) as f64 / 1e6)
+    }
+}
