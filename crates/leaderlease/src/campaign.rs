@@ -280,6 +280,31 @@ impl Campaign {
         let outcome = self.guarded(backend.renew(term)).await;
         let latency = seam::now().saturating_duration_since(sent);
         match outcome {
+            Ok(true) if self.deadline().is_some_and(|d| seam::now() >= d) => {
+                // Answered after the local deadline (this node had stepped down): the term matched on the
+                // server that answered, but that proves an unbroken lease only on one server's history.
+                // After a failover to an asynchronous standby, the promoted server may lack a takeover
+                // that the old one acknowledged (its holder leading now) and, by its clock, still see
+                // this node's old row live. So the term is not resumed: the lease is deleted and this
+                // node campaigns again, through the acquisition and its failover quarantine.
+                self.failures = 0;
+                self.reachable();
+                self.step_down("renewal answered after the local deadline");
+                self.held = None;
+                self.acquire_outcome_unknown = self.backend.release(term).await.is_err();
+                self.next_poll = seam::now();
+                self.announced = true;
+                self.report(
+                    Event::new(
+                        EventKind::LeaseLost,
+                        Level::DEBUG,
+                        "renewal answered after the local deadline: not resumed; lease deleted, \
+                         campaigning again",
+                    )
+                    .term(term)
+                    .latency(latency),
+                );
+            }
             Ok(true) => {
                 self.failures = 0;
                 self.reachable();

@@ -186,6 +186,8 @@ struct Cand {
     elector: Option<Arc<Elector>>,
     /// Running (not crashed or shut down).
     up: bool,
+    /// A start is under way.
+    starting: bool,
     /// Requests leave and answers are read only from this instant (a paused process).
     paused_until: Instant,
     stalled: Arc<AtomicBool>,
@@ -414,15 +416,15 @@ impl World {
     }
 
     /// Runs one statement at the store, now.
-    fn execute(&mut self, cand: usize, incarnation: u64, stmt: Stmt) -> Result<Answer> {
+    fn execute(&mut self, cand: usize, me: &str, stmt: Stmt) -> Result<Answer> {
         let t = now();
+        self.rec(stmt.name(), cand as i64, 0, 0);
         if t < self.store.down_until {
             return Err(refused(stmt.name()));
         }
-        let me = self.cands[cand].name.clone();
-        // A request of an earlier incarnation (sent before a crash) still counts: it runs in that
-        // incarnation's name.
-        let _ = incarnation;
+        // A request of an earlier incarnation (sent before a crash) still counts, in that incarnation's
+        // name.
+        let me = me.to_owned();
         let lease = self.setup.lease;
         let answer = match stmt {
             Stmt::Identity => Answer::Identity(self.store.identity),
@@ -440,7 +442,15 @@ impl World {
             Stmt::Prepare => Answer::Identity(self.store.identity),
             Stmt::Observe => self.store.observe(t, LOCK_ID),
             Stmt::Cleanup => self.store.cleanup(t),
-            Stmt::Acquire => {
+            // The acquisition runs on the connection that read the identity (as in `PgBackend`): a
+            // connection does not survive its server, so after a failover in between it fails.
+            Stmt::Acquire(Some(id)) if id != self.store.identity => {
+                return Err(Error::Store {
+                    operation: "acquire",
+                    source: "connection lost: its server was replaced (simulated failover)".into(),
+                });
+            }
+            Stmt::Acquire(_) => {
                 let a = self.store.acquire(t, LOCK_ID, &me, lease);
                 if let Answer::Acquired(term) = a {
                     if term <= self.max_term_issued {
@@ -577,7 +587,8 @@ enum Stmt {
     Prepare,
     Identity,
     Observe,
-    Acquire,
+    /// The acquisition, on the connection that read this server identity (if it read one).
+    Acquire(Option<u64>),
     Renew(u64),
     Release(u64),
     Cleanup,
@@ -589,7 +600,7 @@ impl Stmt {
             Stmt::Prepare => "prepare",
             Stmt::Identity => "acquire",
             Stmt::Observe => "observe",
-            Stmt::Acquire => "acquire",
+            Stmt::Acquire(_) => "acquire",
             Stmt::Renew(_) => "renew",
             Stmt::Release(_) => "release",
             Stmt::Cleanup => "cleanup",
@@ -628,6 +639,7 @@ struct SimBackend {
     world: Arc<Mutex<World>>,
     cand: usize,
     incarnation: u64,
+    name: Arc<str>,
     op_timeout: Duration,
     lease: Duration,
     notify: Arc<Notify>,
@@ -646,7 +658,7 @@ impl SimBackend {
             });
         }
         let (tx, rx) = oneshot::channel();
-        let (world, cand, incarnation) = (self.world.clone(), self.cand, self.incarnation);
+        let (world, cand, name) = (self.world.clone(), self.cand, self.name.clone());
         tokio::spawn(async move {
             // A process paused before its request left sends it when it resumes.
             while_paused(&world, cand).await;
@@ -654,7 +666,7 @@ impl SimBackend {
             if plan.lost_request {
                 return;
             }
-            let answer = lock(&world).execute(cand, incarnation, stmt);
+            let answer = lock(&world).execute(cand, &name, stmt);
             tokio::time::sleep(plan.reply_delay).await;
             while_paused(&world, cand).await;
             if !plan.lost_reply {
@@ -718,16 +730,19 @@ impl Backend for SimBackend {
 
     fn try_acquire(&self) -> BoxFuture<'_, Result<AcquireOutcome>> {
         Box::pin(async move {
+            let mut on = None;
             if self.quarantine_on
                 && let Answer::Identity(id) = self.op(Stmt::Identity).await?
-                && let Some(retry_in) = self.judge(id)
             {
-                return Ok(AcquireOutcome::Deferred {
-                    retry_in,
-                    reason: format!("the store's server changed (identity {id})"),
-                });
+                if let Some(retry_in) = self.judge(id) {
+                    return Ok(AcquireOutcome::Deferred {
+                        retry_in,
+                        reason: format!("the store's server changed (identity {id})"),
+                    });
+                }
+                on = Some(id);
             }
-            match self.op(Stmt::Acquire).await? {
+            match self.op(Stmt::Acquire(on)).await? {
                 Answer::Acquired(term) => Ok(AcquireOutcome::Acquired { term }),
                 Answer::Held(..) => Ok(AcquireOutcome::NotAcquired {
                     current: self.observe().await.ok().flatten(),
@@ -849,6 +864,7 @@ async fn start_candidate(world: &Arc<Mutex<World>>, i: usize) -> bool {
     let (config, backend) = {
         let mut w = lock(world);
         let c = &mut w.cands[i];
+        c.starting = true;
         c.incarnation += 1;
         c.name = format!("c{i}.{}", c.incarnation);
         c.notify = Arc::new(Notify::new());
@@ -865,7 +881,7 @@ async fn start_candidate(world: &Arc<Mutex<World>>, i: usize) -> bool {
         let weak = Arc::downgrade(world);
         let config = Elector::builder()
             .with_lock_id(i64::from(LOCK_ID))
-            .with_instance_id(name)
+            .with_instance_id(name.clone())
             .with_lease_duration(s.lease)
             .with_renewal_interval(s.renewal)
             .with_jitter_range(s.jitter)
@@ -878,6 +894,7 @@ async fn start_candidate(world: &Arc<Mutex<World>>, i: usize) -> bool {
             world: world.clone(),
             cand: i,
             incarnation,
+            name: Arc::from(name.as_str()),
             op_timeout: s.op_timeout,
             lease: s.lease,
             notify,
@@ -886,7 +903,9 @@ async fn start_candidate(world: &Arc<Mutex<World>>, i: usize) -> bool {
         };
         (config, backend)
     };
-    match Elector::start(backend, config).await {
+    let started = Elector::start(backend, config).await;
+    lock(world).cands[i].starting = false;
+    match started {
         Ok(e) => {
             let mut w = lock(world);
             w.cands[i].elector = Some(Arc::new(e));
@@ -908,6 +927,10 @@ fn restart_at(world: Arc<Mutex<World>>, i: usize, at: Instant) {
     tokio::spawn(async move {
         let mut at = at;
         loop {
+            // Started meanwhile by another restart (a crash during a shutdown): nothing to do.
+            if lock(&world).cands[i].up || lock(&world).cands[i].starting {
+                return;
+            }
             let not_before = lock(&world).no_start_before;
             tokio::time::sleep_until(at.max(not_before).into()).await;
             if lock(&world).no_start_before > now() {
@@ -972,6 +995,7 @@ async fn simulate(opts: Options) -> Report {
             incarnation: 0,
             elector: None,
             up: false,
+            starting: false,
             paused_until: start,
             stalled: Arc::new(AtomicBool::new(false)),
             stalled_since: None,
@@ -1014,6 +1038,8 @@ async fn simulate(opts: Options) -> Report {
     let w2 = world.clone();
     tokio::spawn(async move {
         let heal = lock(&w2).setup.quiet_from;
+        tokio::time::sleep_until(heal.into()).await;
+        // Decided when the faults end (it depends on whether a failover happened).
         let bound = lock(&w2).heal_bound();
         tokio::time::sleep_until((heal + bound).into()).await;
         let leader = {
@@ -1163,7 +1189,8 @@ async fn inject_faults(world: Arc<Mutex<World>>) {
                         let _ = e.shutdown().await;
                         {
                             let mut w = lock(&world);
-                            if w.cands[c].incarnation != incarnation {
+                            // Crashed (and restarted) while shutting down: that restart stands.
+                            if w.cands[c].incarnation != incarnation || !w.cands[c].up {
                                 return;
                             }
                             w.cands[c].up = false;
