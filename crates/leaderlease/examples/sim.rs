@@ -140,11 +140,12 @@ fn main() -> ExitCode {
     let out = format!(
         "{{\"seeds\":{ran},\"firstSeed\":{first_seed},\"simulatedSecondsPerSeed\":{:.1},\
          \"simulatedLeaseSeconds\":{lease_seconds:.1},\"leadershipChanges\":{changes},\
-         \"faults\":{{{}}},\"violations\":{violations},\"failingSeeds\":[{}],\"mutant\":{},\
+         \"faults\":{{{}}},\"violations\":{violations},\"failingSeedCount\":{},\"failingSeeds\":[{}],\"mutant\":{},\
          \"wallSeconds\":{wall:.3},\"cpuSeconds\":{cpu:.3},\"simulatedSecondsPerWallSecond\":{:.0},\
          \"simulatedLeaseSecondsPerCpuMinute\":{:.0}}}",
         duration.as_secs_f64(),
         faults_json.join(","),
+        failing.len(),
         failing_json.join(","),
         mutant_name
             .as_ref()
