@@ -35,6 +35,8 @@ pub enum Planted {
     StoreTermWithoutClock,
     /// The model backend has no failover quarantine.
     NoFailoverQuarantine,
+    /// The model store sends no notification on release (the release check must see the delay).
+    NoReleaseNotification,
 }
 
 /// Every planted defect, by name.
@@ -56,6 +58,7 @@ pub const MUTANTS: &[(&str, Planted)] = &[
     ("error-as-renewed", Planted::Core(Mutant::ErrorAsRenewed)),
     ("store-term-without-clock", Planted::StoreTermWithoutClock),
     ("no-failover-quarantine", Planted::NoFailoverQuarantine),
+    ("no-release-notification", Planted::NoReleaseNotification),
 ];
 
 /// Looks a planted defect up by name.
@@ -525,6 +528,9 @@ impl World {
     /// after a delay of its own (in the faulted part sometimes long: it then arrives after later
     /// events, out of order).
     fn announce_release(&mut self) {
+        if self.mutant == Some(Planted::NoReleaseNotification) {
+            return;
+        }
         for i in 0..self.cands.len() {
             let c = &self.cands[i];
             if !c.up || !c.listen_up {
