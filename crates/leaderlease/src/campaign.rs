@@ -13,6 +13,7 @@ use tracing::Level;
 use crate::backend::{AcquireOutcome, Backend, ObservedLease};
 use crate::config::ElectorConfig;
 use crate::events::{Event, EventKind, deliver};
+use crate::seam::{self, Mutant, mutant};
 use crate::state::{LeaderInfo, Lease, Shared, Snapshot, Status};
 use crate::{Error, Result, lock};
 
@@ -60,7 +61,7 @@ pub(crate) struct Campaign {
 
 impl Campaign {
     pub(crate) fn new(backend: Arc<dyn Backend>, shared: Arc<Shared>) -> Self {
-        let now = Instant::now();
+        let now = seam::now();
         let c = &shared.config;
         let next_cleanup = now + jittered(c.clean_interval(), c.jitter_range());
         Self {
@@ -94,7 +95,7 @@ impl Campaign {
         let mut h = lock(&self.shared.health);
         if !h.connected {
             h.connected = true;
-            h.since = Instant::now();
+            h.since = seam::now();
         }
     }
 
@@ -104,7 +105,7 @@ impl Campaign {
         h.last_error = Some(e.to_string());
         if h.connected {
             h.connected = false;
-            h.since = Instant::now();
+            h.since = seam::now();
         }
     }
 
@@ -140,7 +141,7 @@ impl Campaign {
                 _ = tokio::time::sleep_until(self.next_wake().into()) => self.tick().await,
                 _ = released.released(), if self.held.is_none() => {
                     tracing::debug!("the lease was released; trying at once");
-                    self.next_poll = Instant::now();
+                    self.next_poll = seam::now();
                     self.announced = true;
                 }
             }
@@ -193,12 +194,13 @@ impl Campaign {
             token.cancel();
         }
         let mut active = self.shared.active_work.subscribe();
-        let give_up = Instant::now() + self.config().lease_duration();
+        let give_up = seam::now() + self.config().lease_duration();
         loop {
             if *active.borrow_and_update() == 0 {
                 return;
             }
             tokio::select! {
+                biased;
                 changed = active.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep_until(give_up.into()) => {
                     self.report(Event::new(
@@ -214,7 +216,7 @@ impl Campaign {
     }
 
     async fn tick(&mut self) {
-        let now = Instant::now();
+        let now = seam::now();
         if self.leading && self.deadline().is_some_and(|d| now >= d) {
             self.step_down("local lease deadline passed before a renewal was confirmed");
         }
@@ -222,10 +224,10 @@ impl Campaign {
             self.cleanup().await;
         }
         if self.held.is_some() {
-            if Instant::now() >= self.next_renew {
+            if seam::now() >= self.next_renew {
                 self.renew().await;
             }
-        } else if Instant::now() >= self.next_poll {
+        } else if seam::now() >= self.next_poll {
             self.poll().await;
         }
     }
@@ -237,6 +239,9 @@ impl Campaign {
         loop {
             let deadline = self.deadline().filter(|_| self.leading);
             tokio::select! {
+                // In order: an answer that is ready counts before a deadline passing at the same moment
+                // (either order is correct; a fixed one keeps a seeded run replayable).
+                biased;
                 out = &mut call => return out,
                 _ = sleep_until_opt(deadline) => {
                     self.step_down("local lease deadline passed while the database did not answer");
@@ -249,7 +254,7 @@ impl Campaign {
         let Some(term) = self.held.as_ref().map(|h| h.term) else {
             return;
         };
-        if !self.config().is_alive() {
+        if !mutant(Mutant::SkipStallCheck) && !self.config().is_alive() {
             self.report(
                 Event::new(
                     EventKind::LivenessFailed,
@@ -271,14 +276,39 @@ impl Campaign {
             return;
         }
         let backend = self.backend.clone();
-        let sent = Instant::now();
+        let sent = seam::now();
         let outcome = self.guarded(backend.renew(term)).await;
-        let latency = sent.elapsed();
+        let latency = seam::now().saturating_duration_since(sent);
         match outcome {
+            Ok(true) if self.deadline().is_some_and(|d| seam::now() >= d) => {
+                // Answered after the local deadline (this node had stepped down): the term matched on the
+                // server that answered, but that proves an unbroken lease only on one server's history.
+                // After a failover to an asynchronous standby, the promoted server may lack a takeover
+                // that the old one acknowledged (its holder leading now) and, by its clock, still see
+                // this node's old row live. So the term is not resumed: the lease is deleted and this
+                // node campaigns again, through the acquisition and its failover quarantine.
+                self.failures = 0;
+                self.reachable();
+                self.step_down("renewal answered after the local deadline");
+                self.held = None;
+                self.acquire_outcome_unknown = self.backend.release(term).await.is_err();
+                self.next_poll = seam::now();
+                self.announced = true;
+                self.report(
+                    Event::new(
+                        EventKind::LeaseLost,
+                        Level::DEBUG,
+                        "renewal answered after the local deadline: not resumed; lease deleted, \
+                         campaigning again",
+                    )
+                    .term(term)
+                    .latency(latency),
+                );
+            }
             Ok(true) => {
                 self.failures = 0;
                 self.reachable();
-                self.confirmed(term, sent);
+                self.confirmed(term, counted_from(sent));
                 self.report(
                     Event::new(EventKind::Renewed, Level::DEBUG, "lease renewed")
                         .term(term)
@@ -289,7 +319,7 @@ impl Campaign {
                 self.reachable();
                 self.step_down("lease lost: renewal matched no row (expired or taken over)");
                 self.held = None;
-                self.next_poll = Instant::now();
+                self.next_poll = seam::now();
                 // After the step-down (whose warning carries the reason), so that reporting it never
                 // delays the step-down's snapshot.
                 self.report(
@@ -315,7 +345,7 @@ impl Campaign {
                 self.held = None;
                 self.acquire_outcome_unknown = true;
                 let delay = self.failure_delay();
-                self.next_poll = Instant::now() + delay;
+                self.next_poll = seam::now() + delay;
                 self.report(
                     Event::new(
                         EventKind::RenewalFailed,
@@ -328,6 +358,7 @@ impl Campaign {
                     .retry_in(delay),
                 );
             }
+            Err(_) if mutant(Mutant::ErrorAsRenewed) => self.confirmed(term, sent),
             Err(e) => {
                 // Keep the term and retry: leadership is kept until the local deadline (then `guarded` or
                 // `tick` steps down), and the retries go on after it, because a renewal whose answer was
@@ -345,7 +376,7 @@ impl Campaign {
                     .latency(latency)
                     .retry_in(delay),
                 );
-                self.next_renew = Instant::now() + delay;
+                self.next_renew = seam::now() + delay;
             }
         }
     }
@@ -366,9 +397,9 @@ impl Campaign {
             term,
             expires_at: deadline,
         });
-        if Instant::now() >= deadline {
+        if seam::now() >= deadline {
             // Confirmed too late to act on (the runtime stalled): renew again at once.
-            self.next_renew = Instant::now();
+            self.next_renew = seam::now();
             return;
         }
         self.shared.clock.set(term, deadline);
@@ -451,7 +482,7 @@ impl Campaign {
     }
 
     async fn poll(&mut self) {
-        let now = Instant::now();
+        let now = seam::now();
         if let Some(until) = self.stand_back_until {
             if now < until {
                 self.next_poll = until;
@@ -491,13 +522,13 @@ impl Campaign {
                     .error(&e)
                     .retry_in(delay),
                 );
-                self.next_poll = Instant::now() + delay;
+                self.next_poll = seam::now() + delay;
             }
         }
     }
 
     async fn acquire(&mut self) {
-        let sent = Instant::now();
+        let sent = seam::now();
         let outcome = self.backend.try_acquire().await;
         if outcome.is_ok() {
             self.reachable();
@@ -506,7 +537,7 @@ impl Campaign {
             Ok(AcquireOutcome::Acquired { term }) => {
                 self.acquire_outcome_unknown = false;
                 self.deferred_for = None;
-                self.confirmed(term, sent);
+                self.confirmed(term, counted_from(sent));
             }
             Ok(AcquireOutcome::Deferred { retry_in, reason }) => {
                 // The failover quarantine: look again (reading the lease meanwhile) at the next poll
@@ -527,7 +558,7 @@ impl Campaign {
                 }
                 let c = self.config();
                 let poll = jittered(c.renewal_interval(), c.jitter_range());
-                self.next_poll = Instant::now() + retry_in.min(poll);
+                self.next_poll = seam::now() + retry_in.min(poll);
             }
             Ok(AcquireOutcome::NotAcquired {
                 current: Some(lease),
@@ -539,8 +570,8 @@ impl Campaign {
                     Level::DEBUG,
                     "lease contended; looking again shortly",
                 ));
-                self.next_poll = Instant::now()
-                    + jittered(Duration::from_millis(100), Duration::from_millis(100));
+                self.next_poll =
+                    seam::now() + jittered(Duration::from_millis(100), Duration::from_millis(100));
             }
             Err(e) => {
                 // The statement may have committed without us hearing back: we do not lead (no
@@ -560,7 +591,7 @@ impl Campaign {
                         .error(&e)
                         .retry_in(delay),
                 );
-                self.next_poll = Instant::now() + delay;
+                self.next_poll = seam::now() + delay;
             }
         }
     }
@@ -569,12 +600,17 @@ impl Campaign {
     /// expiry when the backend announces releases (its `LISTEN` connection is up), otherwise at the next
     /// jittered poll or just after the expiry, whichever comes first.
     fn observed(&mut self, lease: &ObservedLease) {
-        let now = Instant::now();
+        let now = seam::now();
         let expires_in = lease.expires_in.unwrap_or_default();
         let expires_at = now + expires_in;
         let shared = self.shared.clone();
         let c = &shared.config;
         if lease.leader_id == c.instance_id() {
+            if self.acquire_outcome_unknown && mutant(Mutant::AdoptLostAcquire) {
+                self.acquire_outcome_unknown = false;
+                self.confirmed(lease.term, now);
+                return;
+            }
             if !self.acquire_outcome_unknown && !self.warned_same_id {
                 self.report(
                     Event::new(
@@ -631,12 +667,19 @@ impl Campaign {
         let Some(held) = self.held.take() else {
             return Ok(());
         };
-        self.step_down("released");
+        let late_step_down = mutant(Mutant::ReleaseBeforeStepDown);
+        if !late_step_down {
+            self.step_down("released");
+        }
         let c = self.config();
-        self.stand_back_until = Some(Instant::now() + c.renewal_interval() + c.jitter_range());
-        self.next_poll = Instant::now();
+        self.stand_back_until = Some(seam::now() + c.renewal_interval() + c.jitter_range());
+        self.next_poll = seam::now();
         *lock(&self.shared.leader) = None;
-        match self.backend.release(held.term).await {
+        let outcome = self.backend.release(held.term).await;
+        if late_step_down {
+            self.step_down("released");
+        }
+        match outcome {
             Ok(true) => {
                 self.reachable();
                 self.report(
@@ -665,7 +708,7 @@ impl Campaign {
 
     async fn cleanup(&mut self) {
         let c = self.config();
-        self.next_cleanup = Instant::now() + jittered(c.clean_interval(), c.jitter_range());
+        self.next_cleanup = seam::now() + jittered(c.clean_interval(), c.jitter_range());
         let backend = self.backend.clone();
         match self.guarded(backend.cleanup()).await {
             Ok(0) => self.reachable(),
@@ -713,6 +756,16 @@ fn report(shared: &Shared, event: Event) {
     crate::metrics_names::record(&shared.metrics_name, &event, shared.clock.remaining());
 }
 
+/// The instant a confirmed lease counts from: its request's send time (the planted defect
+/// [`Mutant::DeadlineFromReply`] counts from the answer instead).
+fn counted_from(sent: Instant) -> Instant {
+    if mutant(Mutant::DeadlineFromReply) {
+        seam::now()
+    } else {
+        sent
+    }
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -722,7 +775,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 /// `base` ± `range`/2, uniformly.
 fn jittered(base: Duration, range: Duration) -> Duration {
-    let offset = range.mul_f64(rand::random::<f64>());
+    let offset = range.mul_f64(crate::seam::unit_random());
     (base + offset).saturating_sub(range / 2)
 }
 

@@ -5,9 +5,17 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::seam::now;
+
 fn base() -> Instant {
     static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
+    *BASE.get_or_init(now)
+}
+
+/// Sets the base now if it is not set yet (the simulator, before it builds a paused runtime).
+#[cfg(feature = "sim")]
+pub(crate) fn init_base() {
+    base();
 }
 
 /// Nanoseconds of the monotonic clock since a process-wide base, plus one, so that 0 can mean "none".
@@ -62,7 +70,7 @@ impl LeaseClock {
     #[inline]
     pub(crate) fn is_valid(&self) -> bool {
         let d = self.deadline.load(Ordering::Acquire);
-        d != 0 && ticks(Instant::now()) < d
+        d != 0 && ticks(now()) < d
     }
 
     /// The held term while valid. The deadline is read on both sides of the term so that a term from
@@ -75,14 +83,14 @@ impl LeaseClock {
             if before != after {
                 continue;
             }
-            return (after != 0 && ticks(Instant::now()) < after).then_some(term);
+            return (after != 0 && ticks(now()) < after).then_some(term);
         }
     }
 
     /// Time left before the deadline, while valid.
     pub(crate) fn remaining(&self) -> Option<Duration> {
         let d = self.deadline.load(Ordering::Acquire);
-        let now = ticks(Instant::now());
+        let now = ticks(now());
         (d != 0 && now < d).then(|| Duration::from_nanos(d - now))
     }
 }

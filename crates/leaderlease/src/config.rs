@@ -169,6 +169,9 @@ impl ElectorConfig {
     /// keeps `safety_margin + renewal_interval + jitter_range / 2` below `lease_duration`, so the
     /// deadline comes after the send time of the next renewal.
     pub(crate) fn local_deadline(&self, sent: Instant) -> Instant {
+        if crate::seam::mutant(crate::seam::Mutant::NoSafetyMargin) {
+            return sent + self.lease_duration;
+        }
         sent + self.lease_duration - self.safety_margin
     }
     /// Upper bound of one database operation, connection included.

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -201,7 +201,7 @@ impl Elector {
             health: Mutex::new(StoreHealth {
                 connected: true,
                 last_error: None,
-                since: Instant::now(),
+                since: crate::seam::now(),
             }),
             #[cfg(feature = "metrics")]
             metrics_name: config.metrics_name(),
@@ -414,6 +414,18 @@ impl Elector {
                 work(token.child_token()).await?;
             }
             token.cancelled().await;
+        }
+    }
+}
+
+#[cfg(feature = "sim")]
+impl Elector {
+    /// The simulator's crash of this candidate's process: its campaign task is aborted where it stands
+    /// (no release, no step-down; a request already sent still reaches the store).
+    #[doc(hidden)]
+    pub fn sim_crash(&self) {
+        if let Some(task) = lock(&self.task).take() {
+            task.abort();
         }
     }
 }

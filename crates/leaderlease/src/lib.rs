@@ -88,6 +88,10 @@ pub mod nats;
 pub mod noleader;
 mod postgres;
 pub mod schema;
+mod seam;
+#[cfg(feature = "sim")]
+#[doc(hidden)]
+pub mod sim;
 mod state;
 
 pub use backend::{AcquireOutcome, Backend, ObservedLease, START_CONNECT_TIMEOUT};
@@ -103,6 +107,9 @@ pub use postgres::{
     BatchStats, LISTEN_PROBE_INTERVAL, MAX_BATCH_WINDOW, OWNED_POOL_MAX_CONNECTIONS, PgBackend,
     PgHub, PgSettings, Pooler, RELEASE_CHANNEL, TlsSettings,
 };
+#[cfg(feature = "sim")]
+#[doc(hidden)]
+pub use seam::{Mutant, sim_hooks};
 pub use sqlx::PgPool;
 pub use sqlx::postgres::{PgConnectOptions, PgSslMode};
 pub use state::{LeaderInfo, Lease, Snapshot, Status, StoreHealth};
