@@ -1,8 +1,6 @@
 import 'reflect-metadata';
 
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 
 import { Controller, Get, Injectable, Module, UseGuards } from '@nestjs/common';
@@ -18,6 +16,7 @@ import {
   type LeaderJobContext,
 } from '../dist/index.js';
 import { DATABASE_URL, FAST, dropSchema, randomSchema, sleep, waitFor, withClient } from './helpers.js';
+import { type FixtureApp, killAll, startFixture } from './fixture-app.js';
 import { getJson, nestApps, startError } from './nest-app.js';
 
 const quote = (s: string) => `"${s.replace(/"/g, '""')}"`;
@@ -358,53 +357,13 @@ describe('a leader job that releases its own leadership', () => {
 });
 
 /** One tests/fixtures/jobs-app.ts in its own process. */
-interface Proc {
-  instance: string;
-  child: ChildProcess;
-  lines: Record<string, any>[];
-  stderr: string;
-  exited: Promise<void>;
-  done: boolean;
-}
-
-const FIXTURE = join(__dirname, 'fixtures', 'jobs-app.js');
-
-function startJobsApp(instance: string, env: Record<string, string>): Proc {
-  const child = spawn(process.execPath, [FIXTURE], {
-    env: { ...process.env, DATABASE_URL, LL_INSTANCE: instance, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const p: Proc = { instance, child, lines: [], stderr: '', exited: Promise.resolve(), done: false };
-  let out = '';
-  child.stdout!.on('data', (d: Buffer) => {
-    out += d.toString();
-    let nl: number;
-    while ((nl = out.indexOf('\n')) >= 0) {
-      const line = out.slice(0, nl);
-      out = out.slice(nl + 1);
-      try {
-        p.lines.push({ ...(JSON.parse(line) as object), instance });
-      } catch {
-        p.stderr += `${line}\n`;
-      }
-    }
-  });
-  child.stderr!.on('data', (d: Buffer) => (p.stderr += d.toString()));
-  p.exited = new Promise((resolve) =>
-    child.on('exit', () => {
-      p.done = true;
-      resolve();
-    }),
-  );
-  return p;
-}
+const startJobsApp = (instance: string, env: Record<string, string>): FixtureApp => startFixture('jobs-app', instance, env);
 
 describe('drained handover: a NestJS worker SIGTERMed in the middle of a 1.5 s job', () => {
   const schema = randomSchema();
-  const procs: Proc[] = [];
+  const procs: FixtureApp[] = [];
   after(async () => {
-    for (const p of procs) if (!p.done) p.child.kill('SIGKILL');
-    await Promise.all(procs.map((p) => p.exited));
+    await killAll(procs);
     await dropSchema(schema);
   });
 
@@ -416,10 +375,10 @@ describe('drained handover: a NestJS worker SIGTERMed in the middle of a 1.5 s j
     const handovers: number[] = [];
     for (let round = 0; round < 2; round++) {
       // Wait until a run has been going for 500-800 ms, then SIGTERM its instance.
-      let victim: Proc | undefined;
+      let victim: FixtureApp | undefined;
       let startT = 0;
       const ok = await waitFor(() => {
-        const alive = procs.filter((p) => !p.done);
+        const alive = procs.filter((p) => p.exit === null);
         for (const p of alive) {
           const last = p.lines.filter((l) => l['event'] === 'run-start' || l['event'] === 'run-end').at(-1);
           if (last?.['event'] === 'run-start' && Date.now() - last['t'] >= 500 && Date.now() - last['t'] < 800) {
