@@ -56,3 +56,21 @@ export async function killAll(apps: FixtureApp[]): Promise<void> {
   for (const a of apps) if (a.exit === null) a.child.kill('SIGKILL');
   await Promise.all(apps.map((a) => a.exited));
 }
+
+/** The first line of `app` for which `match` holds, once printed; rejects if it exits (or `timeoutMs` passes) first. */
+export async function lineOf(
+  app: FixtureApp,
+  match: (line: Record<string, any>) => boolean,
+  timeoutMs = 60_000,
+): Promise<Record<string, any>> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const line = app.lines.find(match);
+    if (line !== undefined) return line;
+    if (app.exit !== null || Date.now() > end) {
+      const why = app.exit !== null ? `exited (${app.exit.code ?? app.exit.signal})` : `did not print it within ${timeoutMs} ms`;
+      throw new Error(`${app.instance} ${why}: ${app.stderr}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
