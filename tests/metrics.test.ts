@@ -3,16 +3,15 @@
 // leaders across handovers: a release, a leader paused past its lease (SIGSTOP, then SIGCONT), a leader
 // killed. The other metrics are there with plausible values.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 
 import { Registry } from 'prom-client';
 
 import { LeaderElectorCore, METRIC_NAMES } from '../dist/index.js';
+import { type FixtureApp, killAll, lineOf, startFixture } from './fixture-app.js';
 import { DATABASE_URL, FAST, dropSchema, randomSchema, runScript, sleep, waitFor } from './helpers.js';
 
-const APP = join(__dirname, 'fixtures', 'metrics-app.js');
 const LOCK_ID = 51;
 /** The fixture's lease duration (ms). */
 const LEASE = 3000;
@@ -22,34 +21,18 @@ after(async () => {
   for (const s of schemas) await dropSchema(s);
 });
 
-interface App {
-  child: ChildProcess;
-  port: number;
-  alive: boolean;
-}
-
-/** What the apps printed besides their port: their warnings, shown when the test fails. */
-const output: string[] = [];
+/** One tests/fixtures/metrics-app.ts in its own process, listening on `port`. */
+type App = FixtureApp & { port: number };
 
 async function startApp(schema: string, index: number): Promise<App> {
-  const child = spawn(process.execPath, [APP], {
-    env: { ...process.env, DATABASE_URL, LL_SCHEMA: schema, LL_LOCK_ID: String(LOCK_ID) },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const port = await new Promise<number>((resolve, reject) => {
-    let buf = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      buf += d.toString();
-      for (const line of d.toString().split('\n')) if (line !== '' && !line.startsWith('{"port"')) output.push(`app ${index}: ${line}`);
-      const m = /\{"port":(\d+)\}/.exec(buf);
-      if (m) resolve(Number(m[1]));
-    });
-    child.stderr!.on('data', (d: Buffer) => output.push(`app ${index} (stderr): ${d.toString().trim()}`));
-    child.on('exit', (code) => reject(new Error(`app exited (${code}) before listening`)));
-  });
-  const app: App = { child, port, alive: true };
-  child.on('exit', () => (app.alive = false));
-  return app;
+  const app = startFixture('metrics-app', `app-${index}`, { LL_SCHEMA: schema, LL_LOCK_ID: String(LOCK_ID) });
+  try {
+    const { port } = await lineOf(app, (l) => typeof l['port'] === 'number');
+    return Object.assign(app, { port: port as number });
+  } catch (err) {
+    await killAll([app]);
+    throw err;
+  }
 }
 
 /** One scrape: the value of every metric line, and when the app read its registry (ns, CLOCK_MONOTONIC). */
@@ -96,7 +79,7 @@ describe('metrics', () => {
     const samplers = apps.map(async (app, i) => {
       const t0 = performance.now();
       for (let n = 0; sampling; n++) {
-        if (!app.alive) break;
+        if (app.exit !== null) break;
         const s = await scrape(app, 200);
         if (s !== null && s.values.has(STATUS)) samples.push({ app: i, at: s.at, leading: s.values.get(STATUS) === 1, phase });
         const wait = t0 + (n + 1) * 10 - performance.now();
@@ -110,12 +93,12 @@ describe('metrics', () => {
      */
     const leaderIndex = (since = 0n) => {
       const latest = apps.map((a, i) => {
-        if (!a.alive) return undefined;
+        if (a.exit !== null) return undefined;
         for (let k = samples.length - 1; k >= 0; k--) if (samples[k]!.app === i && samples[k]!.at > since) return samples[k];
         return undefined;
       });
       const leading = latest.flatMap((s, i) => (s?.leading ? [i] : []));
-      return leading.length === 1 && latest.every((s, i) => !apps[i]!.alive || s !== undefined) ? leading[0]! : -1;
+      return leading.length === 1 && latest.every((s, i) => apps[i]!.exit !== null || s !== undefined) ? leading[0]! : -1;
     };
     const steady = async (label: string, ms: number) => {
       const since = process.hrtime.bigint();
@@ -207,7 +190,7 @@ describe('metrics', () => {
       );
 
       // The other metrics, on the last leader and a follower.
-      const live = apps.filter((a) => a.alive);
+      const live = apps.filter((a) => a.exit === null);
       const scrapes = (await Promise.all(live.map((a) => scrape(a, 2000)))).filter((s) => s !== null);
       const lead = scrapes.find((s) => s.values.get(STATUS) === 1);
       const follow = scrapes.find((s) => s.values.get(STATUS) === 0);
@@ -223,10 +206,11 @@ describe('metrics', () => {
       assert.equal(v(follow, `${METRIC_NAMES.leaseRemaining}{${name}}`), 0);
       assert.ok(v(lead, `${METRIC_NAMES.leadershipChanges}{${name},transition="elected"}`)! >= 1);
     } catch (err) {
-      console.log(output.join('\n'));
+      // What the apps printed besides their JSON lines (their warnings), for the report.
+      for (const a of apps) if (a.stderr.trim() !== '') console.log(`${a.instance}: ${a.stderr.trim()}`);
       throw err;
     } finally {
-      for (const a of apps) if (a.alive) a.child.kill('SIGKILL');
+      await killAll(apps);
     }
   });
 

@@ -1,13 +1,9 @@
 import 'reflect-metadata';
 
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import type { AddressInfo } from 'node:net';
-import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 
-import { Controller, Get, Injectable, Module, UseGuards, type INestApplication } from '@nestjs/common';
-import { Test } from '@nestjs/testing';
+import { Controller, Get, Injectable, Module, UseGuards } from '@nestjs/common';
 
 import {
   LeaderElectionConfigError,
@@ -20,6 +16,8 @@ import {
   type LeaderJobContext,
 } from '../dist/index.js';
 import { DATABASE_URL, FAST, dropSchema, randomSchema, sleep, waitFor, withClient } from './helpers.js';
+import { type FixtureApp, killAll, startFixture } from './fixture-app.js';
+import { getJson, nestApps, startError } from './nest-app.js';
 
 const quote = (s: string) => `"${s.replace(/"/g, '""')}"`;
 
@@ -59,7 +57,8 @@ class JobsController {
   }
 }
 
-async function namedApp(schema: string, extra: object = {}): Promise<INestApplication> {
+/** The module of an app with the app-wide election, `alpha`, `beta` (by use) and `gamma` (declared). */
+function namedModule(schema: string, extra: object = {}) {
   @Module({
     imports: [
       LeaderElectorModule.forRoot({
@@ -76,28 +75,15 @@ async function namedApp(schema: string, extra: object = {}): Promise<INestApplic
     providers: [Jobs],
   })
   class AppModule {}
-  const moduleRef = await Test.createTestingModule({ imports: [AppModule] }).compile();
-  const app = moduleRef.createNestApplication({ logger: false });
-  await app.listen(0, '127.0.0.1');
-  return app;
-}
-
-async function get(app: INestApplication, path: string): Promise<{ status: number; body: any }> {
-  const { port } = app.getHttpServer().address() as AddressInfo;
-  const res = await fetch(`http://127.0.0.1:${port}${path}`);
-  return { status: res.status, body: await res.json() };
+  return AppModule;
 }
 
 describe('named elections in three NestJS apps', () => {
   const schema = randomSchema();
-  const apps: INestApplication[] = [];
-  after(async () => {
-    for (const app of apps) await app.close();
-    await dropSchema(schema);
-  });
+  const { apps, start } = nestApps(schema);
 
   test('each name has one leader, on its own lock id; names spread; @LeaderOnly(name), election(name), LeaderGuard.for(name) follow it', async () => {
-    for (let i = 0; i < 3; i++) apps.push(await namedApp(schema));
+    for (let i = 0; i < 3; i++) await start([namedModule(schema)], { listen: true });
     const services = apps.map((a) => a.get(LeaderElectorService));
     const names = ['alpha', 'beta', 'gamma'] as const;
     const leaderOf = (name: string | null) =>
@@ -165,7 +151,7 @@ describe('named elections in three NestJS apps', () => {
       'every app knows alpha\'s leader within 3 s',
     );
     for (const [i, app] of apps.entries()) {
-      const res = await get(app, '/jobs/alpha');
+      const res = await getJson(app, '/jobs/alpha');
       if (i === alphaLeader) assert.deepEqual(res, { status: 200, body: { ran: 'alpha' } });
       else {
         assert.equal(res.status, 503);
@@ -228,20 +214,8 @@ describe('lock ids of named elections', () => {
       else seen.set(id, name);
     }
     const schema = randomSchema();
-    const start = async (modules: unknown[]) => {
-      const m = await Test.createTestingModule({
-        imports: [LeaderElectorModule.forRoot({ connectionString: DATABASE_URL, schema, ...FAST }), ...(modules as [])],
-      }).compile();
-      const app = m.createNestApplication({ logger: false });
-      try {
-        await app.init();
-        return null;
-      } catch (err) {
-        return err;
-      } finally {
-        await app.close();
-      }
-    };
+    const start = (modules: unknown[]) =>
+      startError([LeaderElectorModule.forRoot({ connectionString: DATABASE_URL, schema, ...FAST }), ...(modules as [])]);
     try {
       const derived = await start([LeaderElectorModule.forFeature(pair.map((name) => ({ name })))]);
       assert.ok(derived instanceof LeaderElectionConfigError, String(derived));
@@ -287,11 +261,7 @@ describe('lock ids of named elections', () => {
 
 describe('the signal of a leader-only job', () => {
   const schema = randomSchema();
-  const apps: INestApplication[] = [];
-  after(async () => {
-    for (const app of apps) await app.close();
-    await dropSchema(schema);
-  });
+  const { start } = nestApps(schema);
 
   @Injectable()
   class Waiter {
@@ -323,10 +293,7 @@ describe('the signal of a leader-only job', () => {
       providers: [Waiter],
     })
     class AppModule {}
-    const m = await Test.createTestingModule({ imports: [AppModule] }).compile();
-    const app = m.createNestApplication({ logger: false });
-    apps.push(app);
-    await app.init();
+    const app = await start([AppModule]);
     const service = app.get(LeaderElectorService);
     const waiter = app.get(Waiter);
     const election = service.election('waiter');
@@ -390,53 +357,13 @@ describe('a leader job that releases its own leadership', () => {
 });
 
 /** One tests/fixtures/jobs-app.ts in its own process. */
-interface Proc {
-  instance: string;
-  child: ChildProcess;
-  lines: Record<string, any>[];
-  stderr: string;
-  exited: Promise<void>;
-  done: boolean;
-}
-
-const FIXTURE = join(__dirname, 'fixtures', 'jobs-app.js');
-
-function startJobsApp(instance: string, env: Record<string, string>): Proc {
-  const child = spawn(process.execPath, [FIXTURE], {
-    env: { ...process.env, DATABASE_URL, LL_INSTANCE: instance, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const p: Proc = { instance, child, lines: [], stderr: '', exited: Promise.resolve(), done: false };
-  let out = '';
-  child.stdout!.on('data', (d: Buffer) => {
-    out += d.toString();
-    let nl: number;
-    while ((nl = out.indexOf('\n')) >= 0) {
-      const line = out.slice(0, nl);
-      out = out.slice(nl + 1);
-      try {
-        p.lines.push({ ...(JSON.parse(line) as object), instance });
-      } catch {
-        p.stderr += `${line}\n`;
-      }
-    }
-  });
-  child.stderr!.on('data', (d: Buffer) => (p.stderr += d.toString()));
-  p.exited = new Promise((resolve) =>
-    child.on('exit', () => {
-      p.done = true;
-      resolve();
-    }),
-  );
-  return p;
-}
+const startJobsApp = (instance: string, env: Record<string, string>): FixtureApp => startFixture('jobs-app', instance, env);
 
 describe('drained handover: a NestJS worker SIGTERMed in the middle of a 1.5 s job', () => {
   const schema = randomSchema();
-  const procs: Proc[] = [];
+  const procs: FixtureApp[] = [];
   after(async () => {
-    for (const p of procs) if (!p.done) p.child.kill('SIGKILL');
-    await Promise.all(procs.map((p) => p.exited));
+    await killAll(procs);
     await dropSchema(schema);
   });
 
@@ -448,10 +375,10 @@ describe('drained handover: a NestJS worker SIGTERMed in the middle of a 1.5 s j
     const handovers: number[] = [];
     for (let round = 0; round < 2; round++) {
       // Wait until a run has been going for 500-800 ms, then SIGTERM its instance.
-      let victim: Proc | undefined;
+      let victim: FixtureApp | undefined;
       let startT = 0;
       const ok = await waitFor(() => {
-        const alive = procs.filter((p) => !p.done);
+        const alive = procs.filter((p) => p.exit === null);
         for (const p of alive) {
           const last = p.lines.filter((l) => l['event'] === 'run-start' || l['event'] === 'run-end').at(-1);
           if (last?.['event'] === 'run-start' && Date.now() - last['t'] >= 500 && Date.now() - last['t'] < 800) {
@@ -503,11 +430,7 @@ describe('drained handover: a NestJS worker SIGTERMed in the middle of a 1.5 s j
 
 describe('module options the Nest way', () => {
   const schema = randomSchema();
-  const apps: INestApplication[] = [];
-  after(async () => {
-    for (const app of apps) await app.close();
-    await dropSchema(schema);
-  });
+  const { start } = nestApps(schema);
 
   test('forRootAsync with useExisting, extraProviders and isGlobal: false; forFeature settings; election(name) before the start', async () => {
     const SETTINGS = 'SETTINGS';
@@ -537,10 +460,7 @@ describe('module options the Nest way', () => {
       providers: [EarlyUser],
     })
     class AppModule {}
-    const m = await Test.createTestingModule({ imports: [AppModule] }).compile();
-    const app = m.createNestApplication({ logger: false });
-    apps.push(app);
-    await app.init();
+    const app = await start([AppModule]);
     const service = app.get(LeaderElectorService);
     assert.equal(app.get(SETTINGS, { strict: false }), 'extra', 'extraProviders are registered');
     const early = app.get(EarlyUser).early!;

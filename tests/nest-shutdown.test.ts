@@ -1,78 +1,33 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 
+import { type FixtureApp, killAll, startFixture } from './fixture-app.js';
 import { DATABASE_URL, FAST, dropSchema, randomSchema, runScript, waitFor } from './helpers.js';
 
-const APP = join(__dirname, 'fixtures', 'shutdown-app.js');
 const DIST = join(__dirname, '..', 'dist', 'index.js');
 
 /** One NestJS app of tests/fixtures/shutdown-app.ts in its own process. */
-interface App {
-  instance: string;
-  child: ChildProcess;
-  /** The leadership events it printed, in order. */
-  events: string[];
-  stderr: string;
-  up: boolean;
-  exit: { code: number | null; signal: NodeJS.Signals | null } | null;
-  exited: Promise<void>;
-}
+type App = FixtureApp;
 
 function startApp(instance: string, schema: string, lockId: number, markerDir: string): App {
-  const child = spawn(process.execPath, [APP], {
-    env: {
-      ...process.env,
-      DATABASE_URL,
-      LL_SCHEMA: schema,
-      LL_LOCK_ID: String(lockId),
-      LL_INSTANCE: instance,
-      LL_MARKER_DIR: markerDir,
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const app: App = { instance, child, events: [], stderr: '', up: false, exit: null, exited: Promise.resolve() };
-  let out = '';
-  child.stdout!.on('data', (d: Buffer) => {
-    out += d.toString();
-    let nl: number;
-    while ((nl = out.indexOf('\n')) >= 0) {
-      const line = out.slice(0, nl);
-      out = out.slice(nl + 1);
-      // Nest's logger writes its warnings to stdout too: those lines are kept with stderr, for the report.
-      let event: string;
-      try {
-        ({ event } = JSON.parse(line) as { event: string });
-      } catch {
-        app.stderr += `${line}\n`;
-        continue;
-      }
-      if (event === 'up') app.up = true;
-      else app.events.push(event);
-    }
-  });
-  child.stderr!.on('data', (d: Buffer) => (app.stderr += d.toString()));
-  app.exited = new Promise((resolve) =>
-    child.on('exit', (code, signal) => {
-      app.exit = { code, signal };
-      resolve();
-    }),
-  );
-  return app;
+  return startFixture('shutdown-app', instance, { LL_SCHEMA: schema, LL_LOCK_ID: String(lockId), LL_MARKER_DIR: markerDir });
 }
 
-const leads = (a: App) => a.exit === null && a.events.at(-1) === 'elected';
+/** The leadership events `a` printed, in order; `up` once it has started. */
+const events = (a: App): string[] => a.lines.map((l) => l['event'] as string).filter((e) => e !== 'up');
+const isUp = (a: App): boolean => a.lines.some((l) => l['event'] === 'up');
+
+const leads = (a: App) => a.exit === null && events(a).at(-1) === 'elected';
 
 describe('a NestJS app with enableShutdownHooks(), SIGTERMed while it leads', () => {
   const schema = randomSchema();
   const markerDir = mkdtempSync(join(tmpdir(), 'll-shutdown-'));
   const apps: App[] = [];
   after(async () => {
-    for (const a of apps) if (a.exit === null) a.child.kill('SIGKILL');
-    await Promise.all(apps.map((a) => a.exited));
+    await killAll(apps);
     await dropSchema(schema);
     rmSync(markerDir, { recursive: true, force: true });
   });
@@ -91,8 +46,8 @@ describe('a NestJS app with enableShutdownHooks(), SIGTERMed while it leads', ()
     for (let round = 0; round < rounds; round++) {
       const running = () => apps.filter((a) => a.exit === null);
       assert.ok(
-        await waitFor(() => running().every((a) => a.up) && running().filter(leads).length === 1, 20_000),
-        `round ${round}: three apps up and one leader within 20 s (${apps.map((a) => `${a.instance}: ${a.events.join(',')} ${a.stderr}`).join('; ')})`,
+        await waitFor(() => running().every(isUp) && running().filter(leads).length === 1, 20_000),
+        `round ${round}: three apps up and one leader within 20 s (${apps.map((a) => `${a.instance}: ${events(a).join(',')} ${a.stderr}`).join('; ')})`,
       );
       const leader = running().find(leads)!;
       const sentAt = performance.now();

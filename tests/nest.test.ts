@@ -1,10 +1,9 @@
 import 'reflect-metadata';
 
 import assert from 'node:assert/strict';
-import type { AddressInfo } from 'node:net';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 
-import { Controller, Get, Inject, Injectable, Module, type INestApplication } from '@nestjs/common';
+import { Controller, Get, Inject, Injectable, Module } from '@nestjs/common';
 import { Test } from '@nestjs/testing';
 import { TypeOrmModule } from '@nestjs/typeorm';
 
@@ -18,6 +17,7 @@ import {
   type LeaderElectorOptionsFactory,
 } from '../dist/index.js';
 import { DATABASE_URL, FAST, dropSchema, randomSchema, sleep, waitFor } from './helpers.js';
+import { getJson, nestApps } from './nest-app.js';
 
 // `UseGuards` is applied through the decorator of @nestjs/common, as an app does.
 import { UseGuards } from '@nestjs/common';
@@ -64,8 +64,8 @@ class JobsController {
   }
 }
 
-/** One instance of the original README's Quick Start app (TypeOrmModule.forRoot + forRoot({ schema })). */
-async function quickStartApp(schema: string): Promise<INestApplication> {
+/** The module of the original README's Quick Start app (TypeOrmModule.forRoot + forRoot({ schema })). */
+function quickStartModule(schema: string) {
   @Module({
     imports: [
       TypeOrmModule.forRoot({ ...typeOrmSettings, autoLoadEntities: true }),
@@ -75,28 +75,15 @@ async function quickStartApp(schema: string): Promise<INestApplication> {
     providers: [TasksService],
   })
   class AppModule {}
-  const moduleRef = await Test.createTestingModule({ imports: [AppModule] }).compile();
-  const app = moduleRef.createNestApplication({ logger: false });
-  await app.listen(0, '127.0.0.1');
-  return app;
-}
-
-async function get(app: INestApplication, path: string): Promise<{ status: number; body: any }> {
-  const { port } = app.getHttpServer().address() as AddressInfo;
-  const res = await fetch(`http://127.0.0.1:${port}${path}`);
-  return { status: res.status, body: await res.json() };
+  return AppModule;
 }
 
 describe('original README: Quick Start in NestJS apps', () => {
   const schema = randomSchema();
-  const apps: INestApplication[] = [];
-  after(async () => {
-    for (const app of apps) await app.close();
-    await dropSchema(schema);
-  });
+  const { apps, start } = nestApps(schema);
 
   test('exactly one of three apps leads; @LeaderOnly, LeaderGuard and release follow it', async () => {
-    for (let i = 0; i < 3; i++) apps.push(await quickStartApp(schema));
+    for (let i = 0; i < 3; i++) await start([quickStartModule(schema)], { listen: true });
     const electors = apps.map((a) => a.get(LeaderElectorService));
     const leading = () => electors.filter((e) => e.amILeader());
     assert.ok(await waitFor(() => leading().length === 1, 5000), 'one leader within 5 s');
@@ -134,8 +121,8 @@ describe('original README: Quick Start in NestJS apps', () => {
 
     // LeaderGuard over HTTP: 200 on the leader, 503 naming the leader elsewhere; unguarded routes answer.
     for (const [i, app] of apps.entries()) {
-      assert.equal((await get(app, '/jobs/status')).status, 200);
-      const res = await get(app, '/jobs/run');
+      assert.equal((await getJson(app, '/jobs/status')).status, 200);
+      const res = await getJson(app, '/jobs/run');
       if (i === leaderIndex) {
         assert.deepEqual(res, { status: 200, body: { ran: true } });
       } else {
@@ -168,11 +155,7 @@ describe('original README: Quick Start in NestJS apps', () => {
 
 describe('LeaderElectorModule.forRootAsync', () => {
   const schema = randomSchema();
-  const apps: INestApplication[] = [];
-  after(async () => {
-    for (const app of apps) await app.close();
-    await dropSchema(schema);
-  });
+  const { apps, start } = nestApps(schema);
 
   const CONFIG = 'CONFIG';
   @Module({ providers: [{ provide: CONFIG, useValue: { url: DATABASE_URL, schema } }], exports: [CONFIG] })
@@ -187,29 +170,20 @@ describe('LeaderElectorModule.forRootAsync', () => {
   }
 
   test('useFactory with inject, and useClass, without TypeORM; one leads', async () => {
-    const byFactory = await Test.createTestingModule({
-      imports: [
-        LeaderElectorModule.forRootAsync({
-          imports: [ConfigModule],
-          inject: [CONFIG],
-          useFactory: async (config: { url: string; schema: string }) => ({
-            connectionString: config.url,
-            schema: config.schema,
-            lockId: 21,
-            instanceId: 'by-factory',
-            ...FAST,
-          }),
+    await start([
+      LeaderElectorModule.forRootAsync({
+        imports: [ConfigModule],
+        inject: [CONFIG],
+        useFactory: async (config: { url: string; schema: string }) => ({
+          connectionString: config.url,
+          schema: config.schema,
+          lockId: 21,
+          instanceId: 'by-factory',
+          ...FAST,
         }),
-      ],
-    }).compile();
-    const byClass = await Test.createTestingModule({
-      imports: [LeaderElectorModule.forRootAsync({ imports: [ConfigModule], useClass: ElectionConfig })],
-    }).compile();
-    for (const m of [byFactory, byClass]) {
-      const app = m.createNestApplication({ logger: false });
-      apps.push(app);
-      await app.init();
-    }
+      }),
+    ]);
+    await start([LeaderElectorModule.forRootAsync({ imports: [ConfigModule], useClass: ElectionConfig })]);
     const electors = apps.map((a) => a.get(LeaderElectorService));
     assert.deepEqual(electors.map((e) => e.instanceId), ['by-factory', 'by-class']);
     assert.ok(await waitFor(() => electors.filter((e) => e.amILeader()).length === 1, 5000), 'one leads');

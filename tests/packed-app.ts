@@ -109,7 +109,10 @@ export interface Packed {
   platformTarball: string;
   /** The command line's package's tarball (npm/cli-<platform>/). */
   cliTarball: string;
+  /** The files in each tarball. */
   files: string[];
+  platformFiles: string[];
+  cliFiles: string[];
   env: NodeJS.ProcessEnv;
   close(): void;
 }
@@ -168,6 +171,8 @@ export async function pack(): Promise<Packed> {
       platformTarball: platform.tarball,
       cliTarball: cli.tarball,
       files,
+      platformFiles: platform.files,
+      cliFiles: cli.files,
       env,
       close: () => rmSync(dir, { recursive: true, force: true }),
     };
@@ -209,14 +214,20 @@ export function installedVersion(dir: string, name: string): string {
 }
 
 // A CommonJS NestJS app in plain JavaScript (decorators applied by hand), the original Quick Start's shape:
-// TypeORM, LeaderElectorModule.forRoot with a schema, a provider that injects the service. It elects
-// itself, closes, and exits by itself.
+// TypeORM, LeaderElectorModule.forRoot with a schema, a provider that injects the service. It checks that
+// it loads the package installed in the app, elects itself, closes, and exits by itself.
 export const NEST_APP_CJS = `'use strict';
 require('reflect-metadata');
+const path = require('node:path');
 const { Injectable, Module } = require('@nestjs/common');
 const { NestFactory } = require('@nestjs/core');
 const { TypeOrmModule } = require('@nestjs/typeorm');
 const { LeaderElectorModule, LeaderElectorService } = require('leaderlease');
+
+const resolved = require.resolve('leaderlease');
+if (!resolved.startsWith(path.join(__dirname, 'node_modules') + path.sep)) {
+  throw new Error('leaderlease resolved outside the app: ' + resolved);
+}
 
 class Reporter {
   constructor(elector) { this.elector = elector; }

@@ -9,6 +9,7 @@
 // export when it imports this file: without the addon the lazy ones are then `undefined`, and a process
 // warning `LEADERLEASE_NO_ADDON` says why). `leaderlease/core` is the light entry for standalone use.
 
+import type * as ConnectionModule from './connection-options.js';
 import type * as CoreModule from './leader-elector.core.js';
 import type * as GuardModule from './leader.guard.js';
 import type * as HealthModule from './health.js';
@@ -17,30 +18,7 @@ import type * as ServiceModule from './leader-elector.service.js';
 import type * as Native from '../native/index.js';
 import type * as NativeModule from './native.js';
 
-export {
-  DatabaseError,
-  DatabaseUnreachableError,
-  ElectorShutDownError,
-  FencedError,
-  InvalidBucketError,
-  LeaderElectionConfigError,
-  LeaderElectionError,
-  LeaderElectionTimeoutError,
-  MissingPeerDependencyError,
-  NotLeaderError,
-  PermissionDeniedError,
-  ReadOnlyDatabaseError,
-  StoreError,
-  StoreUnreachableError,
-  TableMissingError,
-  UnsupportedServerError,
-  UnsupportedPlatformError,
-  fromNative,
-  type LeaderElectionErrorCode,
-} from './errors.js';
-export { upSql, downSql } from './sql.js';
-export { METRIC_NAMES, type LeaderElectionMetricsOptions } from './metrics.js';
-export type { LeaderElectionLogEvent, LeaderElectionLogLevel, LeaderElectorLogger } from './logging.js';
+export * from './public-exports.js';
 export type { LeaderElectionHealthDetails, LeaderElectionHealthOptions } from './health.js';
 export {
   LeaderLease,
@@ -50,22 +28,9 @@ export {
 } from './leader-lease.entity.js';
 export { LeaderElectionMigrationBase } from './leader-election.migration.js';
 export { LeaderOnly, type LeaderOnlyOptions } from './leader-only.decorator.js';
-export { lockIdForName, NAMED_LOCK_ID_BASE } from './lock-id.js';
-export type { LeaderJobContext } from './leader-job.context.js';
+export { NAMED_LOCK_ID_BASE } from './lock-id.js';
 export type { NamedElectionOptions, SpreadOptions } from './named-elections.js';
 export { LEADER_ELECTOR_MODULE_OPTIONS, LEADER_ONLY_METADATA } from './leader-elector.constants.js';
-export type {
-  DataSourceLike,
-  FenceRunner,
-  ElectorStatus,
-  LeaderElectorConfig,
-  LeaderElectorEvents,
-  LeaderIdentity,
-  LeaderStatus,
-  LeadershipEvent,
-  NatsSource,
-  RepositoryLike,
-} from './leader-elector.core.js';
 export type {
   LeaderElectorModuleAsyncOptions,
   LeaderElectorModuleOptions,
@@ -77,7 +42,7 @@ export type { NotLeaderResponseBody } from './leader.guard.js';
 // instance type of the same name.
 export declare const LeaderElectorCore: typeof CoreModule.LeaderElectorCore;
 export type LeaderElectorCore = CoreModule.LeaderElectorCore;
-export declare const connectionStringFromDataSource: typeof CoreModule.connectionStringFromDataSource;
+export declare const connectionStringFromDataSource: typeof ConnectionModule.connectionStringFromDataSource;
 export declare const LeaderElectorModule: typeof NestModule.LeaderElectorModule;
 export type LeaderElectorModule = NestModule.LeaderElectorModule;
 export declare const LeaderElectorService: typeof ServiceModule.LeaderElectorService;
@@ -115,7 +80,12 @@ const lazy = {
     return load(() => (require('./leader-elector.core.js') as typeof CoreModule).LeaderElectorCore);
   },
   get connectionStringFromDataSource() {
-    return load(() => (require('./leader-elector.core.js') as typeof CoreModule).connectionStringFromDataSource);
+    // Needs no addon itself, but is documented among what needs it (it came from the elector's module),
+    // so it still loads (and fails without) the addon.
+    return load(() => {
+      (require('./native.js') as typeof NativeModule).loadNative();
+      return (require('./connection-options.js') as typeof ConnectionModule).connectionStringFromDataSource;
+    });
   },
   get LeaderElectorModule() {
     return load(() => (require('./leader-elector.module.js') as typeof NestModule).LeaderElectorModule);

@@ -11,7 +11,8 @@ import {
 } from './config-keys.js';
 import { LeaderElectionConfigError } from './errors.js';
 import { LEADER_ELECTOR_MODULE_OPTIONS } from './leader-elector.constants.js';
-import type { DataSourceLike, LeaderElectorConfig, NatsSource, RepositoryLike } from './leader-elector.core.js';
+import type { DataSourceLike, LeaderElectorConfig, RepositoryLike } from './leader-elector.config.js';
+import type { NatsSource } from './nats-source.js';
 import { LeaderElectorService, bindNamedElections } from './leader-elector.service.js';
 import { LeaderElectionHealthIndicator } from './health.js';
 import { createLeaderLeaseEntity } from './leader-lease.entity.js';

@@ -1,11 +1,8 @@
 import type * as NestCommon from '@nestjs/common';
 
-import {
-  LeaderElectorCore,
-  type LeaderElectorConfig,
-  type NatsSource,
-  type RepositoryLike,
-} from './leader-elector.core.js';
+import type { LeaderElectorConfig, RepositoryLike } from './leader-elector.config.js';
+import { LeaderElectorCore } from './leader-elector.core.js';
+import type { NatsSource } from './nats-source.js';
 import { LeaderElectionConfigError } from './errors.js';
 import type { NamedElections } from './named-elections.js';
 import type { LeaderElectorLogger } from './logging.js';

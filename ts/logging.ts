@@ -115,3 +115,35 @@ export function loggerProblem(logger: unknown): string | null {
   }
   return null;
 }
+
+/**
+ * One event of the native core, to `logger` and to the `'log'` listeners (`listeners()` counts them,
+ * `emit` calls them). Never throws: a logger or listener that throws is reported as a process warning.
+ */
+export function deliverLogEvent(
+  e: ElectorEvent,
+  logger: LeaderElectorLogger | null,
+  listeners: () => number,
+  emit: (event: LeaderElectionLogEvent) => void,
+): void {
+  let event: LeaderElectionLogEvent;
+  try {
+    event = toLogEvent(e);
+  } catch {
+    return;
+  }
+  if (logger !== null) {
+    try {
+      writeLog(logger, event);
+    } catch (err) {
+      process.emitWarning(`leaderlease: the logger threw: ${String(err)}`);
+    }
+  }
+  if (listeners() > 0) {
+    try {
+      emit(event);
+    } catch (err) {
+      process.emitWarning(`leaderlease: a 'log' listener threw: ${String(err)}`);
+    }
+  }
+}

@@ -1,6 +1,6 @@
 import { warnUnknownKeys } from './config-keys.js';
 import { LeaderElectionConfigError } from './errors.js';
-import type { LeaderElectorConfig } from './leader-elector.core.js';
+import type { LeaderElectorConfig } from './leader-elector.config.js';
 import type { LeaderElectorService } from './leader-elector.service.js';
 import { checkLockId } from './leader-only.decorator.js';
 import { lockIdForName } from './lock-id.js';
