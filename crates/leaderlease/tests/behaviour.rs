@@ -320,6 +320,16 @@ async fn work_token_is_cancelled_when_leadership_is_released(kind: Kind) {
     runner.await.unwrap().unwrap();
 }
 
+/// True when the tests of `kind` must be skipped: NATS with no server to run them on (see
+/// [`skip_nats`]).
+fn skipped(kind: Kind) -> bool {
+    match kind {
+        Kind::Postgres => false,
+        #[cfg(feature = "nats")]
+        Kind::Nats | Kind::NatsMaxAge => skip_nats(),
+    }
+}
+
 macro_rules! suite {
     ($module:ident, $kind:expr) => {
         mod $module {
@@ -327,26 +337,44 @@ macro_rules! suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn one_leader_among_several() {
+                if super::skipped($kind) {
+                    return;
+                }
                 super::one_leader_among_several($kind).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn takeover_after_the_leader_stops_renewing() {
+                if super::skipped($kind) {
+                    return;
+                }
                 super::takeover_after_the_leader_stops_renewing($kind).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn release_hands_over_and_the_node_stays_a_candidate() {
+                if super::skipped($kind) {
+                    return;
+                }
                 super::release_hands_over_and_the_node_stays_a_candidate($kind).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn same_instance_id_never_gives_two_leaders() {
+                if super::skipped($kind) {
+                    return;
+                }
                 super::same_instance_id_never_gives_two_leaders($kind).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn leadership_moves_on_shutdown_with_growing_terms() {
+                if super::skipped($kind) {
+                    return;
+                }
                 super::leadership_moves_on_shutdown_with_growing_terms($kind).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn work_token_is_cancelled_when_leadership_is_released() {
+                if super::skipped($kind) {
+                    return;
+                }
                 super::work_token_is_cancelled_when_leadership_is_released($kind).await
             }
         }

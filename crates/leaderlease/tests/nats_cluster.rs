@@ -369,6 +369,9 @@ async fn wait_for_replicas(js: &jetstream::Context, stream: &str, cluster: &Clus
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_server_cluster_loses_its_stream_leader_and_the_leaders_server() {
+    if skip_nats_bin() {
+        return;
+    }
     let mut cluster = Cluster::start();
     cluster.wait_for_jetstream(0).await;
     let bucket = unique("ll_cluster");

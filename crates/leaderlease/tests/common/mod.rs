@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use leaderlease::{Elector, ElectorBuilder, PgPool};
 use sqlx::postgres::PgPoolOptions;
 
+mod nats_server;
+#[allow(unused_imports)]
+pub use nats_server::{nats_server_bin, nats_url, skip_nats, skip_nats_bin};
+
 /// `DATABASE_URL`, or the machine's server on 127.0.0.1:5432 (the test scripts start a throwaway one and
 /// set `DATABASE_URL` when neither is there).
 pub fn database_url() -> String {
@@ -16,22 +20,11 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-/// `NATS_URL`, or 127.0.0.1:4222. The test scripts (scripts/nats-env.sh) start a throwaway server of the
-/// pinned version and set `NATS_URL`; the machine's own server on 4222 may be too old (Debian 12's is 2.9).
-pub fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
-
-/// The NATS server binary the tests start servers of their own with: `LEADERLEASE_NATS_SERVER`, which
-/// scripts/nats-env.sh (via scripts/nats-server-bin.sh) sets to the pinned version it installs.
-pub fn nats_server_bin() -> String {
-    match std::env::var("LEADERLEASE_NATS_SERVER") {
-        Ok(bin) if !bin.is_empty() => bin,
-        _ => panic!(
-            "LEADERLEASE_NATS_SERVER is not set: run `. scripts/nats-server-bin.sh` (it installs the pinned \
-             nats-server and sets it), or run the tests through scripts/test.sh"
-        ),
-    }
+/// Writes `line` to stderr past the test harness's capture (which holds a passing test's output back), so
+/// that a skipped part of the suite says so in the run's output.
+pub fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// `url` with `application_name` set (replacing one it has), so a test can find (and terminate) its
