@@ -7,11 +7,14 @@
 //!   or [`Membership::join_nats`], renewed in the background, left with [`Membership::leave`]. It holds
 //!   the live member list ([`Membership::members`], [`Membership::subscribe`]).
 //! - [`MemberConfig`]: the member's id, its optional `version`, its lease and renewal interval.
+//! - [`assign`]: the plan, a pure function of the names and the live members (rendezvous hashing with
+//!   bounded load, newest version preferred).
 //!
 //! Membership decides nothing about leadership: a member that has dropped out of the list (stopped
 //! renewing for one member lease, by the store's clock) may still hold leases until they expire, and a
 //! plan made from a stale list only makes a member campaign in vain; the lease rows still decide.
 
+pub mod assign;
 mod config;
 mod membership;
 #[cfg(feature = "nats")]
