@@ -96,15 +96,22 @@ pub mod sim_hooks {
         MUTANT.with(Cell::get)
     }
 
+    /// One step of splitmix64: advances `state` and returns the next 64 random bits. The one generator
+    /// of the simulator (the jitter here, the fault draws of `sim`, the model test's statements).
+    pub fn splitmix64(state: &mut u64) -> u64 {
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
     /// splitmix64, in [0, 1) with 53 bits.
     pub(crate) fn next_unit() -> Option<f64> {
         RNG.with(|r| {
-            let s = r.get()?.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut s = r.get()?;
+            let z = splitmix64(&mut s);
             r.set(Some(s));
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
             Some((z >> 11) as f64 / (1u64 << 53) as f64)
         })
     }
