@@ -25,3 +25,37 @@ export async function keepAliveWhile<T>(work: () => Promise<T>): Promise<T> {
   }
 }
 
+
+/** The signals a NestJS shutdown is holding the loop for (see {@link holdUntilSignalReraised}). */
+const holds = new Map<string, () => void>();
+
+/**
+ * Called from the module's last shutdown hooks with the signal Nest passes them: holds the event loop
+ * open until that signal, which Nest re-raises with `process.kill(process.pid, signal)` after its
+ * shutdown sequence, has been dispatched, or `maxMs` has passed.
+ *
+ * Why: when the app has a listener of its own for the signal (to log, or to `process.exit(143)`), the
+ * re-raised signal does not kill the process at once; it reaches JavaScript at the event loop's next
+ * turn. After a clean shutdown nothing else holds the loop (the timers, the pools and the elections are
+ * gone, which is the point), so without a hold the loop can end first and the process exits with code 0
+ * in the middle of a signal it never handled. Transparent otherwise: if the app has no listener of its
+ * own, ours re-raises the signal with no listener left, and the signal's default action ends the process
+ * as it would have without us.
+ */
+export function holdUntilSignalReraised(signal: unknown, maxMs = 5000): void {
+  if (typeof signal !== 'string' || !/^SIG[A-Z0-9]+$/.test(signal) || holds.has(signal)) return;
+  const name = signal as NodeJS.Signals;
+  const timer = setTimeout(() => done(), maxMs);
+  const done = () => {
+    clearTimeout(timer);
+    process.removeListener(name, onSignal);
+    holds.delete(name);
+  };
+  const onSignal = () => {
+    done();
+    // Ours was the only listener: what the signal does without one (for SIGTERM, end the process by it).
+    if (process.listenerCount(name) === 0) process.kill(process.pid, name);
+  };
+  process.on(name, onSignal);
+  holds.set(name, done);
+}

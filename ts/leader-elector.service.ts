@@ -7,6 +7,7 @@ import { LeaderElectionConfigError } from './errors.js';
 import type { NamedElections } from './named-elections.js';
 import type { LeaderElectorLogger } from './logging.js';
 import { loadOptional } from './optional-deps.js';
+import { holdUntilSignalReraised } from './keep-alive.js';
 
 /** The named elections of each app-wide service (set by the module). */
 const namedOf = new WeakMap<LeaderElectorService, NamedElections>();
@@ -110,8 +111,13 @@ export class LeaderElectorService
     }
   }
 
-  /** Stops campaigning and closes the connections. */
-  async onApplicationShutdown(): Promise<void> {
+  /**
+   * Stops campaigning and closes the connections. On a shutdown by a signal, also holds the event loop
+   * until Nest has re-raised that signal and it has been dispatched (see `holdUntilSignalReraised`), so
+   * that the process ends by the signal or by the app's own listener of it, never with code 0 before.
+   */
+  async onApplicationShutdown(signal?: string): Promise<void> {
+    holdUntilSignalReraised(signal);
     try {
       await this.shutdown();
     } catch (err) {

@@ -3,6 +3,7 @@ import type * as NestCore from '@nestjs/core';
 import { LEADER_ONLY_METADATA } from './leader-elector.constants.js';
 import { namedElectionsOf, type LeaderElectorService } from './leader-elector.service.js';
 import { bindLeaderOnly, isLeaderOnlyMethod, leaderOnlyMetadataOf, type LeaderOnlyMetadata } from './leader-only.decorator.js';
+import { holdUntilSignalReraised } from './keep-alive.js';
 import { electionOfGuard } from './leader.guard.js';
 import { NamedElectionDeclaration } from './named-elections.js';
 
@@ -81,8 +82,9 @@ export class LeaderOnlyExplorer {
     await namedElectionsOf(this.elector)?.release().catch(() => undefined);
   }
 
-  /** Stops the named elections. */
-  async onApplicationShutdown(): Promise<void> {
+  /** Stops the named elections (holding the loop for a re-raised signal, as the service does). */
+  async onApplicationShutdown(signal?: string): Promise<void> {
+    holdUntilSignalReraised(signal);
     await namedElectionsOf(this.elector)?.shutdown().catch(() => undefined);
   }
 }
