@@ -77,9 +77,13 @@ export function check(dir) {
     const own = [];
     let exit = null;
     let ready = false;
+    let ownListener = false;
     for (const r of records) {
       if (r.type === 'interval') own.push(r);
-      else if (r.type === 'ready') ready = true;
+      else if (r.type === 'ready') {
+        ready = true;
+        ownListener = r.own_sigterm_listener === true;
+      }
       else if (r.type === 'exit') exit = r;
       else if (r.type === 'fatal') {
         violations.push({ kind: 'crash', text: `${p.candidate}: ${r.kind}: ${String(r.message).split('\n')[0]}` });
@@ -134,8 +138,10 @@ export function check(dir) {
       // SIGTERMed before the application had started: nothing of the package's shutdown to check.
     } else if (p.lang === 'nest' && p.expected === 'sigterm') {
       // Nest runs its shutdown hooks on SIGTERM and then raises the signal again: a complete shutdown ends
-      // by SIGTERM (exit status 143), with the marker of the last hook written.
-      if (p.signal !== 'SIGTERM') {
+      // by SIGTERM (exit status 143), with the marker of the last hook written; an app with a SIGTERM
+      // listener of its own ends by that listener's process.exit(143) on the re-raised signal.
+      const byListener = ownListener && p.exit_code === 143 && p.signal === null;
+      if (p.signal !== 'SIGTERM' && !byListener) {
         violations.push({
           kind: 'crash',
           text: `${p.candidate} (nest, pid ${p.pid}) exited with ${p.signal ?? `status ${p.exit_code}`} ${at(p.exited_ns)} after SIGTERM, not by the re-raised SIGTERM: Nest's shutdown was cut short`,

@@ -40,7 +40,7 @@ function runDir({ procs, faults = [], phaseEnd = 60_000 * MS, bound = 3800 }) {
     }));
     if (p.fatal) records.push({ type: 'fatal', candidate: id, kind: 'unhandledRejection', message: p.fatal });
     const killed = p.proc?.signal === 'SIGKILL';
-    if (p.ready) records.push({ type: 'ready', candidate: id });
+    if (p.ready) records.push({ type: 'ready', candidate: id, ...(p.ownListener ? { own_sigterm_listener: true } : {}) });
     if (!killed && p.exit !== false) records.push({ type: 'exit', candidate: id, shutdown: 'ok', max_sample_gap_ns: 0, ...(p.hooks ? { hooks: p.hooks } : {}) });
     fs.writeFileSync(path.join(dir, `${id}.jsonl`), records.map((r) => `${JSON.stringify(r)}\n`).join(''));
     // `slot`: one open interval; `slots`: several, one record each (a command-line candidate's commands).
@@ -183,6 +183,8 @@ test('a Nest candidate must end by the re-raised SIGTERM with its last shutdown 
       s: { lang: 'nest', ready: true, hooks: 'done', proc: sigterm },
       // SIGTERMed before its application had started: no hooks to check.
       t: { lang: 'nest', exit: false, proc: sigterm },
+      // An app with a SIGTERM listener of its own: ended by its process.exit(143) on the re-raised signal.
+      u: { lang: 'nest', ready: true, ownListener: true, hooks: 'done', proc: { exit_code: 143, signal: null, expected: 'sigterm' } },
     },
   });
   assert.deepEqual(check(clean).violations, []);
@@ -193,10 +195,16 @@ test('a Nest candidate must end by the re-raised SIGTERM with its last shutdown 
       s: { lang: 'nest', ready: true, exit: false, proc: { exit_code: 0, signal: null, expected: 'sigterm' } },
       // Ended by the signal but the last hook never ran.
       t: { lang: 'nest', ready: true, exit: false, proc: sigterm },
+      // Its own listener, every hook ran, and yet status 0: the loop ran empty before the re-raised signal.
+      u: { lang: 'nest', ready: true, ownListener: true, hooks: 'done', proc: { exit_code: 0, signal: null, expected: 'sigterm' } },
+      // Status 143 from a candidate without a listener of its own is not how Nest ends it.
+      v: { lang: 'nest', ready: true, hooks: 'done', proc: { exit_code: 143, signal: null, expected: 'sigterm' } },
     },
   });
   const texts = check(cut).violations.map((v) => `${v.kind} ${v.text}`);
-  assert.equal(texts.length, 3, texts.join('\n'));
+  assert.equal(texts.length, 5, texts.join('\n'));
+  assert.ok(texts.some((t) => /^crash u \(nest.*exited with status 0 .*not by the re-raised SIGTERM/.test(t)), texts.join('\n'));
+  assert.ok(texts.some((t) => /^crash v \(nest.*exited with status 143 /.test(t)), texts.join('\n'));
   assert.ok(texts.some((t) => /^crash s \(nest.*exited with status 0 .*after SIGTERM, not by the re-raised SIGTERM/.test(t)), texts.join('\n'));
   assert.ok(texts.some((t) => /^crash s \(nest\) ended after SIGTERM without its last shutdown hook/.test(t)), texts.join('\n'));
   assert.ok(texts.some((t) => /^crash t \(nest\) ended after SIGTERM without its last shutdown hook/.test(t)), texts.join('\n'));

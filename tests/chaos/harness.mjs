@@ -371,7 +371,9 @@ class Harness {
         const fine =
           (proc.expected === 'sigkill' && signal === 'SIGKILL') ||
           (proc.expected === 'sigterm' &&
-            (slot.lang === 'nest' ? signal === 'SIGTERM' : code === 0 || (slot.lang === 'cli' && code === 143)));
+            (slot.lang === 'nest'
+              ? signal === 'SIGTERM' || code === 143 // 143: an app's own SIGTERM listener (check.mjs tells which)
+              : code === 0 || (slot.lang === 'cli' && code === 143)));
         if (!fine) {
           this.unexpected.push(rec);
           this.log(`!! ${id} exited with ${signal ?? `status ${code}`}${proc.expected ? ` (expected ${proc.expected})` : ' unasked'}; see ${id}.stderr`);

@@ -11,7 +11,9 @@
 //       [--package DIR]
 //
 // On SIGTERM, Nest runs the shutdown hooks (the election's release and shutdown, then the marker's) and
-// re-raises the signal: the process must end by SIGTERM (exit status 143), with the exit record written.
+// re-raises the signal: the process must end by SIGTERM (exit status 143), with the exit record written;
+// or, for the candidates with a SIGTERM listener of their own (every other one), by that listener's
+// process.exit(143) on the re-raised signal.
 // Records: as node-candidate.mjs (one election, lock id --lock-id), plus {"type":"ready"} once the
 // application has started (from then on a SIGTERM must end as above); the exit record has `hooks: "done"`.
 // A SIGTERM before the start completed is answered once it has (a SIGTERM before this script's first line
@@ -208,8 +210,19 @@ while (app === null) {
 }
 process.off('SIGTERM', onEarlyTerm);
 app.enableShutdownHooks(['SIGTERM']);
+// Every other generation of a slot is an app with a SIGTERM listener of its own, as apps that log their
+// exit have: it notes the first SIGTERM and calls process.exit(143) on the second (the one Nest re-raises
+// after its hooks). Such an app must end with status 143, never 0 (the event loop ran empty before the
+// re-raised signal was dispatched: issue 20.1).
+const ownListener = [...id].reduce((h, c) => h + c.charCodeAt(0), 0) % 2 === 1;
+if (ownListener) {
+  let sigterms = 0;
+  process.on('SIGTERM', () => {
+    if (++sigterms > 1) process.exit(143);
+  });
+}
 service = app.get(LeaderElectorService);
 // From here on a SIGTERM must end in the marker and the re-raised signal.
-append({ type: 'ready', candidate: id, t_ns: now() });
+append({ type: 'ready', candidate: id, t_ns: now(), own_sigterm_listener: ownListener });
 event({ ev: 'ready', t: now() });
 if (terminated) process.kill(process.pid, 'SIGTERM');
