@@ -395,7 +395,7 @@ async fn promote_asynchronous_standby(
         leader_route.switch(standby.port);
     }
     let new_leader_after = wait_until(
-        2 * lease + Duration::from_secs(2),
+        3 * lease + Duration::from_secs(4),
         "a leader on the promoted server",
         || electors[1..].iter().any(|e| e.is_leader()),
     )
