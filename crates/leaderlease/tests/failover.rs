@@ -394,10 +394,17 @@ async fn promote_asynchronous_standby(
     if leader_late.is_zero() {
         leader_route.switch(standby.port);
     }
+    // With one route for all (`leader_late` zero), the old leader campaigns on the promoted server too
+    // once it has stepped down, and may win it with a new term: any member leading with a term other
+    // than the lost one leads there.
     let new_leader_after = wait_until(
         3 * lease + Duration::from_secs(4),
         "a leader on the promoted server",
-        || electors[1..].iter().any(|e| e.is_leader()),
+        || {
+            electors
+                .iter()
+                .any(|e| e.is_leader() && e.term().is_some_and(|t| t != lost_term))
+        },
     )
     .await;
     let until = rerouted + leader_late.max(lease);
