@@ -5,14 +5,16 @@
 //                         [--renew MS] [--jitter MS] [--from-start] [--json]
 // --from-start counts from before the first process starts (the start-up's acquisitions included).
 //
-// Each process: `LeaderElectorCore.connect(url, { lockId, instanceId, schema })` for every lock id, with the
-// library's default timings (the original's defaults), on its own connections (application_name marks
+// Each process: bench/electors.mjs's makeMany (`LeaderElectorCore.connect` per lock id), with the library's
+// default timings unless given, on its own connections (application_name marks
 // them). The count is pg_stat_database's xact_commit + xact_rollback of a database of its own, created for
 // the run and dropped after it, read after a warm-up and again after the window (the server's statistics
 // are flushed within a second; the window's two reads bracket it), minus the reads' own transactions.
 import { fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import pg from '../node_modules/pg/lib/index.js';
+
+import { makeMany } from './electors.mjs';
 
 const arg = (name, dflt) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -21,23 +23,10 @@ const arg = (name, dflt) => {
 
 if (process.argv[2] === '--child') {
   const { url, n, id, schema, timings } = JSON.parse(process.argv[3]);
-  const { LeaderElectorCore } = await import('../dist/index.js');
-  const u = `${url}${url.includes('?') ? '&' : '?'}application_name=shared-${id}`;
-  const electors = [];
-  for (let i = 0; i < n; i += 10) {
-    const part = [];
-    for (let j = i; j < Math.min(n, i + 10); j++) {
-      part.push(LeaderElectorCore.connect(u, { ...timings, schema, lockId: 1000 + j, instanceId: `p${id}-e${j}` }));
-    }
-    electors.push(...(await Promise.all(part)));
-  }
+  const electors = await makeMany('leaderlease', url, `shared-${id}`, schema, { ...timings, instanceId: `p${id}` }, n, 1000, undefined, 10);
   process.send({ type: 'ready' });
-  process.on('message', async (m) => {
+  process.on('message', (m) => {
     if (m.cmd === 'stats') process.send({ type: 'stats', leaders: electors.filter((e) => e.amILeader()).length });
-    if (m.cmd === 'exit') {
-      await Promise.all(electors.map((e) => e.shutdown?.() ?? e.close?.()));
-      process.exit(0);
-    }
   });
   process.on('disconnect', () => process.exit(0));
 } else {
@@ -80,13 +69,11 @@ if (process.argv[2] === '--child') {
       });
     }
     if (!fromStart) {
-      await sleep(warmup * 1000);
-      await sleep(1200);
+      await sleep(warmup * 1000 + 1200);
       x0 = await read();
       t0 = Date.now();
     }
-    await sleep(seconds * 1000);
-    await sleep(1200);
+    await sleep(seconds * 1000 + 1200);
     const x1 = await read();
     const ms = Date.now() - t0 - 1200;
     const leaders = await Promise.all(
