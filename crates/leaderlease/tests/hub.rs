@@ -485,3 +485,126 @@ async fn a_stale_renewal_batched_with_the_new_terms_renewal_does_not_lead_again(
     b.shutdown().await.unwrap();
     hub.close().await;
 }
+
+/// Transactions the server counted in database `db`, read once the connections of application `app` are
+/// gone (a backend flushes its counts when it exits).
+async fn transactions_once_closed(admin: &sqlx::PgPool, db: &str, app: &str) -> i64 {
+    let open = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(app)
+        .fetch_one(admin)
+        .await
+        .unwrap()
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while open().await > 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "connections of {app} stay open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query_scalar(
+        "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database WHERE datname = $1",
+    )
+    .bind(db)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+/// Issue 20, item 4: each election that started on a hub ran its own start-up checks (the server is
+/// writable, its identity for the failover quarantine, the table is complete, the privileges): four
+/// transactions an election, so 50 elections a process cost 200 at start-up. They are facts of the
+/// hub's server and the schema: elections starting together, or soon after one another, on one hub share
+/// one run of them. Counted by the server in a database of its own: 40 elections started at once and 40
+/// one after another, each acquiring (an uncontended lock id) and releasing at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elections_starting_on_one_hub_share_the_start_up_checks() {
+    const N: i64 = 40;
+    let base = database_url();
+    let admin = admin_pool(&base).await;
+    let db = unique("ll_hubstart");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(&format!("/{db}"));
+    let app = unique("ll_hubstart_app");
+    url.query_pairs_mut().append_pair("application_name", &app);
+    let url = url.to_string();
+    let builder = |lock_id: i64| {
+        Elector::builder()
+            .with_schema("hubstart")
+            .with_lock_id(lock_id)
+            .with_lease_duration(Duration::from_secs(30))
+            .with_renewal_interval(Duration::from_secs(10))
+            .with_jitter_range(Duration::from_millis(100))
+            .with_clean_interval(Duration::from_secs(3600))
+    };
+    // The schema is created first (its DDL is not what this counts).
+    {
+        let hub = PgHub::connect(&url, Duration::from_secs(5)).await.unwrap();
+        let e = builder(1_000).start_with_hub(&hub).await.unwrap();
+        e.shutdown().await.unwrap();
+        hub.close().await;
+    }
+    let mut counts = Vec::new();
+    for together in [true, false] {
+        let before = transactions_once_closed(&admin, &db, &app).await;
+        let hub = PgHub::connect(&url, Duration::from_secs(5)).await.unwrap();
+        let electors: Vec<Elector> = if together {
+            let starts: Vec<_> = (0..N)
+                .map(|i| {
+                    let hub = hub.clone();
+                    let b = builder(i);
+                    tokio::spawn(async move { b.start_with_hub(&hub).await })
+                })
+                .collect();
+            let mut v = Vec::new();
+            for s in starts {
+                v.push(s.await.unwrap().unwrap());
+            }
+            v
+        } else {
+            let mut v = Vec::new();
+            for i in 0..N {
+                v.push(builder(100 + i).start_with_hub(&hub).await.unwrap());
+            }
+            v
+        };
+        wait_until(Duration::from_secs(10), "every election to lead", || {
+            electors.iter().all(|e| e.is_leader())
+        })
+        .await;
+        for e in &electors {
+            e.shutdown().await.unwrap();
+        }
+        hub.close().await;
+        counts.push(transactions_once_closed(&admin, &db, &app).await - before);
+    }
+    note(&format!(
+        "{N} elections on one hub, started together / one after another: {counts:?} transactions \
+         (start-up checks, acquisitions, releases, the hub's own)"
+    ));
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await;
+    // Per election: its acquisition (with the quarantine's identity read) and its release (3; 7 when each
+    // ran the checks itself); the hub's part: its connections' start-up and the first preparation of each
+    // statement on each (about 70 here), LISTEN, one run of the checks.
+    let most = 3 * N + 100;
+    for (how, n) in ["together", "one after another"].iter().zip(&counts) {
+        assert!(
+            *n <= most,
+            "{N} elections started {how} on one hub cost {n} transactions: at most {most} (3 an \
+             election and 100 for the hub)"
+        );
+    }
+}

@@ -2,19 +2,21 @@
 //! batchers), the process-wide registry of shared hubs, and each election's membership in its hub.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
 use super::batch::{BatchStats, Batcher, Counters};
 use super::conn::{PgSettings, Pooler, SYNC_COMMIT_WEAK_SQL, SessionSetup, unreachable_error};
 use super::listen::{Observers, Waiters, WeakFn, listen};
+use super::{StartFacts, StartKey};
 use crate::START_CONNECT_TIMEOUT;
 use crate::backend::ObservedLease;
 use crate::events::EventObserver;
@@ -70,6 +72,9 @@ pub(crate) struct HubInner {
     waiters: Waiters,
     observers: Observers,
     batchers: Mutex<HashMap<String, Batcher>>,
+    /// The start-up checks of the elections on this hub, by what they depend on ([`StartKey`]): one run
+    /// serves the elections that start while it runs and within [`START_CHECKS_REUSE`] after it.
+    start_checks: Mutex<StartRuns>,
     stats: Arc<Counters>,
     stop: CancellationToken,
     /// Where the `LISTEN` task connects; taken when it starts (at the first election's start).
@@ -95,6 +100,16 @@ impl Drop for HubInner {
         self.stop.cancel();
     }
 }
+
+/// The runs of the start-up checks by key, each with when it began.
+type StartRuns = HashMap<StartKey, (Instant, Arc<OnceCell<StartFacts>>)>;
+
+/// How long a successful run of the start-up checks (the server is writable, its identity, the table is
+/// complete, the privileges) serves elections that start after it on the same hub and schema. They are
+/// facts of the server and the schema, not of one election; one that changed since (a table dropped, a
+/// server demoted) still shows at once as the failing statements of the election's first acquisition,
+/// and a changed server identity puts the election into the failover quarantine.
+pub(crate) const START_CHECKS_REUSE: Duration = Duration::from_secs(5);
 
 static SHARED: LazyLock<Mutex<HashMap<String, Weak<HubInner>>>> = LazyLock::new(Default::default);
 
@@ -347,6 +362,7 @@ impl PgHub {
             waiters: Arc::default(),
             observers: Arc::default(),
             batchers: Mutex::default(),
+            start_checks: Mutex::default(),
             stats: Arc::default(),
             stop: CancellationToken::new(),
             listen_options: Mutex::new(listen_options),
@@ -460,6 +476,27 @@ impl PgHub {
             batcher,
             observer: WeakObserver(observer),
         }
+    }
+
+    /// The start-up checks for `key`: run by `run` unless a run for the same key is in flight (then its
+    /// result is awaited) or succeeded within [`START_CHECKS_REUSE`]. A failed run is not kept: the next
+    /// election to start runs the checks again.
+    pub(crate) async fn start_checks<F, Fut>(&self, key: StartKey, run: F) -> Result<StartFacts>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<StartFacts>>,
+    {
+        let cell = {
+            let mut runs = lock(&self.inner.start_checks);
+            let now = Instant::now();
+            runs.retain(|_, (at, cell)| !cell.initialized() || now - *at < START_CHECKS_REUSE);
+            runs.entry(key)
+                .or_insert_with(|| (now, Arc::new(OnceCell::new())))
+                .1
+                .clone()
+        };
+        let facts = cell.get_or_try_init(run).await?.clone();
+        Ok(facts)
     }
 
     /// One more election uses the hub (until its [`leave`](Self::leave)).

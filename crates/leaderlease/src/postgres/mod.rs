@@ -104,6 +104,18 @@ impl Statements {
     }
 }
 
+/// What the start-up checks of an election depend on besides the hub: the schema, whether the table may be
+/// created, whether the failover quarantine is on.
+pub(crate) type StartKey = (String, bool, bool);
+
+/// What an election keeps of the start-up checks ([`PgHub::start_checks`]): how the server's identity is
+/// read (`None`: the quarantine is off, or neither part may be read), and the identity read then.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StartFacts {
+    identity_sql: Option<Arc<str>>,
+    identity: Option<ServerIdentity>,
+}
+
 /// What identifies the server a backend talks to: its system identifier (`pg_control_system()`: the
 /// same on a primary and its physical standbys, another for another cluster) and its WAL timeline (the
 /// first 8 hex digits of `pg_walfile_name(pg_current_wal_lsn())`; a promotion starts a new one at once,
@@ -311,7 +323,7 @@ impl PgBackend {
 
     /// Decides how the server's identity is read (from what may be read) and reads it once: the
     /// identity the failover quarantine compares with.
-    async fn start_quarantine(&self, (system_id, timeline): (bool, bool)) -> Result<()> {
+    async fn start_quarantine(&self, (system_id, timeline): (bool, bool)) -> Result<StartFacts> {
         let sql = (self.quarantine_on && (system_id || timeline)).then(|| {
             Arc::<str>::from(format!(
                 "SELECT {}, {}",
@@ -336,15 +348,13 @@ impl PgBackend {
             );
         }
         let Some(sql) = sql else {
-            self.identity_sql.get_or_init(|| None);
-            return Ok(());
+            return Ok(StartFacts::default());
         };
-        let read = self.read_identity(&sql).await;
-        match read {
-            Ok(seen) => {
-                self.judge_identity(seen);
-                self.identity_sql.get_or_init(|| Some(sql));
-            }
+        match self.read_identity(&sql).await {
+            Ok(seen) => Ok(StartFacts {
+                identity_sql: Some(sql),
+                identity: Some(seen),
+            }),
             // A server that refuses the functions although the privileges allow them (a managed
             // service's fork may lack WAL functions): the election runs without the quarantine rather
             // than failing every acquisition.
@@ -354,11 +364,10 @@ impl PgBackend {
                     "the failover quarantine is off: the server's system identifier and timeline \
                      cannot be read"
                 );
-                self.identity_sql.get_or_init(|| None);
+                Ok(StartFacts::default())
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     async fn read_identity(&self, sql: &Arc<str>) -> Result<ServerIdentity> {
@@ -469,6 +478,33 @@ impl PgBackend {
         }
     }
 
+    /// The checks before an election's first acquisition, shared by the elections that start together on
+    /// the hub ([`PgHub::start_checks`]): the server is writable, the quarantine's first reading of its
+    /// identity, the table is complete (migrated first if `create_table_on_init`), the privileges.
+    async fn check_start(&self) -> Result<StartFacts> {
+        let readable = self.check_writable().await?;
+        let facts = self.start_quarantine(readable).await?;
+        let Some(problem) = self.missing_parts(self.create_table_on_init).await? else {
+            self.check_privileges().await?;
+            return Ok(facts);
+        };
+        if !self.create_table_on_init {
+            return Err(Error::TableMissing {
+                table: schema::qualified_table(&self.schema),
+                problem,
+            });
+        }
+        self.migrate().await?;
+        if let Some(problem) = self.missing_parts(true).await? {
+            return Err(Error::TableMissing {
+                table: schema::qualified_table(&self.schema),
+                problem: format!("{problem} even after the migration ran"),
+            });
+        }
+        self.check_privileges().await?;
+        Ok(facts)
+    }
+
     /// Runs the up migration. Terms need no step after it: a sequence created afresh (or set back) is
     /// overtaken by the clock and by a remaining row's own term in the acquisition itself.
     async fn migrate(&self) -> Result<()> {
@@ -497,25 +533,17 @@ impl Backend for PgBackend {
                 self.hub
                     .join(&self.schema, self.lock_id, self.observer.0.as_ref())
             });
-            let readable = self.check_writable().await?;
-            self.start_quarantine(readable).await?;
-            let Some(problem) = self.missing_parts(self.create_table_on_init).await? else {
-                return self.check_privileges().await;
-            };
-            if !self.create_table_on_init {
-                return Err(Error::TableMissing {
-                    table: schema::qualified_table(&self.schema),
-                    problem,
-                });
+            let key = (
+                self.schema.clone(),
+                self.create_table_on_init,
+                self.quarantine_on,
+            );
+            let facts = self.hub.start_checks(key, || self.check_start()).await?;
+            if let Some(seen) = facts.identity {
+                self.judge_identity(seen);
             }
-            self.migrate().await?;
-            if let Some(problem) = self.missing_parts(true).await? {
-                return Err(Error::TableMissing {
-                    table: schema::qualified_table(&self.schema),
-                    problem: format!("{problem} even after the migration ran"),
-                });
-            }
-            self.check_privileges().await
+            self.identity_sql.get_or_init(|| facts.identity_sql);
+            Ok(())
         })
     }
 
