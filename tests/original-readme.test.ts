@@ -118,6 +118,33 @@ console.log('Performing leader task');
 }
 bootstrap();
 `,
+  // Standalone Usage exactly as written: `// ... configuration` left in, so the DataSource has no
+  // connection values and node-postgres takes them from the environment (PGHOST, PGPORT, PGDATABASE) and
+  // its defaults (the user is the login name, $USER, when PGUSER is unset).
+  'src/standalone-as-written.ts': `import { DataSource } from 'typeorm';
+import { LeaderElectorCore, LeaderLease } from 'leaderlease';
+async function bootstrap() {
+const dataSource = new DataSource({
+type: 'postgres',
+// ... configuration
+entities: [LeaderLease],
+});
+await dataSource.initialize();
+const elector = new LeaderElectorCore(
+dataSource.getRepository(LeaderLease),
+{
+leaseDuration: 15000,
+instanceId: 'my-app-01'
+}
+);
+setInterval(() => {
+if (elector.amILeader()) {
+console.log('Performing leader task');
+}
+}, 1000);
+}
+bootstrap();
+`,
   // The runners (not from the README): start an app of the blocks, report what happened, and close.
   'src/run-quickstart.ts': `import 'reflect-metadata';
 import { Module } from '@nestjs/common';
@@ -206,6 +233,7 @@ describe("nest-leader-election 1.1.2's README, run against the packed package", 
     const admin = new Client({ connectionString: DATABASE_URL });
     await admin.connect();
     await admin.query(`CREATE DATABASE ${db}`);
+    await admin.query(`CREATE DATABASE ${db}_w`);
     await admin.end();
     packed = await pack();
     // The README's install line, with the package name changed.
@@ -221,6 +249,7 @@ describe("nest-leader-election 1.1.2's README, run against the packed package", 
     const admin = new Client({ connectionString: DATABASE_URL });
     await admin.connect();
     await admin.query(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
+    await admin.query(`DROP DATABASE IF EXISTS ${db}_w WITH (FORCE)`);
     await admin.end();
   });
 
@@ -250,5 +279,19 @@ describe("nest-leader-election 1.1.2's README, run against the packed package", 
     const r = await run(process.execPath, ['dist/standalone.js'], app.dir, packed.env, 12_000);
     assert.match(r.stdout, /Performing leader task/, describeRun('standalone', r));
     assert.doesNotMatch(r.stderr, /Error|Unhandled/i, describeRun('standalone', r));
+  });
+
+  test('Standalone Usage as written (no connection values): the elector connects as node-postgres does', async () => {
+    // A user whose login name is the database role and whose PG* variables name the server and database:
+    // TypeORM (node-postgres) connects as $USER; the elector must use the same role, not a default of its
+    // own. In a second database of this test's (the other standalone block holds lock 1 there until its
+    // lease ends).
+    const env: NodeJS.ProcessEnv = { ...packed.env, PGHOST: conn.host, PGPORT: String(conn.port), PGDATABASE: `${db}_w`, USER: conn.username };
+    delete env['PGUSER'];
+    if (base.password) env['PGPASSWORD'] = conn.password;
+    else delete env['PGPASSWORD'];
+    const r = await run(process.execPath, ['dist/standalone-as-written.js'], app.dir, env, 12_000);
+    assert.match(r.stdout, /Performing leader task/, describeRun('standalone as written', r));
+    assert.doesNotMatch(r.stderr, /Error|Unhandled|does not exist/i, describeRun('standalone as written', r));
   });
 });

@@ -123,13 +123,21 @@ export async function connectionSettingsFromDataSource(dataSource: DataSourceLik
   if (port !== undefined && port !== null && typeof port !== 'number') {
     throw configError(`\`port\` must be a number (got ${typeof port})`);
   }
+  // What node-postgres takes for a value the DataSource leaves out (its ConnectionParameters): the PG*
+  // environment variable, then its default (the login name for the user; the server's own defaults
+  // otherwise: the database named as the user). The elector connects with the same values, not with
+  // defaults of its own. A `url` still wins over all of them for what it sets.
+  const env = process.env;
+  const fallback = (v: string | undefined, name: string): string | undefined => v || env[name] || undefined;
+  const loginName = process.platform === 'win32' ? env['USERNAME'] : env['USER'];
+  const envPort = env['PGPORT'] ? Number.parseInt(env['PGPORT'], 10) : undefined;
   return {
     url: str(cred.url, 'url') || undefined,
-    host: str(cred.host, 'host'),
-    port: port ?? undefined,
-    user: str(cred.username, 'username'),
-    password: str(password, 'password'),
-    database: str(cred.database, 'database'),
+    host: fallback(str(cred.host, 'host'), 'PGHOST'),
+    port: port || (envPort !== undefined && Number.isFinite(envPort) ? envPort : undefined),
+    user: fallback(str(cred.username, 'username'), 'PGUSER') || loginName || undefined,
+    password: fallback(str(password, 'password'), 'PGPASSWORD'),
+    database: fallback(str(cred.database, 'database'), 'PGDATABASE'),
     applicationName: str(appName, 'applicationName'),
     options: str(extra.options, 'extra.options'),
     ssl,
