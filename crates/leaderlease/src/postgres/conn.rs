@@ -152,6 +152,15 @@ impl fmt::Debug for PgSettings {
     }
 }
 
+/// The user when neither the URL nor the fields name one, as libpq and node-postgres take it: `PGUSER`,
+/// else the login name (`$USER`; `%USERNAME%` on Windows). `None` leaves it to sqlx, whose own fallback
+/// (the `whoami` crate) answers "anonymous" on some builds, a role no server has.
+fn login_name(pguser: Option<String>, login: Option<String>) -> Option<String> {
+    pguser
+        .filter(|u| !u.is_empty())
+        .or(login.filter(|u| !u.is_empty()))
+}
+
 fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) => {
@@ -252,8 +261,16 @@ impl PgSettings {
             if !url_has_port && let Some(port) = self.port {
                 q.append_pair("port", &port.to_string());
             }
-            if !url_has_user && let Some(user) = &self.username {
-                q.append_pair("user", user);
+            if !url_has_user {
+                let user = self.username.clone().or_else(|| {
+                    login_name(
+                        std::env::var("PGUSER").ok(),
+                        std::env::var(if cfg!(windows) { "USERNAME" } else { "USER" }).ok(),
+                    )
+                });
+                if let Some(user) = user {
+                    q.append_pair("user", &user);
+                }
             }
             if !url_has_password && let Some(password) = &self.password {
                 q.append_pair("password", password);
@@ -630,6 +647,20 @@ mod tests {
         assert_eq!(o.get_database(), Some("d b?x"));
         let o = opts(PgSettings::default());
         assert_eq!(o.get_host(), "localhost");
+    }
+
+    #[test]
+    fn with_no_user_given_the_login_name_is_the_user() {
+        assert_eq!(
+            login_name(Some("pg".into()), Some("me".into())).as_deref(),
+            Some("pg")
+        );
+        assert_eq!(login_name(None, Some("me".into())).as_deref(), Some("me"));
+        assert_eq!(
+            login_name(Some(String::new()), Some("me".into())).as_deref(),
+            Some("me")
+        );
+        assert_eq!(login_name(None, None), None);
     }
 
     #[test]
