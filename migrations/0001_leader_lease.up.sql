@@ -34,6 +34,18 @@ ALTER TABLE {{schema}}.leader_lease ADD COLUMN IF NOT EXISTS renewed_at TIMESTAM
 
 CREATE INDEX IF NOT EXISTS leader_lease_expires ON {{schema}}.leader_lease (expires_at);
 
+-- Fleet membership (docs/design.md, "Fleet"): one row per live process (a hub) that takes part in a
+-- fleet, with a lease of its own that the process renews. A member whose row has expired by the database
+-- clock is gone; the plan of who campaigns for which name is made from the live rows. It decides only who
+-- tries: the lease rows above still decide who leads. Not used by plain elections.
+CREATE TABLE IF NOT EXISTS {{schema}}.leader_lease_member (
+    id          TEXT PRIMARY KEY,
+    version     TEXT,
+    started_at  TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    renewed_at  TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    expires_at  TIMESTAMPTZ NOT NULL
+);
+
 -- The fence the database enforces (docs/design.md, "A fence in the database"). A leader calls it inside
 -- its own transaction, best as the last statement before COMMIT, with its lock id and term. It takes a
 -- share lock on the lease row, so no one can take the lease over (nor renew it) until that transaction

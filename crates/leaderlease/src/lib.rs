@@ -80,6 +80,7 @@ mod elector;
 mod error;
 pub mod events;
 mod fence;
+pub mod fleet;
 pub mod leases;
 pub mod metrics_names;
 #[cfg(feature = "nats")]
@@ -104,8 +105,8 @@ pub use fence::{FENCE_SQLSTATE, fence};
 #[cfg(feature = "nats")]
 pub use nats::NatsBackend;
 pub use postgres::{
-    BatchStats, LISTEN_PROBE_INTERVAL, MAX_BATCH_WINDOW, OWNED_POOL_MAX_CONNECTIONS, PgBackend,
-    PgHub, PgSettings, Pooler, RELEASE_CHANNEL, TlsSettings,
+    BatchStats, LISTEN_PROBE_INTERVAL, MAX_BATCH_WINDOW, MEMBER_TABLE, OWNED_POOL_MAX_CONNECTIONS,
+    PgBackend, PgHub, PgSettings, Pooler, RELEASE_CHANNEL, TlsSettings, list_members,
 };
 #[cfg(feature = "sim")]
 #[doc(hidden)]

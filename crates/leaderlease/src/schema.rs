@@ -50,6 +50,12 @@ pub fn term_lock_namespace(schema: &str) -> i32 {
     fnv1a(b"leaderlease-term:", schema)
 }
 
+/// The namespace of the notifications that announce a member joining or leaving the fleet of `schema`
+/// (payload `<namespace>:0` on the release channel).
+pub fn member_namespace(schema: &str) -> i32 {
+    fnv1a(b"leaderlease-members:", schema)
+}
+
 fn ddl_lock_namespace(schema: &str) -> i32 {
     fnv1a(b"leaderlease-ddl:", schema)
 }
@@ -127,6 +133,7 @@ mod tests {
         assert_ne!(lock_namespace("a"), ddl_lock_namespace("a"));
         assert_ne!(lock_namespace("a"), term_lock_namespace("a"));
         assert_ne!(term_lock_namespace("a"), ddl_lock_namespace("a"));
+        assert_ne!(member_namespace("a"), lock_namespace("a"));
         assert_eq!(lock_namespace("public"), lock_namespace("public"));
     }
 }

@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
 use super::conn::{SessionSetup, with_conn};
+use super::members::{MEMBER_COLUMNS, member_ctes, member_from, member_sql};
 use super::{LEASE_COLUMNS, observed_from};
 use crate::backend::ObservedLease;
+use crate::fleet::MemberView;
 use crate::{Error, Result, lock, schema};
 
 /// Longest a renewal or lease read waits to be batched with those of other elections of the same hub
@@ -67,12 +69,29 @@ enum Request {
         window: Duration,
         reply: oneshot::Sender<Result<Option<ObservedLease>>>,
     },
+    /// A fleet member's renewal: rides on the batch's lease renewal statement when there is one.
+    Member {
+        member: MemberRenewal,
+        window: Duration,
+        reply: oneshot::Sender<Result<Vec<MemberView>>>,
+    },
 }
+
+/// The parameters of a member renewal.
+struct MemberRenewal {
+    id: Arc<str>,
+    version: Option<Arc<str>>,
+    lease_ms: f64,
+}
+
+type MemberReply = (MemberRenewal, oneshot::Sender<Result<Vec<MemberView>>>);
 
 impl Request {
     fn window(&self) -> Duration {
         match self {
-            Request::Renew { window, .. } | Request::Observe { window, .. } => *window,
+            Request::Renew { window, .. }
+            | Request::Observe { window, .. }
+            | Request::Member { window, .. } => *window,
         }
     }
 }
@@ -105,6 +124,8 @@ impl Batcher {
             setup: setup.clone(),
             renew: renew_batch_sql(schema),
             observe: observe_batch_sql(schema),
+            member: member_sql(schema),
+            renew_with_member: renew_with_member_sql(schema),
             stats: stats.clone(),
         };
         tokio::spawn(
@@ -185,20 +206,60 @@ impl Batcher {
         rx.await.unwrap_or(Err(Error::Shutdown))
     }
 
+    /// Renews the fleet member `id` and reads the live members, in the next batch: in the statement
+    /// that renews the batch's leases when there are any, else in one of its own.
+    pub(super) async fn member(
+        &self,
+        id: Arc<str>,
+        version: Option<Arc<str>>,
+        lease_ms: f64,
+        window: Duration,
+    ) -> Result<Vec<MemberView>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Member {
+            member: MemberRenewal {
+                id,
+                version,
+                lease_ms,
+            },
+            window,
+            reply,
+        })?;
+        rx.await.unwrap_or(Err(Error::Shutdown))
+    }
+
     fn send(&self, request: Request) -> Result<()> {
         self.tx.send(request).map_err(|_| Error::Shutdown)
     }
 }
 
 fn renew_batch_sql(schema: &str) -> String {
+    renew_update(schema, 1)
+}
+
+/// The batched renewal of leases, with its four arrays from `$p` on.
+fn renew_update(schema: &str, p: usize) -> String {
     let t = schema::qualified_table(schema);
+    let (a, b, c, d) = (p, p + 1, p + 2, p + 3);
     format!(
         "UPDATE {t} AS l SET expires_at = clock_timestamp() + r.ms * interval '1 millisecond', \
          renewed_at = clock_timestamp() \
-         FROM unnest($1::int4[], $2::text[], $3::int8[], $4::float8[]) AS r(id, leader_id, term, ms) \
+         FROM unnest(${a}::int4[], ${b}::text[], ${c}::int8[], ${d}::float8[]) AS r(id, leader_id, term, ms) \
          WHERE l.id = r.id AND l.leader_id = r.leader_id AND l.term = r.term \
            AND l.expires_at > clock_timestamp() \
          RETURNING l.id, l.leader_id, l.term"
+    )
+}
+
+/// The batched renewal of leases and one member's renewal in one statement: lease rows (id, leader id,
+/// term) then member rows ([`MEMBER_COLUMNS`] from column 3 on); a member row has a non-null column 3.
+fn renew_with_member_sql(schema: &str) -> String {
+    format!(
+        "WITH {}, r AS ({}) \
+         SELECT r.id, r.leader_id, r.term, NULL::text, NULL::text, NULL::int8, NULL::float8 FROM r \
+         UNION ALL SELECT NULL::int4, NULL::text, NULL::int8, {MEMBER_COLUMNS} FROM mm",
+        member_ctes(schema, 5),
+        renew_update(schema, 1)
     )
 }
 
@@ -213,6 +274,8 @@ struct BatchRunner {
     setup: SessionSetup,
     renew: String,
     observe: String,
+    member: String,
+    renew_with_member: String,
     stats: Arc<Counters>,
 }
 
@@ -247,6 +310,7 @@ impl BatchRunner {
             }
             let mut renews = Vec::new();
             let mut observes = Vec::new();
+            let mut members: Vec<MemberReply> = Vec::new();
             let (mut ids, mut leaders, mut terms, mut ms) = (vec![], vec![], vec![], vec![]);
             for r in batch {
                 match r {
@@ -265,18 +329,56 @@ impl BatchRunner {
                         renews.push(((lock_id, leader_id, term), reply));
                     }
                     Request::Observe { lock_id, reply, .. } => observes.push((lock_id, reply)),
+                    Request::Member { member, reply, .. } => members.push((member, reply)),
                 }
             }
-            let statements = u64::from(!renews.is_empty()) + u64::from(!observes.is_empty());
+            // The first member renewal rides on the lease renewal statement, if there is one.
+            let riding = if renews.is_empty() || members.is_empty() {
+                None
+            } else {
+                Some(members.remove(0))
+            };
+            let statements = u64::from(!renews.is_empty())
+                + u64::from(!observes.is_empty())
+                + members.len() as u64;
             let requests = (renews.len() + observes.len()) as u64;
             self.stats
                 .statements
                 .fetch_add(statements, Ordering::Relaxed);
             self.stats.requests.fetch_add(requests, Ordering::Relaxed);
             let renewed = async {
-                if !renews.is_empty() {
-                    let out = self.renew_all(&ids, &leaders, &terms, &ms).await;
-                    answer_renewals(renews, out);
+                if renews.is_empty() {
+                    return;
+                }
+                let out = match riding {
+                    None => self.renew_all(&ids, &leaders, &terms, &ms).await,
+                    Some((member, reply)) => {
+                        match self
+                            .renew_all_with_member(&ids, &leaders, &terms, &ms, &member)
+                            .await
+                        {
+                            Ok((leases, list)) => {
+                                let _ = reply.send(Ok(list));
+                                Ok(leases)
+                            }
+                            // The member table may be gone (dropped by hand): the leases must not
+                            // suffer for it, so they are renewed again on their own.
+                            Err(e) if is_missing_relation(&e) => {
+                                let _ = reply.send(Err(copy_error(&e)));
+                                self.renew_all(&ids, &leaders, &terms, &ms).await
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(copy_error(&e)));
+                                Err(e)
+                            }
+                        }
+                    }
+                };
+                answer_renewals(renews, out);
+            };
+            let alone = async {
+                for (member, reply) in members {
+                    let _ = reply.send(self.member_alone(&member).await);
                 }
             };
             let read = async {
@@ -286,7 +388,7 @@ impl BatchRunner {
                     answer_reads(observes, out);
                 }
             };
-            tokio::join!(renewed, read);
+            tokio::join!(renewed, read, alone);
         }
     }
 
@@ -310,6 +412,50 @@ impl BatchRunner {
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect())
+    }
+
+    async fn renew_all_with_member(
+        &self,
+        ids: &[i32],
+        leaders: &[String],
+        terms: &[i64],
+        ms: &[f64],
+        member: &MemberRenewal,
+    ) -> Result<(Vec<(i32, String, i64)>, Vec<MemberView>)> {
+        let rows = with_conn!(self, "renew", |c| sqlx::query(AssertSqlSafe(
+            self.renew_with_member.as_str()
+        ))
+        .persistent(self.setup.persistent())
+        .bind(ids)
+        .bind(leaders)
+        .bind(terms)
+        .bind(ms)
+        .bind(&*member.id)
+        .bind(member.version.as_deref())
+        .bind(member.lease_ms)
+        .fetch_all(c))?;
+        let mut leases = Vec::new();
+        let mut list = Vec::new();
+        for r in &rows {
+            if r.get::<Option<String>, _>(3).is_some() {
+                list.push(member_from(r, 3));
+            } else {
+                leases.push((r.get(0), r.get(1), r.get(2)));
+            }
+        }
+        Ok((leases, list))
+    }
+
+    async fn member_alone(&self, member: &MemberRenewal) -> Result<Vec<MemberView>> {
+        let rows = with_conn!(self, "renew member", |c| sqlx::query(AssertSqlSafe(
+            self.member.as_str()
+        ))
+        .persistent(self.setup.persistent())
+        .bind(&*member.id)
+        .bind(member.version.as_deref())
+        .bind(member.lease_ms)
+        .fetch_all(c))?;
+        Ok(rows.iter().map(|r| member_from(r, 0)).collect())
     }
 
     async fn observe_all(&self, ids: &[i32]) -> Result<Vec<(i32, ObservedLease)>> {
@@ -358,6 +504,17 @@ fn answer_reads(observes: Vec<ObserveReply>, out: Result<Vec<(i32, ObservedLease
                 let _ = reply.send(Err(copy_error(&e)));
             }
         }
+    }
+}
+
+/// Whether a statement failed because a table it names does not exist (SQLSTATE 42P01).
+fn is_missing_relation(e: &Error) -> bool {
+    match e {
+        Error::Database {
+            source: sqlx::Error::Database(d),
+            ..
+        } => d.code().as_deref() == Some("42P01"),
+        _ => false,
     }
 }
 

@@ -528,6 +528,68 @@ impl PgHub {
     }
 }
 
+impl PgHub {
+    /// The batcher of `schema` on this hub (started if none runs yet), for a fleet membership: it does
+    /// not count as an election of the batcher.
+    pub(super) fn batcher_for(&self, schema: &str) -> Batcher {
+        let hub = &self.inner;
+        lock(&hub.batchers)
+            .entry(schema.to_owned())
+            .or_insert_with(|| {
+                Batcher::spawn(
+                    &hub.pool,
+                    hub.timeout,
+                    &hub.setup,
+                    &hub.stats,
+                    &hub.stop,
+                    schema,
+                )
+            })
+            .clone()
+    }
+
+    /// A wake-up for the notifications of `key` on the release channel (and every reconnection of the
+    /// `LISTEN` connection), starting that connection if it is not up yet. Undone by
+    /// [`unwake`](Self::unwake).
+    pub(super) fn wake_on(&self, key: (i32, i32)) -> Arc<Notify> {
+        self.start_listening();
+        let notify = Arc::new(Notify::new());
+        lock(&self.inner.waiters)
+            .entry(key)
+            .or_default()
+            .push(Arc::downgrade(&notify));
+        notify
+    }
+
+    /// Removes a wake-up of [`wake_on`](Self::wake_on).
+    pub(super) fn unwake(&self, key: (i32, i32), notify: &Arc<Notify>) {
+        let mut waiters = lock(&self.inner.waiters);
+        if let Some(list) = waiters.get_mut(&key) {
+            list.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(notify)));
+            if list.is_empty() {
+                waiters.remove(&key);
+            }
+        }
+    }
+
+    /// Starts the `LISTEN` task unless it has started already.
+    fn start_listening(&self) {
+        if let Some(options) = lock(&self.inner.listen_options).take() {
+            let listener = listen(
+                options,
+                self.inner.pool.clone(),
+                self.inner.timeout,
+                self.inner.waiters.clone(),
+                self.inner.listening.clone(),
+                self.inner.observers.clone(),
+                self.inner.stop.clone(),
+            );
+            let task = tokio::spawn(listener.instrument(info_span!("leaderlease_listener")));
+            *lock(&self.inner.listen_task) = Some(task);
+        }
+    }
+}
+
 /// One election's membership in a hub.
 #[derive(Debug)]
 pub(crate) struct Member {

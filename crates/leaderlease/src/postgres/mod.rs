@@ -31,6 +31,7 @@ mod batch;
 pub(crate) mod conn;
 mod hub;
 mod listen;
+mod members;
 
 pub use batch::{BatchStats, MAX_BATCH_WINDOW};
 pub use conn::{PgSettings, Pooler, TlsSettings};
@@ -38,6 +39,7 @@ use conn::{SessionSetup, with_conn};
 use hub::Member;
 pub use hub::{OWNED_POOL_MAX_CONNECTIONS, PgHub};
 pub use listen::{LISTEN_PROBE_INTERVAL, RELEASE_CHANNEL};
+pub use members::{MEMBER_TABLE, list_members};
 
 /// SQL of one election, rendered once for its schema.
 #[derive(Debug)]

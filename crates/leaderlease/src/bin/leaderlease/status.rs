@@ -1,4 +1,4 @@
-//! `leaderlease status`: every lease of a schema, by the database clock.
+//! `leaderlease status`: every lease of a schema and the live fleet members, by the database clock.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use leaderlease::Error;
+use leaderlease::fleet::MemberInfo;
 use leaderlease::leases::{LeaseRow, LeaseTable};
 
 use crate::args::{Db, human_ms};
@@ -14,7 +15,7 @@ use crate::args::{Db, human_ms};
 pub struct StatusArgs {
     #[command(flatten)]
     db: Db,
-    /// Print JSON (one object: table, database_time, leases[]) instead of a table
+    /// Print JSON (one object: table, database_time, leases[], members[] or null) instead of a table
     #[arg(long)]
     json: bool,
 }
@@ -29,7 +30,15 @@ pub async fn main(a: StatusArgs) -> ExitCode {
         Err(e) => return crate::fail("status", &e),
     };
     let listed = leaderlease::leases::list(hub.pool(), &a.db.schema).await;
+    let members = match &listed {
+        Ok(_) => leaderlease::list_members(hub.pool(), &a.db.schema).await,
+        Err(_) => Ok(None),
+    };
     hub.close().await;
+    let members = match members {
+        Ok(m) => m,
+        Err(e) => return crate::fail("status", &e),
+    };
     let table = match listed {
         Ok(t) => t,
         Err(Error::TableMissing { table, problem }) => {
@@ -42,7 +51,11 @@ pub async fn main(a: StatusArgs) -> ExitCode {
         }
         Err(e) => return crate::fail("status", &e),
     };
-    let text = if a.json { json(&table) } else { human(&table) };
+    let text = if a.json {
+        json(&table, members.as_deref())
+    } else {
+        human(&table) + &members_line(members.as_deref())
+    };
     // Not `println!`: a closed pipe (`| head`) is an error to report, not a panic.
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,7 +78,25 @@ fn shell_word(s: &str) -> String {
     }
 }
 
-fn json(t: &LeaseTable) -> String {
+/// The `members` line: the live members of the schema's fleet, with their versions.
+fn members_line(members: Option<&[MemberInfo]>) -> String {
+    let Some(members) = members else {
+        return "members: no member table (run `leaderlease migrate up` to add it)\n".to_owned();
+    };
+    if members.is_empty() {
+        return "members: none\n".to_owned();
+    }
+    let list: Vec<String> = members
+        .iter()
+        .map(|m| match &m.version {
+            Some(v) => format!("{} ({v})", m.id),
+            None => m.id.clone(),
+        })
+        .collect();
+    format!("members: {} live: {}\n", members.len(), list.join(", "))
+}
+
+fn json(t: &LeaseTable, members: Option<&[MemberInfo]>) -> String {
     let leases: Vec<_> = t
         .leases
         .iter()
@@ -81,10 +112,22 @@ fn json(t: &LeaseTable) -> String {
             })
         })
         .collect();
+    let members = members.map(|list| {
+        list.iter()
+            .map(|m| {
+                serde_json::json!({
+                    "id": m.id,
+                    "version": m.version,
+                    "started_at_us": m.started_at_us,
+                })
+            })
+            .collect::<Vec<_>>()
+    });
     let doc = serde_json::json!({
         "table": t.table,
         "database_time": t.database_time,
         "leases": leases,
+        "members": members,
     });
     format!("{doc}\n")
 }
