@@ -85,6 +85,9 @@ const RENEWAL: Duration = Duration::from_millis(500);
 
 #[tokio::test]
 async fn members_join_see_each_other_and_a_leave_is_seen_at_once() {
+    if skip_nats() {
+        return;
+    }
     let bucket = Bucket::new("ll_fleet_join");
     let a = bucket.join("a", LEASE, RENEWAL).await;
     assert_eq!(ids(&a), ["a"]);
@@ -109,6 +112,9 @@ async fn members_join_see_each_other_and_a_leave_is_seen_at_once() {
 
 #[tokio::test]
 async fn a_member_that_stops_renewing_drops_out_after_its_lease_and_not_before() {
+    if skip_nats() {
+        return;
+    }
     let bucket = Bucket::new("ll_fleet_drop");
     let name = bucket.name.clone();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
@@ -143,6 +149,9 @@ async fn a_member_that_stops_renewing_drops_out_after_its_lease_and_not_before()
 
 #[tokio::test]
 async fn fleets_of_two_buckets_do_not_see_each_other() {
+    if skip_nats() {
+        return;
+    }
     let (b1, b2) = (Bucket::new("ll_fleet_iso1"), Bucket::new("ll_fleet_iso2"));
     let a = b1.join("same", LEASE, RENEWAL).await;
     let b = b2.join("other", LEASE, RENEWAL).await;
@@ -158,6 +167,9 @@ async fn fleets_of_two_buckets_do_not_see_each_other() {
 
 #[tokio::test]
 async fn an_id_that_is_no_key_is_refused_naming_the_field() {
+    if skip_nats() {
+        return;
+    }
     let bucket = Bucket::new("ll_fleet_badid");
     let client = async_nats::connect(nats_url()).await.unwrap();
     let config = MemberConfig::builder().with_id("a b.c").build().unwrap();
