@@ -29,8 +29,9 @@ const LEASE: Duration = Duration::from_millis(1500);
 struct Env {
     kind: Kind,
     schema: TestSchema,
+    /// The bucket of the NATS kinds.
     #[cfg(feature = "nats")]
-    bucket: String,
+    bucket: Option<Bucket>,
 }
 
 impl Env {
@@ -39,14 +40,15 @@ impl Env {
             kind,
             schema: TestSchema::new(name).await,
             #[cfg(feature = "nats")]
-            bucket: unique(&format!("ll_{name}")),
+            bucket: matches!(kind, Kind::Nats | Kind::NatsMaxAge)
+                .then(|| Bucket::new(&format!("ll_{name}"))),
         };
         #[cfg(feature = "nats")]
         if let Kind::NatsMaxAge = kind {
             let client = async_nats::connect(nats_url()).await.unwrap();
             async_nats::jetstream::new(client)
                 .create_key_value(async_nats::jetstream::kv::Config {
-                    bucket: env.bucket.clone(),
+                    bucket: env.bucket().to_owned(),
                     history: 1,
                     max_age: LEASE,
                     ..Default::default()
@@ -61,12 +63,18 @@ impl Env {
         self.schema.builder()
     }
 
+    /// The name of the bucket (NATS kinds only).
+    #[cfg(feature = "nats")]
+    fn bucket(&self) -> &str {
+        &self.bucket.as_ref().expect("a bucket of a NATS kind").name
+    }
+
     async fn start(&self, builder: ElectorBuilder) -> Elector {
         match self.kind {
             Kind::Postgres => builder.connect(&database_url()).await.unwrap(),
             #[cfg(feature = "nats")]
             Kind::Nats | Kind::NatsMaxAge => builder
-                .connect_nats(&nats_url(), &self.bucket)
+                .connect_nats(&nats_url(), self.bucket())
                 .await
                 .unwrap(),
         }
@@ -79,21 +87,14 @@ impl Env {
         match self.kind {
             Kind::Postgres => {
                 let s = &self.schema;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(leaderlease::schema::up_sql(&s.name)))
-                    .execute(&s.pool)
-                    .await
-                    .unwrap();
-                let seq = format!(
-                    "{}.leader_lease_term_seq",
-                    leaderlease::schema::quote_ident(&s.name)
-                );
+                s.exec(leaderlease::schema::up_sql(&s.name)).await;
                 let term: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO {} (id, leader_id, expires_at, term) \
                      VALUES (1, 'dead-node', clock_timestamp() + $2 * interval '1 millisecond', \
                              nextval($1::regclass)) RETURNING term",
                     s.table()
                 )))
-                .bind(seq)
+                .bind(s.sequence())
                 .bind(lease.as_millis() as f64)
                 .fetch_one(&s.pool)
                 .await
@@ -105,7 +106,7 @@ impl Env {
                 use leaderlease::nats::{Expiry, NatsBackend};
                 let client = async_nats::connect(nats_url()).await.unwrap();
                 let js = async_nats::jetstream::new(client);
-                let (store, expiry) = NatsBackend::open_bucket(&js, &self.bucket, lease)
+                let (store, expiry) = NatsBackend::open_bucket(&js, self.bucket(), lease)
                     .await
                     .unwrap();
                 match (self.kind, expiry) {
@@ -135,45 +136,11 @@ impl Env {
     }
 }
 
-#[cfg(feature = "nats")]
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Kind::Nats | Kind::NatsMaxAge = self.kind {
-            let bucket = self.bucket.clone();
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    if let Ok(client) = async_nats::connect(nats_url()).await {
-                        let _ = async_nats::jetstream::new(client)
-                            .delete_key_value(&bucket)
-                            .await;
-                    }
-                });
-            })
-            .join();
-        }
-    }
-}
-
-fn leader_of(electors: &[Elector]) -> Option<usize> {
-    electors.iter().position(|e| e.is_leader())
-}
-
-async fn wait_for_leader(electors: &[Elector], limit: Duration) -> usize {
-    let refs: Vec<&Elector> = electors.iter().collect();
-    wait_until(limit, "a leader", || refs.iter().any(|e| e.is_leader())).await;
-    leader_of(electors).unwrap()
-}
-
 async fn one_leader_among_several(kind: Kind) {
     let env = Env::new(kind, "b_one").await;
     let electors = env.candidates(5).await;
     let leader = wait_for_leader(&electors, Duration::from_secs(5)).await;
-    let refs: Vec<&Elector> = electors.iter().collect();
-    assert_never_two_leaders(&refs, Duration::from_secs(3)).await;
+    assert_never_two_leaders(&electors, Duration::from_secs(3)).await;
     assert!(
         electors[leader].is_leader(),
         "the leader kept its lease through its renewals"

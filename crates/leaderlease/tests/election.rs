@@ -8,23 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use leaderlease::{Elector, Error, Status};
+use leaderlease::{Error, Status};
 use sqlx::Row;
-
-async fn one_leader_within(electors: &[&Elector], limit: Duration) -> usize {
-    wait_until(limit, "a leader", || electors.iter().any(|e| e.is_leader())).await;
-    electors.iter().position(|e| e.is_leader()).unwrap()
-}
-
-/// Settings of a follower that polls rarely (every 4 s): a takeover sooner than that can only come from
-/// waking at the observed expiry.
-fn slow_poller(s: &TestSchema) -> leaderlease::ElectorBuilder {
-    s.builder()
-        .with_lease_duration(Duration::from_secs(6))
-        .with_renewal_interval(Duration::from_secs(4))
-        .with_jitter_range(Duration::from_millis(200))
-        .with_clean_interval(Duration::from_secs(3600))
-}
 
 /// Milliseconds, by the database clock, between the lease's expiry `expired_epoch` and the creation of
 /// the lease that now stands.
@@ -52,28 +37,21 @@ async fn expiry_epoch(s: &TestSchema) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_lease_is_taken_over_right_after_expiry_without_cleanup() {
     let s = TestSchema::new("expired").await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(leaderlease::schema::up_sql(&s.name)))
-        .execute(&s.pool)
-        .await
-        .unwrap();
+    s.exec(leaderlease::schema::up_sql(&s.name)).await;
     // The lease of a dead node, expiring in 2 s.
-    let seq = format!(
-        "{}.leader_lease_term_seq",
-        leaderlease::schema::quote_ident(&s.name)
-    );
     let dead_term: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {} (id, leader_id, expires_at, term) \
          VALUES (1, 'dead-node', clock_timestamp() + interval '2 seconds', nextval($1::regclass)) \
          RETURNING term",
         s.table()
     )))
-    .bind(seq)
+    .bind(s.sequence())
     .fetch_one(&s.pool)
     .await
     .unwrap();
     let expires = expiry_epoch(&s).await;
 
-    let e = slow_poller(&s).connect(&database_url()).await.unwrap();
+    let e = s.slow_poller().connect(&database_url()).await.unwrap();
     wait_until(
         Duration::from_secs(5),
         "the follower to observe the dead lease",
@@ -98,19 +76,9 @@ async fn expired_lease_is_taken_over_right_after_expiry_without_cleanup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_hands_over_and_terms_grow() {
     let s = TestSchema::new("release").await;
-    let a = s
-        .builder()
-        .with_instance_id("a")
-        .connect(&database_url())
-        .await
-        .unwrap();
+    let a = s.elector("a").await;
     wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
-    let b = s
-        .builder()
-        .with_instance_id("b")
-        .connect(&database_url())
-        .await
-        .unwrap();
+    let b = s.elector("b").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let term_a = a.term().unwrap();
     assert!(!b.is_leader());
@@ -191,21 +159,14 @@ async fn terminated_connections_never_give_two_leaders_and_recover() {
         .await
         .unwrap();
 
-    let kill = |app: String, pool: leaderlease::PgPool| async move {
-        sqlx::query("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1")
-            .bind(app)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    };
     let stop = Arc::new(AtomicBool::new(false));
     let killer = {
         let (stop, pool, app_a, app_b) =
             (stop.clone(), s.pool.clone(), app_a.clone(), app_b.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                kill(app_a.clone(), pool.clone()).await;
-                kill(app_b.clone(), pool.clone()).await;
+                terminate_app(&pool, &app_a).await;
+                terminate_app(&pool, &app_b).await;
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
         })
@@ -214,7 +175,7 @@ async fn terminated_connections_never_give_two_leaders_and_recover() {
     stop.store(true, Ordering::Relaxed);
     killer.await.unwrap();
     // After the storm, exactly one of them leads again, without restarting anything.
-    one_leader_within(&[&a, &b], Duration::from_secs(5)).await;
+    wait_for_leader(&[&a, &b], Duration::from_secs(5)).await;
     assert_never_two_leaders(&[&a, &b], Duration::from_secs(1)).await;
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
@@ -313,14 +274,7 @@ async fn one_failed_renewal_does_not_cost_leadership() {
         .unwrap();
     wait_until(Duration::from_secs(3), "leadership", || e.is_leader()).await;
     let term = e.term().unwrap();
-    let killed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE application_name = $1) k",
-    )
-    .bind(&app)
-    .fetch_one(&s.pool)
-    .await
-    .unwrap();
+    let killed = terminate_app(&s.pool, &app).await;
     assert!(killed >= 1, "the elector's connection was terminated");
     // The next renewal fails on the dead connection and is retried at once on a new one.
     let until = Instant::now() + Duration::from_secs(2);
@@ -346,16 +300,14 @@ async fn cleanup_deletes_only_long_expired_leases() {
         .await
         .unwrap();
     wait_until(Duration::from_secs(3), "leadership", || e.is_leader()).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+    s.exec(format!(
         "INSERT INTO {t} (id, leader_id, expires_at, created_at) VALUES \
            (2, 'live', clock_timestamp() + interval '1 hour', clock_timestamp()), \
            (3, 'long-dead', clock_timestamp() - interval '1 minute', clock_timestamp() - interval '2 minutes'), \
            (4, 'just-expired', clock_timestamp() - interval '1 second', clock_timestamp() - interval '1 minute')",
         t = s.table()
-    )))
-    .execute(&s.pool)
-    .await
-    .unwrap();
+    ))
+    .await;
     let ids = || async {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT id FROM {} ORDER BY id",
@@ -388,19 +340,9 @@ async fn cleanup_deletes_only_long_expired_leases() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_instance_id_never_gives_two_leaders() {
     let s = TestSchema::new("sameid").await;
-    let a = s
-        .builder()
-        .with_instance_id("twin")
-        .connect(&database_url())
-        .await
-        .unwrap();
-    let b = s
-        .builder()
-        .with_instance_id("twin")
-        .connect(&database_url())
-        .await
-        .unwrap();
-    one_leader_within(&[&a, &b], Duration::from_secs(3)).await;
+    let a = s.elector("twin").await;
+    let b = s.elector("twin").await;
+    wait_for_leader(&[&a, &b], Duration::from_secs(3)).await;
     assert_never_two_leaders(&[&a, &b], Duration::from_secs(2)).await;
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
@@ -409,13 +351,7 @@ async fn same_instance_id_never_gives_two_leaders() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_while_leader_token_is_cancelled_on_loss_and_on_release() {
     let s = TestSchema::new("work").await;
-    let e = Arc::new(
-        s.builder()
-            .with_instance_id("worker")
-            .connect(&database_url())
-            .await
-            .unwrap(),
-    );
+    let e = Arc::new(s.elector("worker").await);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Option<Instant>)>();
     let runner = {
         let e = e.clone();
@@ -440,13 +376,11 @@ async fn run_while_leader_token_is_cancelled_on_loss_and_on_release() {
     assert!(started.is_none(), "work started");
 
     // Loss: another node's lease replaces ours behind the elector's back.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+    s.exec(format!(
         "UPDATE {} SET leader_id = 'usurper', term = term + 1000 WHERE id = 1",
         s.table()
-    )))
-    .execute(&s.pool)
-    .await
-    .unwrap();
+    ))
+    .await;
     let lost_at = Instant::now();
     let (t, cancelled_at) = tokio::time::timeout(Duration::from_secs(3), rx.recv())
         .await
@@ -458,10 +392,7 @@ async fn run_while_leader_token_is_cancelled_on_loss_and_on_release() {
     assert!(!e.is_leader());
 
     // Next leadership after the usurper's row is gone: the closure runs again; release cancels it.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DELETE FROM {}", s.table())))
-        .execute(&s.pool)
-        .await
-        .unwrap();
+    s.exec(format!("DELETE FROM {}", s.table())).await;
     let (term2, started) = tokio::time::timeout(Duration::from_secs(3), rx.recv())
         .await
         .unwrap()
@@ -544,12 +475,7 @@ async fn external_cancellation_waits_for_work_then_releases() {
         .await
         .unwrap()
         .unwrap();
-    let b = s
-        .builder()
-        .with_instance_id("b")
-        .connect(&database_url())
-        .await
-        .unwrap();
+    let b = s.elector("b").await;
     let mut status = a.subscribe();
     token.cancel();
     // b may lead only once a's work has returned.
@@ -668,7 +594,8 @@ async fn crashed_leader_process_is_replaced_right_after_expiry() {
     let s = TestSchema::new("crash").await;
     let mut child = ChildCandidate::spawn(&s.name);
     let child_term = child.wait_leading().await;
-    let follower = slow_poller(&s)
+    let follower = s
+        .slow_poller()
         .with_instance_id("survivor")
         .connect(&database_url())
         .await
@@ -700,12 +627,7 @@ async fn paused_leader_process_has_stepped_down_when_it_resumes() {
     let s = TestSchema::new("pause").await;
     let mut child = ChildCandidate::spawn(&s.name);
     let child_term = child.wait_leading().await;
-    let follower = s
-        .builder()
-        .with_instance_id("other")
-        .connect(&database_url())
-        .await
-        .unwrap();
+    let follower = s.elector("other").await;
 
     child.signal("-STOP");
     // Paused past its lease (1.5 s): the follower takes over.
@@ -741,12 +663,7 @@ async fn paused_leader_process_has_stepped_down_when_it_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_stream_numbers_every_decision_and_a_loss_changes_the_generation() {
     let s = TestSchema::new("snapshots").await;
-    let a = s
-        .builder()
-        .with_instance_id("a")
-        .connect(&database_url())
-        .await
-        .unwrap();
+    let a = s.elector("a").await;
     let mut rx = a.subscribe_state();
     let collector = tokio::spawn(async move {
         let mut seen = vec![rx.borrow_and_update().clone()];
@@ -847,12 +764,7 @@ async fn failing_liveness_check_hands_the_lease_over_and_rejoins_when_it_passes(
         .await
         .unwrap();
     wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
-    let b = s
-        .builder()
-        .with_instance_id("b")
-        .connect(&database_url())
-        .await
-        .unwrap();
+    let b = s.elector("b").await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(
         a.is_leader() && !b.is_leader(),

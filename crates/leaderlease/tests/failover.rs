@@ -114,10 +114,7 @@ async fn promote_synchronous_standby(reroute_after: Duration) {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch(electors.clone(), stop.clone());
-    wait_until(Duration::from_secs(5), "a leader", || {
-        electors.iter().any(|e| e.is_leader())
-    })
-    .await;
+    wait_for_leader(&electors, Duration::from_secs(5)).await;
     // Let the leader renew a few times (each renewal waits for the standby).
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let old_term = electors.iter().find_map(|e| e.term()).expect("one leads");
@@ -245,14 +242,6 @@ fn observed(builder: ElectorBuilder, id: &str, events: &Events) -> ElectorBuilde
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push((me.clone(), e.clone()))
     })
-}
-
-/// Runs one statement (one simple query: `ALTER SYSTEM` refuses a transaction block).
-async fn exec(pool: &leaderlease::PgPool, sql: &'static str) {
-    sqlx::raw_sql(sql)
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// Waits until the primary's `pg_stat_replication` has `streaming` rows (`true`) or none (`false`).

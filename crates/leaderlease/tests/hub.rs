@@ -9,49 +9,22 @@ use std::time::Duration;
 use common::*;
 use leaderlease::backend::BoxFuture;
 use leaderlease::{
-    AcquireOutcome, Backend, Elector, ElectorBuilder, OWNED_POOL_MAX_CONNECTIONS, ObservedLease,
-    PgBackend, PgHub, Result,
+    AcquireOutcome, Backend, Elector, OWNED_POOL_MAX_CONNECTIONS, ObservedLease, PgBackend, PgHub,
+    Result,
 };
 use tokio::sync::Notify;
 
-/// A follower that would poll only every 4 s and whose leader's lease lasts 6 s: a takeover within a
-/// second of a release can only come from the release notification.
-fn slow(s: &TestSchema) -> ElectorBuilder {
-    s.builder()
-        .with_lease_duration(Duration::from_secs(6))
-        .with_renewal_interval(Duration::from_secs(4))
-        .with_jitter_range(Duration::from_millis(200))
-        .with_clean_interval(Duration::from_secs(3600))
-}
-
-async fn connections_of(s: &TestSchema, app: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
-        .bind(app)
-        .fetch_one(&s.pool)
-        .await
-        .unwrap()
-}
-
-async fn terminate(s: &TestSchema, app: &str) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE application_name = $1) t",
-    )
-    .bind(app)
-    .fetch_one(&s.pool)
-    .await
-    .unwrap()
-}
-
 /// Starts `a` (leading) and `b` (following, having seen a's lease), each on its own hub.
 async fn leader_and_waiting_follower(s: &TestSchema, app_b: &str) -> (Elector, Elector) {
-    let a = slow(s)
+    let a = s
+        .slow_poller()
         .with_instance_id("a")
         .connect(&database_url())
         .await
         .unwrap();
     wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
-    let b = slow(s)
+    let b = s
+        .slow_poller()
         .with_instance_id("b")
         .connect(&url_with_app(&database_url(), app_b))
         .await
@@ -81,7 +54,7 @@ async fn a_release_wakes_the_waiting_candidate_at_once() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
     assert_eq!(
-        connections_of(&s, &app).await,
+        connections_of(&s.pool, &app).await,
         0,
         "b's pool and LISTEN connection are closed at shutdown"
     );
@@ -91,7 +64,8 @@ async fn a_release_wakes_the_waiting_candidate_at_once() {
 async fn the_listen_connection_comes_back_after_it_was_terminated() {
     let s = TestSchema::new("relisten").await;
     let app = unique("ll_relisten");
-    let a = slow(&s)
+    let a = s
+        .slow_poller()
         .with_instance_id("a")
         .connect(&database_url())
         .await
@@ -100,7 +74,8 @@ async fn the_listen_connection_comes_back_after_it_was_terminated() {
     let hub = PgHub::connect(&url_with_app(&database_url(), &app), Duration::from_secs(1))
         .await
         .unwrap();
-    let b = slow(&s)
+    let b = s
+        .slow_poller()
         .with_instance_id("b")
         .start_with_hub(&hub)
         .await
@@ -114,7 +89,7 @@ async fn the_listen_connection_comes_back_after_it_was_terminated() {
 
     // Every connection of b's hub is cut: the LISTEN one and the pool's.
     assert!(
-        terminate(&s, &app).await >= 2,
+        terminate_app(&s.pool, &app).await >= 2,
         "b's LISTEN and pool connections were open"
     );
     // The listener reconnects at once and probes again through the pool (whose connections were cut
@@ -224,7 +199,7 @@ async fn many_elections_on_one_hub_batch_renewals_and_share_connections() {
     );
     let max = i64::from(OWNED_POOL_MAX_CONNECTIONS) + 1;
     for app in [&app_a, &app_b] {
-        let n = connections_of(&s, app).await;
+        let n = connections_of(&s.pool, app).await;
         assert!(n <= max, "{n} connections for {N} elections: at most {max}");
     }
 
@@ -250,7 +225,7 @@ async fn many_elections_on_one_hub_batch_renewals_and_share_connections() {
     hub_b.close().await;
     for app in [&app_a, &app_b] {
         assert_eq!(
-            connections_of(&s, app).await,
+            connections_of(&s.pool, app).await,
             0,
             "hub {app} left connections open"
         );
@@ -276,7 +251,7 @@ async fn a_shared_hub_closes_with_its_last_election() {
         electors.iter().all(|e| e.is_leader())
     })
     .await;
-    let n = connections_of(&s, &app).await;
+    let n = connections_of(&s.pool, &app).await;
     assert!(
         n <= i64::from(OWNED_POOL_MAX_CONNECTIONS) + 1,
         "10 elections on one shared hub hold {n} connections"
@@ -293,11 +268,11 @@ async fn a_shared_hub_closes_with_its_last_election() {
     assert!(last.is_leader(), "the remaining election keeps renewing");
     last.shutdown().await.unwrap();
     // The sockets are closed when shutdown returns; the server ends their backends a moment later.
-    let mut left = connections_of(&s, &app).await;
+    let mut left = connections_of(&s.pool, &app).await;
     let end = std::time::Instant::now() + Duration::from_secs(2);
     while left > 0 && std::time::Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        left = connections_of(&s, &app).await;
+        left = connections_of(&s.pool, &app).await;
     }
     assert_eq!(left, 0, "the shared hub closed with its last election");
 }
@@ -489,17 +464,8 @@ async fn a_stale_renewal_batched_with_the_new_terms_renewal_does_not_lead_again(
 /// Transactions the server counted in database `db`, read once the connections of application `app` are
 /// gone (a backend flushes its counts when it exits).
 async fn transactions_once_closed(admin: &sqlx::PgPool, db: &str, app: &str) -> i64 {
-    let open = || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-        )
-        .bind(app)
-        .fetch_one(admin)
-        .await
-        .unwrap()
-    };
     let until = std::time::Instant::now() + Duration::from_secs(10);
-    while open().await > 0 {
+    while connections_of(admin, app).await > 0 {
         assert!(
             std::time::Instant::now() < until,
             "connections of {app} stay open"

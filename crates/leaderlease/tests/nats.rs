@@ -6,73 +6,14 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use common::*;
 use leaderlease::nats::{Expiry, MARKER_TTL, key_ttl};
-use leaderlease::{Elector, ElectorBuilder, Error, NatsBackend};
-
-/// A bucket of the test's own, deleted on drop.
-struct Bucket {
-    name: String,
-    url: String,
-}
-
-impl Bucket {
-    fn new(prefix: &str) -> Self {
-        Self::on(prefix, nats_url())
-    }
-    fn on(prefix: &str, url: String) -> Self {
-        Self {
-            name: unique(prefix),
-            url,
-        }
-    }
-    async fn js(&self) -> jetstream::Context {
-        jetstream::new(async_nats::connect(&self.url).await.unwrap())
-    }
-    async fn start(&self, builder: ElectorBuilder) -> Elector {
-        builder.connect_nats(&self.url, &self.name).await.unwrap()
-    }
-    /// Writes `value` to `key` with a per-message TTL of `ttl_secs`, as a node of another lease (or
-    /// another program) would; returns the revision.
-    async fn put_with_ttl(&self, key: &str, value: impl Into<bytes::Bytes>, ttl_secs: u64) -> u64 {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_TTL, ttl_secs.to_string());
-        self.js()
-            .await
-            .publish_with_headers(format!("$KV.{}.{key}", self.name), headers, value.into())
-            .await
-            .unwrap()
-            .await
-            .unwrap()
-            .sequence
-    }
-}
-
-impl Drop for Bucket {
-    fn drop(&mut self) {
-        let (name, url) = (self.name.clone(), self.url.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(Ok(client)) =
-                    tokio::time::timeout(Duration::from_secs(2), async_nats::connect(url)).await
-                {
-                    let _ = jetstream::new(client).delete_key_value(&name).await;
-                }
-            });
-        })
-        .join();
-    }
-}
+use leaderlease::{Elector, Error, NatsBackend};
 
 #[tokio::test]
 async fn a_bucket_without_max_age_or_with_another_lease_is_refused() {
@@ -310,15 +251,9 @@ async fn release_is_seen_through_the_watch_not_the_next_poll() {
     }
     let b = Bucket::new("ll_watch");
     // Followers poll every 4 s: a handover much faster than that comes from the watch.
-    let slow = || {
-        Elector::builder()
-            .with_lease_duration(Duration::from_secs(6))
-            .with_renewal_interval(Duration::from_secs(4))
-            .with_jitter_range(Duration::from_millis(200))
-    };
-    let a = b.start(slow().with_instance_id("a")).await;
+    let a = b.start(slow_poller().with_instance_id("a")).await;
     wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
-    let f = b.start(slow().with_instance_id("f")).await;
+    let f = b.start(slow_poller().with_instance_id("f")).await;
     wait_until(Duration::from_secs(3), "f to see a", || {
         f.leader().is_some()
     })
@@ -345,15 +280,9 @@ async fn a_release_is_seen_at_once_when_the_watch_consumer_is_gone() {
     }
     let b = Bucket::new("ll_lostwatch");
     // Followers would wait 6 s for the expiry: a handover much faster than that is not the expiry.
-    let slow = || {
-        Elector::builder()
-            .with_lease_duration(Duration::from_secs(6))
-            .with_renewal_interval(Duration::from_secs(4))
-            .with_jitter_range(Duration::from_millis(200))
-    };
-    let a = b.start(slow().with_instance_id("a")).await;
+    let a = b.start(slow_poller().with_instance_id("a")).await;
     wait_until(Duration::from_secs(3), "a to lead", || a.is_leader()).await;
-    let f = b.start(slow().with_instance_id("f")).await;
+    let f = b.start(slow_poller().with_instance_id("f")).await;
     wait_until(Duration::from_secs(3), "f to see a", || {
         f.leader().is_some()
     })
@@ -622,11 +551,7 @@ impl ThrowawayNats {
         Self::start_bin(nats_server_bin())
     }
     fn start_bin(bin: String) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let dir = std::env::temp_dir().join(unique("ll_nats"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut s = Self {
@@ -818,11 +743,7 @@ async fn a_server_older_than_2_10_is_refused_at_start_naming_its_version() {
 /// keeps the client's error as its source.
 #[tokio::test]
 async fn no_server_at_the_address_is_store_unreachable_with_the_clients_error() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("nats://127.0.0.1:{port}");
     let err = fast()
         .connect_nats(&url, "ll_nowhere")

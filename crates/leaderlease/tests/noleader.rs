@@ -10,39 +10,10 @@ use common::*;
 use leaderlease::noleader::{Leader, Status};
 use tokio_util::sync::CancellationToken;
 
-/// A bucket name of the test's own; the bucket is deleted on drop.
-struct Bucket(String);
-
-impl Bucket {
-    fn new(prefix: &str) -> Self {
-        Self(unique(prefix))
-    }
-}
-
-impl Drop for Bucket {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(client) = async_nats::connect(nats_url()).await {
-                    let _ = async_nats::jetstream::new(client)
-                        .delete_key_value(&name)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 async fn candidate(bucket: &Bucket, id: &str) -> Leader {
     let client = async_nats::connect(nats_url()).await.unwrap();
     Leader::with_config(
-        &bucket.0,
+        &bucket.name,
         "election_key",
         client,
         fast().with_instance_id(id),

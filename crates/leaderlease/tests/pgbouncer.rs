@@ -56,16 +56,11 @@ async fn three_candidates(mode: &str, pool_size: u32, pooler: Pooler, handover_b
         hubs.push(hub);
         electors.push(e);
     }
-    let refs: Vec<&Elector> = electors.iter().collect();
-    wait_until(Duration::from_secs(5), "a leader", || {
-        refs.iter().any(|e| e.is_leader())
-    })
-    .await;
-    let leader = refs.iter().position(|e| e.is_leader()).unwrap();
-    let term = refs[leader].term().unwrap();
-    assert_never_two_leaders(&refs, Duration::from_secs(3)).await;
+    let leader = wait_for_leader(&electors, Duration::from_secs(5)).await;
+    let term = electors[leader].term().unwrap();
+    assert_never_two_leaders(&electors, Duration::from_secs(3)).await;
     assert_eq!(
-        refs[leader].term(),
+        electors[leader].term(),
         Some(term),
         "the leader kept its term for 3 s: every renewal through PgBouncer succeeded"
     );
@@ -83,9 +78,10 @@ async fn three_candidates(mode: &str, pool_size: u32, pooler: Pooler, handover_b
 
     // Handover after a release.
     let released = Instant::now();
-    refs[leader].release().await.unwrap();
+    electors[leader].release().await.unwrap();
     let took = wait_until(Duration::from_secs(5), "another leader", || {
-        refs.iter()
+        electors
+            .iter()
             .enumerate()
             .any(|(i, e)| i != leader && e.is_leader())
     })
@@ -98,8 +94,8 @@ async fn three_candidates(mode: &str, pool_size: u32, pooler: Pooler, handover_b
         released.elapsed() <= handover_bound + Duration::from_millis(500),
         "handover took {took:?} (bound {handover_bound:?})"
     );
-    assert_never_two_leaders(&refs, Duration::from_secs(1)).await;
-    let new_term = refs.iter().find_map(|e| e.term()).expect("one leads");
+    assert_never_two_leaders(&electors, Duration::from_secs(1)).await;
+    let new_term = electors.iter().find_map(|e| e.term()).expect("one leads");
     assert!(new_term > term, "term {new_term} after {term}");
     for e in &electors {
         e.shutdown().await.unwrap();

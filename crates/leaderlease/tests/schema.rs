@@ -39,19 +39,14 @@ async fn columns(s: &TestSchema) -> Vec<String> {
 #[tokio::test]
 async fn table_from_1_1_2_is_upgraded_in_place() {
     let s = TestSchema::new("upgrade").await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(original_ddl(&s.name)))
-        .execute(&s.pool)
-        .await
-        .unwrap();
+    s.exec(original_ddl(&s.name)).await;
     // A row left by a 1.1.2 leader that has since stopped.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+    s.exec(format!(
         "INSERT INTO {} (id, leader_id, expires_at, created_at) \
          VALUES (1, 'old-node', now() - interval '1 second', now() - interval '1 minute')",
         s.table()
-    )))
-    .execute(&s.pool)
-    .await
-    .unwrap();
+    ))
+    .await;
 
     // Without DDL rights (create_table_on_init off) the outdated table is a clear error.
     let err = s
@@ -113,16 +108,10 @@ async fn missing_table_without_create_on_init_names_the_fix() {
 async fn migration_sql_is_idempotent_and_reversible() {
     let s = TestSchema::new("migrate").await;
     for _ in 0..2 {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(schema::up_sql(&s.name)))
-            .execute(&s.pool)
-            .await
-            .unwrap();
+        s.exec(schema::up_sql(&s.name)).await;
     }
     assert_eq!(columns(&s).await.len(), 6);
-    sqlx::raw_sql(sqlx::AssertSqlSafe(schema::down_sql(&s.name)))
-        .execute(&s.pool)
-        .await
-        .unwrap();
+    s.exec(schema::down_sql(&s.name)).await;
     assert!(columns(&s).await.is_empty());
 
     // Concurrent first runs (several replicas starting at once on a fresh schema) serialise on the DDL
@@ -149,16 +138,10 @@ async fn migration_sql_is_idempotent_and_reversible() {
         r.await.unwrap().unwrap();
     }
     assert_eq!(columns(&fresh).await.len(), 6);
-    sqlx::raw_sql(sqlx::AssertSqlSafe(schema::down_sql(&s.name)))
-        .execute(&s.pool)
-        .await
-        .unwrap();
+    s.exec(schema::down_sql(&s.name)).await;
     assert!(columns(&s).await.is_empty());
     let seq: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
-        .bind(format!(
-            "{}.leader_lease_term_seq",
-            schema::quote_ident(&s.name)
-        ))
+        .bind(s.sequence())
         .fetch_one(&s.pool)
         .await
         .unwrap();
@@ -169,12 +152,7 @@ async fn migration_sql_is_idempotent_and_reversible() {
 async fn hostile_and_mixed_case_schema_names_are_quoted_never_spliced() {
     let sentinel = unique("ll_sentinel");
     let admin = admin_pool(&database_url()).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE public.{sentinel} (x int)"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
+    exec(&admin, format!("CREATE TABLE public.{sentinel} (x int)")).await;
     let names = [
         format!("MixedCase_{}", unique("m")),
         format!(
@@ -205,10 +183,7 @@ async fn hostile_and_mixed_case_schema_names_are_quoted_never_spliced() {
         .await
         .unwrap();
     assert!(still_there.is_some(), "nothing was injected");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE public.{sentinel}")))
-        .execute(&admin)
-        .await
-        .unwrap();
+    exec(&admin, format!("DROP TABLE public.{sentinel}")).await;
 
     // A name PostgreSQL reserves fails cleanly, before any SQL runs.
     let err = fast()
@@ -224,11 +199,7 @@ async fn hostile_and_mixed_case_schema_names_are_quoted_never_spliced() {
 
 #[tokio::test]
 async fn unreachable_database_is_a_clear_error_at_start() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let started = std::time::Instant::now();
     let err = Elector::builder()
         .connect(&format!("postgres://postgres@127.0.0.1:{port}/test"))
@@ -247,19 +218,14 @@ async fn unreachable_database_is_a_clear_error_at_start() {
 #[tokio::test]
 async fn runtime_user_without_privileges_gets_a_clear_error() {
     let s = TestSchema::new("privs").await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(schema::up_sql(&s.name)))
-        .execute(&s.pool)
-        .await
-        .unwrap();
+    s.exec(schema::up_sql(&s.name)).await;
     let role = unique("ll_role");
     let q = schema::quote_ident(&s.name);
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+    s.exec(format!(
         "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {q} TO {role}; \
          GRANT SELECT, INSERT, UPDATE, DELETE ON {q}.leader_lease TO {role};"
-    )))
-    .execute(&s.pool)
-    .await
-    .unwrap();
+    ))
+    .await;
     let url = url_as_user(&database_url(), &role);
     let err = s
         .builder()
@@ -270,12 +236,10 @@ async fn runtime_user_without_privileges_gets_a_clear_error() {
     assert_eq!(err.code(), "ERR_PERMISSION_DENIED", "{err}");
     assert!(err.to_string().contains("UPDATE on its sequence"), "{err}");
     // USAGE allows nextval but not the setval an acquisition also runs: still a clear error at start.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+    s.exec(format!(
         "GRANT USAGE ON {q}.leader_lease_term_seq TO {role}"
-    )))
-    .execute(&s.pool)
-    .await
-    .unwrap();
+    ))
+    .await;
     let err = s
         .builder()
         .with_create_table_on_init(false)
@@ -285,12 +249,10 @@ async fn runtime_user_without_privileges_gets_a_clear_error() {
     assert_eq!(err.code(), "ERR_PERMISSION_DENIED", "{err}");
     assert!(err.to_string().contains("UPDATE on its sequence"), "{err}");
     // With UPDATE on the sequence too, the runtime user needs no DDL rights.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+    s.exec(format!(
         "GRANT UPDATE ON {q}.leader_lease_term_seq TO {role}"
-    )))
-    .execute(&s.pool)
-    .await
-    .unwrap();
+    ))
+    .await;
     let e = s
         .builder()
         .with_create_table_on_init(false)
@@ -299,27 +261,12 @@ async fn runtime_user_without_privileges_gets_a_clear_error() {
         .unwrap();
     wait_until(Duration::from_secs(3), "leadership", || e.is_leader()).await;
     e.shutdown().await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP OWNED BY {role}; DROP ROLE {role}"
-    )))
-    .execute(&s.pool)
-    .await
-    .unwrap();
+    s.exec(format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await;
 }
 
 // Terms: for a lock id, every leadership's term is greater than every earlier one's, whatever happens to
 // the row, the sequence or the table in between (docs/design.md, "Terms").
-
-async fn exec(s: &TestSchema, sql: String) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(&s.pool)
-        .await
-        .unwrap();
-}
-
-fn sequence(s: &TestSchema) -> String {
-    format!("{}.leader_lease_term_seq", schema::quote_ident(&s.name))
-}
 
 /// The table as a hand-written migration or TypeORM's `synchronize` creates it: every column, no sequence.
 fn hand_made_ddl(s: &TestSchema) -> String {
@@ -338,12 +285,7 @@ fn hand_made_ddl(s: &TestSchema) -> String {
 
 /// Starts an election on `s`, waits for it to lead and returns it with its term.
 async fn lead(s: &TestSchema, id: &str) -> (Elector, u64) {
-    let e = s
-        .builder()
-        .with_instance_id(id)
-        .connect(&database_url())
-        .await
-        .unwrap();
+    let e = s.elector(id).await;
     wait_until(Duration::from_secs(5), "leadership", || e.is_leader()).await;
     let term = e.term().unwrap();
     (e, term)
@@ -377,14 +319,9 @@ async fn terms_grow_across_down_then_up_under_a_live_leader() {
     let (a, t) = lead(&s, "a").await;
     // A leader with term t is still running (it could be paused, with writes in flight) when the table and
     // its sequence are dropped and created again.
-    exec(&s, schema::down_sql(&s.name)).await;
-    exec(&s, schema::up_sql(&s.name)).await;
-    let b = s
-        .builder()
-        .with_instance_id("b")
-        .connect(&database_url())
-        .await
-        .unwrap();
+    s.exec(schema::down_sql(&s.name)).await;
+    s.exec(schema::up_sql(&s.name)).await;
+    let b = s.elector("b").await;
     let next = row_term(&s).await;
     assert!(
         next > t as i64,
@@ -403,19 +340,16 @@ async fn terms_grow_across_down_then_up_under_a_live_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_sequence_never_issues_a_term_the_table_already_holds() {
     let s = TestSchema::new("term_fresh").await;
-    exec(&s, schema::up_sql(&s.name)).await;
+    s.exec(schema::up_sql(&s.name)).await;
     // An expired lease with term 1, and the sequence gone (dropped by hand, or by a DOWN of an older
     // version): the migration at start creates it afresh.
-    exec(
-        &s,
-        format!(
-            "INSERT INTO {} (id, leader_id, expires_at, created_at, term) \
+    s.exec(format!(
+        "INSERT INTO {} (id, leader_id, expires_at, created_at, term) \
              VALUES (1, 'old-node', now() - interval '1 second', now() - interval '1 minute', 1)",
-            s.table()
-        ),
-    )
+        s.table()
+    ))
     .await;
-    exec(&s, format!("DROP SEQUENCE {}", sequence(&s))).await;
+    s.exec(format!("DROP SEQUENCE {}", s.sequence())).await;
     let (e, t) = lead(&s, "new").await;
     assert!(t > 1, "the takeover of term 1's lease issued term {t}");
     e.shutdown().await.unwrap();
@@ -431,7 +365,8 @@ async fn terms_grow_after_the_sequence_is_set_back_by_hand() {
     for round in 0..4 {
         if round >= 2 {
             // A restore of an older dump, or a hand-made fix, puts the sequence back.
-            exec(&s, format!("SELECT setval('{}', 1)", sequence(&s))).await;
+            s.exec(format!("SELECT setval('{}', 1)", s.sequence()))
+                .await;
         }
         let (e, t) = lead(&s, &format!("n{round}")).await;
         assert!(t > last, "round {round}: term {t} after {last}");
@@ -446,11 +381,11 @@ async fn terms_grow_after_the_table_is_dropped_and_recreated_by_hand() {
         let s = TestSchema::new("term_recreate").await;
         let (a, t) = lead(&s, "a").await;
         a.shutdown().await.unwrap();
-        exec(&s, format!("DROP TABLE {}", s.table())).await;
+        s.exec(format!("DROP TABLE {}", s.table())).await;
         if drop_sequence {
-            exec(&s, format!("DROP SEQUENCE {}", sequence(&s))).await;
+            s.exec(format!("DROP SEQUENCE {}", s.sequence())).await;
         }
-        exec(&s, hand_made_ddl(&s)).await;
+        s.exec(hand_made_ddl(&s)).await;
         let (b, t2) = lead(&s, "b").await;
         assert!(
             t2 > t,
@@ -463,7 +398,7 @@ async fn terms_grow_after_the_table_is_dropped_and_recreated_by_hand() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_with_a_term_ahead_of_the_clock_and_sequence_is_still_overtaken() {
     let s = TestSchema::new("term_ahead").await;
-    exec(&s, schema::up_sql(&s.name)).await;
+    s.exec(schema::up_sql(&s.name)).await;
     // Written while the database clock was an hour ahead (since stepped back), or copied from elsewhere.
     let ahead: i64 = sqlx::query_scalar(
         "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint + 3600000000",
@@ -471,9 +406,7 @@ async fn a_row_with_a_term_ahead_of_the_clock_and_sequence_is_still_overtaken() 
     .fetch_one(&s.pool)
     .await
     .unwrap();
-    exec(
-        &s,
-        format!(
+    s.exec(format!(
             "INSERT INTO {} (id, leader_id, expires_at, created_at, term) \
              VALUES (1, 'old-node', now() - interval '1 second', now() - interval '1 minute', {ahead})",
             s.table()
@@ -492,7 +425,7 @@ async fn a_row_with_a_term_ahead_of_the_clock_and_sequence_is_still_overtaken() 
 async fn the_sequence_holds_the_largest_term_after_concurrent_acquisitions() {
     const N: i64 = 32;
     let s = TestSchema::new("term_concurrent").await;
-    exec(&s, schema::up_sql(&s.name)).await;
+    s.exec(schema::up_sql(&s.name)).await;
     for round in 0..3 {
         // Elections of many lock ids on one shared hub (a pool of 4), acquiring at the same moment.
         let mut starts = tokio::task::JoinSet::new();
@@ -510,7 +443,7 @@ async fn the_sequence_holds_the_largest_term_after_concurrent_acquisitions() {
         .await;
         let (last_value, max_term): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT (SELECT last_value FROM {}), (SELECT max(term) FROM {})",
-            sequence(&s),
+            s.sequence(),
             s.table()
         )))
         .fetch_one(&s.pool)
@@ -529,18 +462,15 @@ async fn the_sequence_holds_the_largest_term_after_concurrent_acquisitions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terms_after_a_1_1_2_upgrade_are_above_its_rows_term_0() {
     let s = TestSchema::new("term_upgrade").await;
-    exec(&s, original_ddl(&s.name)).await;
-    exec(
-        &s,
-        format!(
-            "INSERT INTO {} (id, leader_id, expires_at, created_at) VALUES \
+    s.exec(original_ddl(&s.name)).await;
+    s.exec(format!(
+        "INSERT INTO {} (id, leader_id, expires_at, created_at) VALUES \
              (1, 'old-1', now() - interval '1 second', now() - interval '1 minute'), \
              (2, 'old-2', now() - interval '1 second', now() - interval '1 minute')",
-            s.table()
-        ),
-    )
+        s.table()
+    ))
     .await;
-    exec(&s, schema::up_sql(&s.name)).await;
+    s.exec(schema::up_sql(&s.name)).await;
     let terms: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT term FROM {} ORDER BY id",
         s.table()
@@ -568,11 +498,11 @@ async fn terms_after_a_1_1_2_upgrade_are_above_its_rows_term_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_term_is_issued_only_under_the_schemas_term_lock() {
     let s = TestSchema::new("term_lock").await;
-    exec(&s, schema::up_sql(&s.name)).await;
+    s.exec(schema::up_sql(&s.name)).await;
     let sequence_state = || async {
         sqlx::query_as::<_, (i64, bool)>(sqlx::AssertSqlSafe(format!(
             "SELECT last_value, is_called FROM {}",
-            sequence(&s)
+            s.sequence()
         )))
         .fetch_one(&s.pool)
         .await
@@ -603,18 +533,15 @@ async fn a_term_is_issued_only_under_the_schemas_term_lock() {
 #[tokio::test]
 async fn a_runtime_user_with_only_some_table_rights_gets_a_clear_error_at_start() {
     let s = TestSchema::new("privs_partial").await;
-    exec(&s, schema::up_sql(&s.name)).await;
+    s.exec(schema::up_sql(&s.name)).await;
     let role = unique("ll_role");
     let q = schema::quote_ident(&s.name);
     // Reading is not enough: acquiring inserts or updates the row, releasing deletes it.
-    exec(
-        &s,
-        format!(
-            "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {q} TO {role}; \
+    s.exec(format!(
+        "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {q} TO {role}; \
              GRANT SELECT ON {q}.leader_lease TO {role}; \
              GRANT USAGE, UPDATE ON {q}.leader_lease_term_seq TO {role};"
-        ),
-    )
+    ))
     .await;
     let url = database_url().replacen("postgres@", &format!("{role}@"), 1);
     let started = s
@@ -629,7 +556,8 @@ async fn a_runtime_user_with_only_some_table_rights_gets_a_clear_error_at_start(
     if let Ok(e) = started {
         e.shutdown().await.unwrap();
     }
-    exec(&s, format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
+    s.exec(format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await;
     assert!(
         outcome.starts_with("ERR_PERMISSION_DENIED") && outcome.contains("INSERT"),
         "{outcome}"

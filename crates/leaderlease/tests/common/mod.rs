@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: the database to use, a schema per test, throwaway servers.
 #![allow(dead_code)]
 
+use std::borrow::Borrow;
 use std::net::TcpListener;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -9,7 +10,12 @@ use std::time::{Duration, Instant};
 use leaderlease::{Elector, ElectorBuilder, PgPool};
 use sqlx::postgres::PgPoolOptions;
 
+#[cfg(feature = "nats")]
+mod bucket;
 mod nats_server;
+#[cfg(feature = "nats")]
+#[allow(unused_imports)]
+pub use bucket::Bucket;
 #[allow(unused_imports)]
 pub use nats_server::{nats_server_bin, nats_url, skip_nats, skip_nats_bin};
 
@@ -68,6 +74,23 @@ pub fn fast() -> ElectorBuilder {
         .with_jitter_range(Duration::from_millis(200))
 }
 
+/// Settings of a follower that polls rarely: lease 6 s, renewal 4 s ± 0.1 s.
+pub fn slow_poller() -> ElectorBuilder {
+    Elector::builder()
+        .with_lease_duration(Duration::from_secs(6))
+        .with_renewal_interval(Duration::from_secs(4))
+        .with_jitter_range(Duration::from_millis(200))
+}
+
+/// A free TCP port on 127.0.0.1 (free when probed: nothing listens on it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this test run and call.
@@ -103,9 +126,69 @@ impl TestSchema {
         fast().with_schema(self.name.clone())
     }
 
+    /// [`slow_poller`] settings for this schema, without cleanup: a takeover sooner than 4 s can only
+    /// come from waking at the observed expiry or a release notification.
+    pub fn slow_poller(&self) -> ElectorBuilder {
+        slow_poller()
+            .with_schema(self.name.clone())
+            .with_clean_interval(Duration::from_secs(3600))
+    }
+
+    /// An elector of [`builder`](Self::builder) with instance id `id`, started on [`database_url`].
+    pub async fn elector(&self, id: &str) -> Elector {
+        self.builder()
+            .with_instance_id(id)
+            .connect(&database_url())
+            .await
+            .unwrap()
+    }
+
     pub fn table(&self) -> String {
         leaderlease::schema::qualified_table(&self.name)
     }
+
+    /// The schema's term sequence, quoted (`"schema".leader_lease_term_seq`).
+    pub fn sequence(&self) -> String {
+        format!(
+            "{}.leader_lease_term_seq",
+            leaderlease::schema::quote_ident(&self.name)
+        )
+    }
+
+    /// Runs `sql` (one or more statements) on the schema's pool.
+    pub async fn exec(&self, sql: impl Into<String>) {
+        exec(&self.pool, sql).await;
+    }
+}
+
+/// Runs `sql` (one or more statements, as one simple query: `ALTER SYSTEM` refuses a transaction block).
+pub async fn exec(pool: &PgPool, sql: impl Into<String>) {
+    let sql = sql.into();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// How many connections of application `app` the server has.
+pub async fn connections_of(pool: &PgPool, app: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+        .bind(app)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Terminates the connections of application `app`; returns how many there were.
+pub async fn terminate_app(pool: &PgPool, app: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1) t",
+    )
+    .bind(app)
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 impl Drop for TestSchema {
@@ -159,13 +242,21 @@ pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> b
     start.elapsed()
 }
 
+/// Waits up to `limit` for one of `electors` to lead; returns its index.
+pub async fn wait_for_leader<E: Borrow<Elector>>(electors: &[E], limit: Duration) -> usize {
+    let leader = || electors.iter().position(|e| e.borrow().is_leader());
+    wait_until(limit, "a leader", || leader().is_some()).await;
+    leader().unwrap()
+}
+
 /// Samples the electors every millisecond for `duration` and fails if two ever lead at once.
-pub async fn assert_never_two_leaders(electors: &[&Elector], duration: Duration) {
+pub async fn assert_never_two_leaders<E: Borrow<Elector>>(electors: &[E], duration: Duration) {
     let start = Instant::now();
     while start.elapsed() < duration {
         let leading: Vec<_> = electors
             .iter()
-            .filter(|e| e.is_leader())
+            .map(Borrow::borrow)
+            .filter(|e: &&Elector| e.is_leader())
             .map(|e| e.config().instance_id().to_owned())
             .collect();
         assert!(leading.len() <= 1, "two leaders at once: {leading:?}");
@@ -209,11 +300,7 @@ impl ThrowawayPg {
 
     /// With more arguments of `throwaway-pg.sh start` (`-c name=value`, `--tls`).
     pub fn start_with(args: &[&str]) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let port_arg = port.to_string();
         let mut all = vec!["start", "--port", &port_arg];
         all.extend_from_slice(args);
@@ -240,11 +327,7 @@ impl ThrowawayPg {
     /// A hot standby of this server (scripts/throwaway-pg.sh `standby`: pg_basebackup, streaming
     /// replication), with more settings (`-c name=value`).
     pub fn standby(&self, args: &[&str]) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let port_arg = port.to_string();
         let mut all = vec!["standby", self.dir.as_str(), "--port", &port_arg];
         all.extend_from_slice(args);
@@ -298,11 +381,7 @@ pub struct ThrowawayPgBouncer {
 
 impl ThrowawayPgBouncer {
     pub fn start(pg: &ThrowawayPg, mode: &str, pool_size: u32) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let out = Command::new("bash")
             .arg(THROWAWAY_PGBOUNCER)
             .args([
