@@ -324,7 +324,7 @@ pub struct ElectorEvent {
     /// What happened: `elected`, `renewed`, `renewal_failed`, `lease_lost`, `stepped_down`, `released`,
     /// `release_failed`, `observed_leader`, `read_failed`, `acquire_failed`, `contended`, `server_changed`,
     /// `duplicate_instance_id`, `liveness_failed`, `work_overran`, `cleaned`, `cleanup_failed`,
-    /// `listen_failed`, `listening`, `started`, `stopped` (more may come).
+    /// `listen_failed`, `listening`, `handing_over`, `taking_over`, `started`, `stopped` (more may come).
     pub kind: String,
     /// The election's lock id.
     pub lock_id: i32,

@@ -13,6 +13,7 @@ use tracing::Level;
 use crate::backend::{AcquireOutcome, Backend, ObservedLease};
 use crate::config::ElectorConfig;
 use crate::events::{Event, EventKind, deliver};
+use crate::fleet::{Placement, Seat};
 use crate::seam::{self, Mutant, mutant};
 use crate::state::{LeaderInfo, Lease, Shared, Snapshot, Status};
 use crate::{Error, Result, lock};
@@ -57,6 +58,13 @@ pub(crate) struct Campaign {
     announced: bool,
     /// The reason of the failover quarantine last reported (reported once per change of server).
     deferred_for: Option<String>,
+    /// The fleet's placement of this election's name ([`crate::fleet::Fleet`]); `None`: a lone election.
+    placement: Option<Seat>,
+    /// Since when this candidate, not the planned owner, has seen the name without a leader.
+    unled_since: Option<Instant>,
+    /// When this leader hands its name over to the planned owner ([`Seat::handover_delay`] after the
+    /// plan moved it), unless the plan moves it back first.
+    handover_at: Option<Instant>,
 }
 
 impl Campaign {
@@ -64,6 +72,7 @@ impl Campaign {
         let now = seam::now();
         let c = &shared.config;
         let next_cleanup = now + jittered(c.clean_interval(), c.jitter_range());
+        let placement = c.placement.clone();
         Self {
             backend,
             shared,
@@ -78,6 +87,9 @@ impl Campaign {
             warned_same_id: false,
             announced: false,
             deferred_for: None,
+            placement,
+            unled_since: None,
+            handover_at: None,
         }
     }
 
@@ -127,10 +139,27 @@ impl Campaign {
             "campaign started",
         ));
         let released = self.backend.clone();
+        let mut plan = self.placement.as_ref().map(|s| s.placement.clone());
         loop {
+            let replanned = async {
+                match plan.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
+                ok = replanned => {
+                    if ok {
+                        self.replanned().await;
+                    } else {
+                        // The fleet is gone: a lone election from now on.
+                        plan = None;
+                        self.placement = None;
+                        self.replanned().await;
+                    }
+                }
                 cmd = commands.recv() => match cmd {
                     Some(Command::Release(reply)) => {
                         self.drain_work().await;
@@ -138,6 +167,10 @@ impl Campaign {
                     }
                     None => break,
                 },
+                _ = sleep_until_opt(self.handover_at) => {
+                    self.handover_at = None;
+                    self.hand_over().await;
+                }
                 _ = tokio::time::sleep_until(self.next_wake().into()) => self.tick().await,
                 _ = released.released(), if self.held.is_none() => {
                     tracing::debug!("the lease was released; trying at once");
@@ -407,6 +440,9 @@ impl Campaign {
             .lease
             .send_replace(Some(Lease { term, deadline }));
         let elected = !self.leading;
+        if let Some(seat) = &self.placement {
+            seat.set_holder(Some(self.shared.config.instance_id()));
+        }
         if elected {
             self.leading = true;
             *lock(&self.shared.work) = Some(CancellationToken::new());
@@ -455,6 +491,9 @@ impl Campaign {
             token.cancel();
         }
         let stepped_down = self.leading;
+        if let Some(seat) = self.placement.as_ref().filter(|_| stepped_down) {
+            seat.set_holder(None);
+        }
         if stepped_down {
             self.leading = false;
             self.shared
@@ -496,7 +535,9 @@ impl Campaign {
             return;
         }
         if std::mem::take(&mut self.announced) {
-            self.acquire().await;
+            if self.may_take(now) {
+                self.acquire().await;
+            }
             return;
         }
         match self.backend.observe().await {
@@ -508,7 +549,12 @@ impl Campaign {
             Ok(_) => {
                 self.failures = 0;
                 self.reachable();
-                self.acquire().await;
+                if let Some(seat) = &self.placement {
+                    seat.set_holder(None);
+                }
+                if self.may_take(seam::now()) {
+                    self.acquire().await;
+                }
             }
             Err(e) => {
                 let delay = self.failure_delay();
@@ -601,6 +647,10 @@ impl Campaign {
     /// jittered poll or just after the expiry, whichever comes first.
     fn observed(&mut self, lease: &ObservedLease) {
         let now = seam::now();
+        self.unled_since = None;
+        if let Some(seat) = &self.placement {
+            seat.set_holder(Some(&lease.leader_id));
+        }
         let expires_in = lease.expires_in.unwrap_or_default();
         let expires_at = now + expires_in;
         let shared = self.shared.clone();
@@ -660,6 +710,103 @@ impl Campaign {
         });
         if modified {
             self.publish();
+        }
+    }
+
+    /// The member the fleet's plan gives this name to, when it is not this one.
+    fn planned_owner(&self) -> Option<String> {
+        match self
+            .placement
+            .as_ref()
+            .map(|s| s.placement.borrow().clone())
+        {
+            Some(Placement::Other(owner)) => Some(owner),
+            _ => None,
+        }
+    }
+
+    /// Whether this candidate may try to acquire the unled name now: always for a lone election or the
+    /// planned owner; for another member, once it has seen the name without a leader for one lease (so
+    /// that the plan never leaves a name leaderless). Otherwise schedules the next look.
+    fn may_take(&mut self, now: Instant) -> bool {
+        let Some(owner) = self.planned_owner() else {
+            self.unled_since = None;
+            return true;
+        };
+        let since = *self.unled_since.get_or_insert(now);
+        let c = self.config();
+        let take_at = since + c.lease_duration();
+        if now >= take_at {
+            self.report(
+                Event::new(
+                    EventKind::TakingOver,
+                    Level::INFO,
+                    "the name's planned owner has not led it for one lease; taking it",
+                )
+                .leader(&owner),
+            );
+            self.unled_since = None;
+            return true;
+        }
+        let next = (take_at + EXPIRY_WAKE_MARGIN)
+            .min(now + jittered(c.renewal_interval(), c.jitter_range()));
+        self.next_poll = next;
+        false
+    }
+
+    /// The fleet's plan changed: a leader of a name now planned for another member hands it over after
+    /// [`Seat::handover_delay`]; a candidate that now owns the name campaigns at once.
+    async fn replanned(&mut self) {
+        match self.planned_owner() {
+            Some(_) => {
+                self.unled_since = None;
+                if self.leading && self.handover_at.is_none() {
+                    let delay = self
+                        .placement
+                        .as_ref()
+                        .map_or(Duration::ZERO, |s| s.handover_delay);
+                    self.handover_at = Some(seam::now() + delay);
+                }
+            }
+            None => {
+                self.handover_at = None;
+                if self.held.is_none() {
+                    self.unled_since = None;
+                    self.stand_back_until = None;
+                    self.next_poll = seam::now();
+                }
+            }
+        }
+    }
+
+    /// Hands the name over to its planned owner, if the plan still gives it to another member: the
+    /// work drained, then the lease released (the owner takes it at the release notification).
+    async fn hand_over(&mut self) {
+        let Some(owner) = self.planned_owner() else {
+            return;
+        };
+        let Some(term) = self.held.as_ref().filter(|_| self.leading).map(|h| h.term) else {
+            return;
+        };
+        self.report(
+            Event::new(
+                EventKind::HandingOver,
+                Level::INFO,
+                "the plan gives this name to another member; handing it over",
+            )
+            .leader(&owner)
+            .term(term),
+        );
+        self.drain_work().await;
+        if let Err(e) = self.release().await {
+            self.report(
+                Event::new(
+                    EventKind::ReleaseFailed,
+                    Level::WARN,
+                    "could not delete the lease to hand it over; it will expire by itself",
+                )
+                .error(&e),
+            );
         }
     }
 

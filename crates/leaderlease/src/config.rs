@@ -107,6 +107,8 @@ pub struct ElectorConfig {
     pub(crate) liveness: Liveness,
     pub(crate) observer: Observer,
     pub(crate) metrics_name: Option<String>,
+    /// The plan's placement of this election's name ([`ElectorBuilder::with_fleet`]).
+    pub(crate) placement: Option<crate::fleet::Seat>,
 }
 
 impl ElectorConfig {
@@ -241,6 +243,7 @@ pub struct ElectorBuilder {
     liveness: Liveness,
     observer: Observer,
     metrics_name: Option<String>,
+    placement: Option<crate::fleet::Seat>,
 }
 
 impl Default for ElectorBuilder {
@@ -261,6 +264,7 @@ impl Default for ElectorBuilder {
             liveness: Liveness::default(),
             observer: Observer::default(),
             metrics_name: None,
+            placement: None,
         }
     }
 }
@@ -417,6 +421,18 @@ impl ElectorBuilder {
         self
     }
 
+    /// Makes this election the fleet's election of `name` (see [`Fleet`](crate::fleet::Fleet)): it
+    /// campaigns only while the plan gives `name` to this member (or when the name has had no leader for
+    /// one lease), and a leader of it hands it over when the plan moves it. Every member should run the
+    /// same names, each on the same lock id. The election's instance id becomes the member's id (so
+    /// that every member can tell who holds a name), unless [`with_instance_id`](Self::with_instance_id)
+    /// comes after this.
+    pub fn with_fleet(mut self, fleet: &crate::fleet::Fleet, name: impl Into<String>) -> Self {
+        self.placement = Some(fleet.register(name.into()));
+        self.instance_id = Some(fleet.membership().id().to_owned());
+        self
+    }
+
     /// Checks every rule and returns the settings, or the first rule broken.
     pub fn build(self) -> Result<ElectorConfig, ConfigError> {
         let ms = |d: Duration| d.as_millis();
@@ -541,6 +557,7 @@ impl ElectorBuilder {
             liveness: self.liveness,
             observer: self.observer,
             metrics_name: self.metrics_name,
+            placement: self.placement,
         })
     }
 }

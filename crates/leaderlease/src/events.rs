@@ -60,6 +60,12 @@ pub enum EventKind {
     ListenFailed,
     /// The `LISTEN` connection works (again) (debug). Reported to every election of the hub.
     Listening,
+    /// The fleet's plan gives this election's name to another live member: the leader drains its work
+    /// and releases, for that member to take it (info; `leader_id`: the planned owner, `term`).
+    HandingOver,
+    /// A name the plan gives to another member has had no leader for one lease: this member takes it
+    /// (info; `leader_id`: the planned owner).
+    TakingOver,
     /// The elector stopped (info).
     Stopped,
 }
@@ -88,6 +94,8 @@ impl EventKind {
             Self::CleanupFailed => "cleanup_failed",
             Self::ListenFailed => "listen_failed",
             Self::Listening => "listening",
+            Self::HandingOver => "handing_over",
+            Self::TakingOver => "taking_over",
             Self::Stopped => "stopped",
         }
     }

@@ -164,19 +164,85 @@ impl PartialOrd for Held {
 /// }
 /// ```
 pub fn plan<N: AsRef<str>>(names: &[N], members: &[MemberInfo]) -> Vec<Option<usize>> {
+    plan_from(names, members, &[])
+}
+
+/// The plan given who holds each name now (`holders[i]`: the id of the member leading `names[i]`, if
+/// known; a shorter slice means unknown for the rest): each member keeps, up to its bound, the names it
+/// holds that score it highest; the other names (unheld, held by no member, or beyond a holder's bound)
+/// are matched as in [`plan`] to the members' remaining room. So a join moves only names to the new
+/// member, a leave only the departed member's names, and a plan carried out is its own plan again (no
+/// further moves). With no holders known it is [`plan`].
+///
+/// ```
+/// use leaderlease::fleet::MemberInfo;
+/// use leaderlease::fleet::assign::{plan, plan_from};
+///
+/// let member = |id: &str| MemberInfo { id: id.into(), version: None, started_at_us: 0 };
+/// let three = [member("a"), member("b"), member("c")];
+/// let names: Vec<String> = (0..30).map(|i| format!("job-{i}")).collect();
+/// let held: Vec<Option<&str>> = plan(&names, &three).iter().map(|o| o.map(|i| three[i].id.as_str())).collect();
+/// let four = [member("a"), member("b"), member("c"), member("d")];
+/// let next = plan_from(&names, &four, &held);
+/// // Only names that go to d move.
+/// for (n, o) in next.iter().enumerate() {
+///     let to = four[o.unwrap()].id.as_str();
+///     assert!(to == "d" || Some(to) == held[n]);
+/// }
+/// assert_eq!(next.iter().filter(|o| **o == Some(3)).count(), 7);
+/// ```
+pub fn plan_from<N: AsRef<str>>(
+    names: &[N],
+    members: &[MemberInfo],
+    holders: &[Option<&str>],
+) -> Vec<Option<usize>> {
     let m = members.len();
     if m == 0 {
         return vec![None; names.len()];
     }
-    let caps = capacities(names.len(), members);
+    let mut room = capacities(names.len(), members);
+    let mut owners = vec![None; names.len()];
+    for (i, mem) in members.iter().enumerate() {
+        let mut held: Vec<(u64, usize)> = (0..names.len())
+            .filter(|&n| holders.get(n).copied().flatten() == Some(mem.id.as_str()))
+            .map(|n| (score(names[n].as_ref(), &mem.id), n))
+            .collect();
+        held.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then_with(|| names[a.1].as_ref().cmp(names[b.1].as_ref()))
+        });
+        let kept = held.len().min(room[i]);
+        for &(_, n) in &held[..kept] {
+            owners[n] = Some(i);
+        }
+        room[i] -= kept;
+    }
+    let free: Vec<usize> = (0..names.len()).filter(|&n| owners[n].is_none()).collect();
+    for (k, o) in matching(names, &free, members, &room)
+        .into_iter()
+        .enumerate()
+    {
+        owners[free[k]] = o;
+    }
+    owners
+}
+
+/// The name-proposing deferred acceptance of the names `free` (indexes into `names`) to the members,
+/// each taking at most `room[i]`; owners in the order of `free`.
+fn matching<N: AsRef<str>>(
+    names: &[N],
+    free: &[usize],
+    members: &[MemberInfo],
+    room: &[usize],
+) -> Vec<Option<usize>> {
     // Each name's members, best first (score, then id: strict, so the matching is unique).
-    let prefs: Vec<Vec<(u64, usize)>> = names
+    let prefs: Vec<Vec<(u64, usize)>> = free
         .iter()
-        .map(|n| {
+        .map(|&n| {
             let mut p: Vec<(u64, usize)> = members
                 .iter()
                 .enumerate()
-                .map(|(i, mem)| (score(n.as_ref(), &mem.id), i))
+                .map(|(i, mem)| (score(names[n].as_ref(), &mem.id), i))
                 .collect();
             p.sort_by(|a, b| {
                 b.0.cmp(&a.0)
@@ -185,23 +251,23 @@ pub fn plan<N: AsRef<str>>(names: &[N], members: &[MemberInfo]) -> Vec<Option<us
             p
         })
         .collect();
-    let mut next = vec![0usize; names.len()];
-    let mut held: Vec<BinaryHeap<Held>> = (0..m).map(|_| BinaryHeap::new()).collect();
-    let mut free: Vec<usize> = (0..names.len()).rev().collect();
-    while let Some(n) = free.pop() {
-        // Total capacity is the number of names, so a name always finds a place before its list ends.
-        let Some(&(s, i)) = prefs[n].get(next[n]) else {
+    let mut next = vec![0usize; free.len()];
+    let mut held: Vec<BinaryHeap<Held>> = (0..members.len()).map(|_| BinaryHeap::new()).collect();
+    let mut waiting: Vec<usize> = (0..free.len()).rev().collect();
+    while let Some(k) = waiting.pop() {
+        // The room left is the number of free names, so a name finds a place before its list ends.
+        let Some(&(s, i)) = prefs[k].get(next[k]) else {
             continue;
         };
-        next[n] += 1;
-        held[i].push(Held { score: s, name: n });
-        if held[i].len() > caps[i]
+        next[k] += 1;
+        held[i].push(Held { score: s, name: k });
+        if held[i].len() > room[i]
             && let Some(out) = held[i].pop()
         {
-            free.push(out.name);
+            waiting.push(out.name);
         }
     }
-    let mut owners = vec![None; names.len()];
+    let mut owners = vec![None; free.len()];
     for (i, h) in held.iter().enumerate() {
         for x in h.iter() {
             owners[x.name] = Some(i);

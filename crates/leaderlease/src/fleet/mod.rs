@@ -7,6 +7,8 @@
 //!   or [`Membership::join_nats`], renewed in the background, left with [`Membership::leave`]. It holds
 //!   the live member list ([`Membership::members`], [`Membership::subscribe`]).
 //! - [`MemberConfig`]: the member's id, its optional `version`, its lease and renewal interval.
+//! - [`Fleet`]: this process's named elections planned over the live members: each campaigns only for
+//!   the names the plan gives its member, and a leader hands a name over when the plan moves it.
 //! - [`assign`]: the plan, a pure function of the names and the live members (rendezvous hashing with
 //!   bounded load, newest version preferred).
 //!
@@ -19,6 +21,7 @@ mod config;
 mod membership;
 #[cfg(feature = "nats")]
 mod nats;
+mod plan;
 
 pub use config::{
     DEFAULT_MEMBER_LEASE, DEFAULT_MEMBER_RENEWAL, MAX_VERSION_LEN, MemberBuilder, MemberConfig,
@@ -27,3 +30,5 @@ pub use membership::{MemberInfo, Membership};
 pub(crate) use membership::{MemberStore, MemberView};
 #[cfg(feature = "nats")]
 pub use nats::MEMBER_KEY_PREFIX;
+pub(crate) use plan::Seat;
+pub use plan::{Fleet, Placement};
