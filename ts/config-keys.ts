@@ -22,6 +22,7 @@ export const ELECTOR_CONFIG_KEYS = [
   'pooler',
   'logger',
   'metrics',
+  'fleet',
 ] as const;
 
 /** The keys of an `ssl` object that are applied (node-postgres' TLS options). */

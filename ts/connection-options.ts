@@ -80,7 +80,7 @@ function poolerSetting(config: LeaderElectorConfig | undefined): string | undefi
 }
 
 /** The native connection settings for a connection string and the config's `ssl` and `pooler`. */
-function connectionForUrl(url: string, config: LeaderElectorConfig | undefined): PgConnection {
+export function connectionForUrl(url: string, config: LeaderElectorConfig | undefined): PgConnection {
   return { url, ssl: sslSettings(config?.ssl), pooler: poolerSetting(config) };
 }
 

@@ -1,5 +1,6 @@
 // The public settings, status and event types of an election, and the check of the settings' types
 // into the native core's options (the native core checks their values).
+import type { LeaderFleet } from './fleet.js';
 import type { ElectorOptions } from '../native/index.js';
 import { ELECTOR_CONFIG_KEYS, warnUnknownKeys } from './config-keys.js';
 import { LeaderElectionConfigError, type LeaderElectionError } from './errors.js';
@@ -88,6 +89,13 @@ export interface LeaderElectorConfig {
    * the lock id). See the README, "Metrics".
    */
   metrics?: boolean | LeaderElectionMetricsOptions;
+  /**
+   * Makes this the fleet's election of `name` ({@link LeaderFleet}, PostgreSQL): it campaigns only while
+   * the plan gives `name` to this member (or when the name has had no leader for one lease), and hands it
+   * over when the plan moves it. Every member runs the same names on the same lock ids. The instance id
+   * is the member id.
+   */
+  fleet?: { fleet: LeaderFleet; name: string };
 }
 
 /**

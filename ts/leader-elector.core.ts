@@ -12,6 +12,7 @@ import type { Elector, ElectorEvent, StateSnapshot, StatusInfo } from '../native
 import { NATS_CONFIG_KEYS, warnUnknownKeys } from './config-keys.js';
 import { postgresOptions, storeSettings } from './connection-options.js';
 import { ElectorShutDownError, LeaderElectionConfigError, fromNative } from './errors.js';
+import { LeaderFleet } from './fleet.js';
 import { runFence, type FenceRunner } from './fence.js';
 import { keepAliveWhile } from './keep-alive.js';
 import {
@@ -39,6 +40,19 @@ import { loadNative } from './native.js';
  * `leaderlease/core`) throws `UnsupportedPlatformError` (ts/native.ts).
  */
 const addon = loadNative();
+
+/** The config's `fleet`, checked: `{ fleet: LeaderFleet, name: non-empty string }`, or null when unset. */
+function fleetOf(config: LeaderElectorConfig | undefined): { fleet: LeaderFleet; name: string } | null {
+  const f = config?.fleet;
+  if (f === undefined || f === null) return null;
+  if (typeof f !== 'object' || !(f.fleet instanceof LeaderFleet)) {
+    throw new LeaderElectionConfigError('invalid leader election config: `fleet.fleet` must be a LeaderFleet (LeaderFleet.join(...))');
+  }
+  if (typeof f.name !== 'string' || f.name === '') {
+    throw new LeaderElectionConfigError('invalid leader election config: `fleet.name` must be a non-empty string');
+  }
+  return f;
+}
 
 /** Now on the native deadline clock (see deadline.ts). */
 const nativeClockNow = (): number => addon.Elector.clockNow();
@@ -168,9 +182,15 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
       }
       const onEvent = (e: ElectorEvent) => this.#onNativeEvent(e);
       const { nats, connection } = await storeSettings(source, config, options);
+      const fleet = fleetOf(config);
+      if (fleet !== null && nats !== null) {
+        throw new LeaderElectionConfigError('invalid leader election config: `fleet` runs on PostgreSQL only (not on NATS yet)');
+      }
       native = nats !== null
         ? await addon.Elector.connectNats(nats.servers, nats.bucket ?? null, options, onEvent)
-        : await addon.Elector.connectPg(connection, options, onEvent);
+        : fleet !== null
+          ? await fleet.fleet.native.connectPg(connection, fleet.name, options, onEvent)
+          : await addon.Elector.connectPg(connection, options, onEvent);
     } catch (err) {
       this.#stopMetrics();
       throw fromNative(err);

@@ -39,3 +39,4 @@ export type {
 } from './leader-elector.config.js';
 export type { FenceRunner } from './fence.js';
 export type { NatsSource } from './nats-source.js';
+export { LeaderFleet, type LeaderFleetOptions, type FleetMember, type PlannedName } from './fleet.js';

@@ -9,6 +9,8 @@
 //! Nothing here waits on the network on the JS thread: connecting, releasing and shutting down return
 //! Promises; the sync calls read local state only.
 
+mod fleet;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -246,6 +248,7 @@ impl ElectorOptions {
     fn into_config(
         self,
         sink: Option<Arc<EventSink>>,
+        fleet: Option<(&leaderlease::fleet::Fleet, String)>,
     ) -> std::result::Result<(ElectorConfig, Option<Arc<Heartbeat>>), ConfigError> {
         let mut b = ElectorConfig::builder();
         if let Some(sink) = sink {
@@ -290,6 +293,9 @@ impl ElectorOptions {
         }
         if let Some(on) = self.failover_quarantine {
             b = b.with_failover_quarantine(on);
+        }
+        if let Some((fleet, name)) = fleet {
+            b = b.with_fleet(fleet, name);
         }
         let stall = millis("maxEventLoopStall", self.max_event_loop_stall)?;
         let config = b.clone().build().map_err(with_js_names)?;
@@ -580,11 +586,15 @@ struct Prepared {
 /// The part the factories share: the sink of `on_event` (and its forwarding task), the config from
 /// `options` (a typed error naming the JavaScript field), the sink's lock id and instance id, and the
 /// first beat of the event loop heartbeat, if on.
-fn prepare(options: Option<ElectorOptions>, on_event: Option<EventCallback>) -> Result<Prepared> {
+fn prepare(
+    options: Option<ElectorOptions>,
+    on_event: Option<EventCallback>,
+    fleet: Option<(&leaderlease::fleet::Fleet, String)>,
+) -> Result<Prepared> {
     let events = event_sink(on_event);
     let (config, heartbeat) = options
         .unwrap_or_default()
-        .into_config(events.clone())
+        .into_config(events.clone(), fleet)
         .map_err(|e| to_js(e.into()))?;
     if let Some(sink) = &events {
         let _ = sink
@@ -647,7 +657,7 @@ impl Elector {
             ThreadsafeFunction<ElectorEvent, (), ElectorEvent, NapiStatus, false, true>,
         >,
     ) -> Result<Self> {
-        let p = prepare(options, on_event)?;
+        let p = prepare(options, on_event, None)?;
         let inner = leaderlease::Elector::connect_shared(&url, p.config)
             .await
             .map_err(to_js)?;
@@ -666,7 +676,7 @@ impl Elector {
         >,
     ) -> Result<Self> {
         let settings = connection.into_settings().map_err(|e| to_js(e.into()))?;
-        let p = prepare(options, on_event)?;
+        let p = prepare(options, on_event, None)?;
         let inner = leaderlease::Elector::connect_shared_settings(&settings, p.config)
             .await
             .map_err(to_js)?;
@@ -686,7 +696,7 @@ impl Elector {
             ThreadsafeFunction<ElectorEvent, (), ElectorEvent, NapiStatus, false, true>,
         >,
     ) -> Result<Self> {
-        let p = prepare(options, on_event)?;
+        let p = prepare(options, on_event, None)?;
         let bucket = bucket.unwrap_or_else(|| leaderlease::nats::DEFAULT_BUCKET.to_owned());
         let backend = leaderlease::NatsBackend::connect(&url, &bucket, &p.config)
             .await

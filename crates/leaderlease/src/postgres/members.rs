@@ -12,7 +12,7 @@ use sqlx::{AssertSqlSafe, PgPool, Row};
 use tokio::sync::Notify;
 
 use super::batch::Batcher;
-use super::conn::{SessionSetup, with_conn};
+use super::conn::{PgSettings, SessionSetup, with_conn};
 use super::hub::PgHub;
 use super::listen::{self, RELEASE_CHANNEL};
 use crate::backend::BoxFuture;
@@ -150,6 +150,21 @@ impl PgHub {
             return Err(e);
         }
         Membership::start(store, config).await
+    }
+
+    /// Joins the fleet on the process's shared hub for `settings` and `operation_timeout` (the hub of
+    /// [`Elector::connect_shared_settings`](crate::Elector::connect_shared_settings) with the same
+    /// operation timeout), which stays open while the membership lasts.
+    pub async fn join_fleet_shared(
+        settings: &PgSettings,
+        operation_timeout: Duration,
+        config: MemberConfig,
+    ) -> Result<Membership> {
+        let hub = PgHub::shared_settings(settings, operation_timeout).await?;
+        let joined = hub.join_fleet(config).await;
+        // The reservation of `shared_settings`: the membership counts as a user of its own.
+        hub.leave().await;
+        joined
     }
 }
 
