@@ -106,6 +106,37 @@ export declare class Elector {
   shutdown(): Promise<void>
 }
 
+/**
+ * This process's membership in a fleet, and the plan of its named elections (the core's
+ * `leaderlease::fleet::Fleet`). Create it with `Fleet.joinPg(connection, options)`.
+ */
+export declare class Fleet {
+  /**
+   * Joins the fleet of `options.schema` on PostgreSQL (the process's shared hub for the connection),
+   * creating the member table if missing.
+   */
+  static joinPg(connection: PgConnection, options?: MemberOptions | undefined | null): Promise<Fleet>
+  /** This member's id. */
+  id(): string
+  /** The live members. */
+  members(): Array<FleetMember>
+  /** The plan of this process's names. */
+  plan(): Array<PlannedName>
+  /** The names the plan gives this member. */
+  owned(): Array<string>
+  /**
+   * Starts the fleet's election of `name` on PostgreSQL (as `Elector.connectPg`): it campaigns only
+   * while the plan gives `name` to this member, or when the name has had no leader for one lease, and
+   * hands it over when the plan moves it. Its instance id is the member id.
+   */
+  connectPg(connection: PgConnection, name: string, options?: ElectorOptions | undefined | null, onEvent?: (((arg: ElectorEvent) => void)) | undefined | null): Promise<Elector>
+  /**
+   * Leaves the fleet: the other members replan at once. Shut the elections down afterwards: each
+   * release is then taken at once by the name's new owner.
+   */
+  leave(): Promise<void>
+}
+
 /** The SQL that drops the lease table and its sequence from `schema` (default `public`). */
 export declare function downSql(schema?: string | undefined | null): string
 
@@ -115,7 +146,7 @@ export interface ElectorEvent {
    * What happened: `elected`, `renewed`, `renewal_failed`, `lease_lost`, `stepped_down`, `released`,
    * `release_failed`, `observed_leader`, `read_failed`, `acquire_failed`, `contended`, `server_changed`,
    * `duplicate_instance_id`, `liveness_failed`, `work_overran`, `cleaned`, `cleanup_failed`,
-   * `listen_failed`, `listening`, `started`, `stopped` (more may come).
+   * `listen_failed`, `listening`, `handing_over`, `taking_over`, `started`, `stopped` (more may come).
    */
   kind: string
   /** The election's lock id. */
@@ -190,6 +221,16 @@ export interface ElectorOptions {
 /** Every error code the native layer can put on an error (`ERR_INVALID_CONFIG`, ...). */
 export declare function errorCodes(): Array<string>
 
+/** A live member of the fleet. */
+export interface FleetMember {
+  /** Its id. */
+  id: string
+  /** Its version, if it declared one. */
+  version?: string
+  /** When it joined, by the store's clock, in milliseconds since the Unix epoch. */
+  startedAt: number
+}
+
 /** The leader this node last observed (itself while it leads). */
 export interface LeaderInfo {
   /** The leader's instance id. */
@@ -202,6 +243,30 @@ export interface LeaderInfo {
 
 /** Leadership state of this node. */
 export type LeaderState = 'candidate' | 'leader' | 'stopped'
+
+/** Settings of this process's membership. Durations in milliseconds. */
+export interface MemberOptions {
+  /**
+   * The member's id (default: hostname, process id and a random suffix). The elections of the fleet
+   * take it as their instance id.
+   */
+  id?: string
+  /** The member's version: names prefer members of the newest (compared piecewise, numbers by value). */
+  version?: string
+  /** How long the membership lives without renewal (default 10000). */
+  leaseDuration?: number
+  /** Time between renewals (default 3000); also how long a leader waits before handing a name over. */
+  renewalInterval?: number
+  /** Schema of the member table (default `public`): the elections' schema. */
+  schema?: string
+  /** Create the member table at start if missing (default true). */
+  createTableOnInit?: boolean
+  /**
+   * The operation timeout of the hub the membership uses (default 1500: the elections' default, so
+   * that they share one hub).
+   */
+  operationTimeout?: number
+}
 
 /**
  * Where and how to connect to PostgreSQL, field by field (the core's `PgSettings`). A `url` is read
@@ -244,6 +309,14 @@ export interface PgSsl {
   cert?: string
   /** Client private key, PEM, unencrypted. */
   key?: string
+}
+
+/** One name of this process's plan. */
+export interface PlannedName {
+  /** The name. */
+  name: string
+  /** The member that should lead it (null while the member list is empty). */
+  owner?: string
 }
 
 /** One decision of the election, complete, as `onStateChange` reports it and `state()` returns it. */

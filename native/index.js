@@ -836,6 +836,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.Elector = nativeBinding.Elector
+module.exports.Fleet = nativeBinding.Fleet
 module.exports.downSql = nativeBinding.downSql
 module.exports.errorCodes = nativeBinding.errorCodes
 module.exports.LeaderState = nativeBinding.LeaderState
