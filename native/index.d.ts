@@ -34,6 +34,13 @@ export declare class Elector {
    */
   static connectNats(url: string, bucket?: string | undefined | null, options?: ElectorOptions | undefined | null, onEvent?: (((arg: ElectorEvent) => void)) | undefined | null): Promise<Elector>
   /**
+   * A leader job of the JavaScript layer began: a release, shutdown or fleet handover waits for it (at
+   * most one lease) until `workFinished()`.
+   */
+  workStarted(): void
+  /** The leader job counted by `workStarted()` ended. */
+  workFinished(): void
+  /**
    * True only while this node holds an unexpired lease (local deadline included). No database
    * access, no allocation.
    */

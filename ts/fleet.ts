@@ -6,9 +6,9 @@
  */
 import type { Fleet as NativeFleet, FleetMember, PlannedName } from '../native/index.js';
 
-import { connectionForUrl, connectionSettingsFromDataSource } from './connection-options.js';
+import { connectionForUrl, connectionSettingsFromDataSource, storeSettings } from './connection-options.js';
 import { LeaderElectionConfigError, fromNative } from './errors.js';
-import type { DataSourceLike, RepositoryLike } from './leader-elector.config.js';
+import { type DataSourceLike, type LeaderElectorConfig, type RepositoryLike, toNativeOptions } from './leader-elector.config.js';
 import { loadNative } from './native.js';
 
 export type { FleetMember, PlannedName };
@@ -59,6 +59,30 @@ export class LeaderFleet {
               'options' in source ? source : (source.manager.dataSource ?? source.manager.connection!),
             );
       return new LeaderFleet(await loadNative().Fleet.joinPg(connection, options));
+    } catch (err) {
+      throw fromNative(err);
+    }
+  }
+
+  /**
+   * @internal Joins with the connection the elections of `config` on `source` use (its `ssl`, `pooler`
+   * and operation timeout), so that the membership rides on their hub: the NestJS module's named
+   * elections.
+   */
+  static async joinFor(
+    source: string | RepositoryLike,
+    config: LeaderElectorConfig,
+    options: LeaderFleetOptions,
+  ): Promise<LeaderFleet> {
+    try {
+      const native = toNativeOptions(config);
+      const { connection } = await storeSettings(source, config, native);
+      const renewal = config.renewalInterval ?? 3000;
+      const operationTimeout = config.operationTimeout ?? Math.min(renewal / 2, 2000);
+      const schema = options.schema ?? native.schema ?? undefined;
+      return new LeaderFleet(
+        await loadNative().Fleet.joinPg(connection, { ...options, ...(schema !== undefined ? { schema } : {}), operationTimeout }),
+      );
     } catch (err) {
       throw fromNative(err);
     }

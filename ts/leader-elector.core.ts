@@ -111,7 +111,13 @@ export class LeaderElectorCore extends EventEmitter<LeaderElectorEvents> {
     this.#source = source;
     this.#config = config;
     this.#jobs = new LeaderJobs(
-      { amILeader: () => this.amILeader(), validUntil: () => this.#lease.validUntil, term: () => this.#lease.term },
+      {
+        amILeader: () => this.amILeader(),
+        validUntil: () => this.#lease.validUntil,
+        term: () => this.#lease.term,
+        workStarted: () => this.#native?.workStarted(),
+        workFinished: () => this.#native?.workFinished(),
+      },
       options.name ?? null,
     );
     // A 'log' listener added or removed changes whether the native debug events are wanted.

@@ -12,7 +12,8 @@ import {
 import { LeaderElectionConfigError } from './errors.js';
 import { LEADER_ELECTOR_MODULE_OPTIONS } from './leader-elector.constants.js';
 import type { DataSourceLike, LeaderElectorConfig, RepositoryLike } from './leader-elector.config.js';
-import type { NatsSource } from './nats-source.js';
+import { isNatsSource, type NatsSource } from './nats-source.js';
+import { LeaderFleet } from './fleet.js';
 import { LeaderElectorService, bindNamedElections } from './leader-elector.service.js';
 import { LeaderElectionHealthIndicator } from './health.js';
 import { createLeaderLeaseEntity } from './leader-lease.entity.js';
@@ -83,6 +84,7 @@ function createService(options: LeaderElectorModuleOptions, dataSource: DataSour
       base,
       (config, name) => new LeaderElectorService(source, config, name),
       options.spread,
+      isNatsSource(source) ? null : (fleetOptions) => LeaderFleet.joinFor(source, base, fleetOptions),
     );
     bindNamedElections(service, named);
     return service;

@@ -17,6 +17,13 @@ export interface JobsHost {
   validUntil(): number;
   /** The term of the lease held now. */
   term(): number;
+  /**
+   * Leader jobs began running (from none): the native core's drains (a release, a shutdown, a fleet's
+   * handover of the name) wait for them until `workFinished`, at most one lease.
+   */
+  workStarted?(): void;
+  /** No leader job runs any more (or those left behind by a drain are no longer waited for). */
+  workFinished?(): void;
 }
 
 /** The running leader jobs of one elector and the aborters of their signals. */
@@ -29,6 +36,10 @@ export class LeaderJobs {
   readonly #onLoss = new Set<() => void>();
   /** Fires at the lease's local deadline while a runWhileLeader runs: its passing has no event. */
   #lossTimer: NodeJS.Timeout | null = null;
+  /** The native core counts this elector's jobs as running work (see {@link JobsHost.workStarted}). */
+  #reported = false;
+  /** A drain left the running jobs behind: the native core no longer waits for them. */
+  #abandoned = false;
 
   constructor(host: JobsHost, name: string | null) {
     this.#host = host;
@@ -58,6 +69,7 @@ export class LeaderJobs {
     let finished: () => void = () => undefined;
     const job = new Promise<void>((resolve) => (finished = resolve));
     this.#jobs.add(job);
+    this.#sync();
     jobOf.set(context, { owner: this, job });
     try {
       if (this.#host.amILeader()) {
@@ -71,6 +83,7 @@ export class LeaderJobs {
       outer?.removeEventListener('abort', onOuterAbort);
       lost();
       this.#jobs.delete(job);
+      this.#sync();
       finished();
     }
   }
@@ -101,10 +114,12 @@ export class LeaderJobs {
         () => undefined,
       );
       this.#jobs.add(job);
+      this.#sync();
       jobOf.set(context, { owner: this, job });
       void job.then(() => {
         this.#onLoss.delete(lost);
         this.#jobs.delete(job);
+        this.#sync();
       });
     } else {
       this.#onLoss.delete(lost);
@@ -131,7 +146,11 @@ export class LeaderJobs {
     const context = leaderJobContext.getStore();
     const own = context !== undefined ? jobOf.get(context) : undefined;
     const others = () => [...this.#jobs].filter((j) => own?.owner !== this || j !== own.job);
-    if (others().length === 0) return;
+    if (others().length === 0) {
+      // Only the job that asked (if any) still runs: the native release must not wait for it either.
+      this.#abandon();
+      return;
+    }
     const wait = until - performance.now();
     if (wait > 0) {
       let timer: NodeJS.Timeout | undefined;
@@ -143,12 +162,34 @@ export class LeaderJobs {
       }
     }
     const left = others().length;
+    this.#abandon();
     if (left > 0) {
       process.emitWarning(
         `leaderlease: ${left} leader job(s)${this.#name !== null ? ` of election '${this.#name}'` : ''} ` +
           'still running when the lease had to be given up (their signal is aborted); releasing anyway',
         { type: 'LeaderElectionWarning', code: 'LEADERLEASE_DRAIN_TIMEOUT' },
       );
+    }
+  }
+
+  /** The jobs still running are no longer waited for, here or by the native core. */
+  #abandon(): void {
+    if (this.#jobs.size === 0) return;
+    this.#abandoned = true;
+    this.#sync();
+  }
+
+  /** Tells the native core whether jobs run (it waits for them in its drains), when that changed. */
+  #sync(): void {
+    if (this.#jobs.size === 0) this.#abandoned = false;
+    const running = this.#jobs.size > 0 && !this.#abandoned;
+    if (running === this.#reported) return;
+    this.#reported = running;
+    try {
+      if (running) this.#host.workStarted?.();
+      else this.#host.workFinished?.();
+    } catch {
+      // The native elector is gone (shut down): nothing to tell.
     }
   }
 

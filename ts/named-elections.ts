@@ -1,5 +1,6 @@
 import { warnUnknownKeys } from './config-keys.js';
 import { LeaderElectionConfigError } from './errors.js';
+import type { LeaderFleet, LeaderFleetOptions } from './fleet.js';
 import type { LeaderElectorConfig } from './leader-elector.config.js';
 import type { LeaderElectorService } from './leader-elector.service.js';
 import { checkLockId } from './leader-only.decorator.js';
@@ -19,7 +20,11 @@ export interface NamedElectionOptions extends Omit<LeaderElectorConfig, 'instanc
 
 /**
  * How the named elections of an app are spread over its instances (`LeaderElectorModule.forRoot({
- * spread })`). `true` (default) or `false`, or the settings below.
+ * spread })`). `true` (default) or `false`, or the settings below. On PostgreSQL the instances are the
+ * members of a fleet ({@link LeaderFleet}: a member row each, next to the lease table) and each name is
+ * led by the member the plan gives it (docs/design.md, "Fleets"); the two settings below apply on NATS,
+ * where the instances still find each other by giving names up now and then, and on PostgreSQL only when
+ * the member table is missing (a database migrated before it existed, with `createTableOnInit: false`).
  */
 export interface SpreadOptions {
   /** How often an instance looks at the spread, in ms (default: the `renewalInterval`). */
@@ -46,6 +51,9 @@ interface Declared {
 /** Makes the elector of one named election (the module decides the source and the base settings). */
 export type NamedElectorFactory = (config: LeaderElectorConfig, name: string) => LeaderElectorService;
 
+/** Joins the app's fleet on the module's store (null where there is none yet: NATS). */
+export type FleetJoiner = ((options: LeaderFleetOptions) => Promise<LeaderFleet>) | null;
+
 /**
  * The named elections of one app: each its own election on the app's hub (one pool, batched renewals),
  * declared by `@LeaderOnly(name)` and `forFeature`, started with the app, each with a lock id from its
@@ -71,12 +79,15 @@ export class NamedElections {
   #discoveryWait = 0;
   #probe: { name: string; known: Set<string> } | null = null;
   readonly #lease: number;
+  /** The app's fleet, while the names are spread by membership. */
+  #fleet: LeaderFleet | null = null;
 
   constructor(
     private readonly app: LeaderElectorService,
     private readonly base: LeaderElectorConfig,
     private readonly make: NamedElectorFactory,
     spread: boolean | SpreadOptions | undefined,
+    private readonly joinFleet: FleetJoiner = null,
   ) {
     const renewal = base.renewalInterval ?? 3000;
     const lease = base.leaseDuration ?? 10000;
@@ -161,6 +172,7 @@ export class NamedElections {
   #config(name: string): LeaderElectorConfig {
     const own = this.#declared.get(name)?.settings ?? {};
     const config: LeaderElectorConfig = { ...this.base, ...own, lockId: own.lockId ?? lockIdForName(name) };
+    if (this.#fleet !== null) config.fleet = { fleet: this.#fleet, name };
     const id = this.base.instanceId ?? this.#instanceId ?? this.app.instanceId ?? undefined;
     if (id !== undefined) config.instanceId = id;
     else delete config.instanceId;
@@ -226,8 +238,10 @@ export class NamedElections {
     for (const name of this.#declared.keys()) this.#claim(name, this.#config(name));
     await this.app.ready();
     this.#instanceId = this.app.instanceId ?? undefined;
-    for (const config of this.#configs.values()) {
+    await this.#joinFleet();
+    for (const [name, config] of this.#configs) {
       if (config.instanceId === undefined && this.#instanceId !== undefined) config.instanceId = this.#instanceId;
+      if (this.#fleet !== null) config.fleet = { fleet: this.#fleet, name };
     }
     this.#started = true;
     for (const name of this.#declared.keys()) this.#create(name);
@@ -247,16 +261,47 @@ export class NamedElections {
     await Promise.all([...this.#electors.values()].map((e) => e.release()));
   }
 
-  /** Stops every named election. */
+  /**
+   * Stops every named election: the fleet is left first (the other instances replan at once), so that
+   * each name's release is taken at once by its new owner.
+   */
   async shutdown(): Promise<void> {
     this.#stopped = true;
     this.#stopSpreading();
+    const fleet = this.#fleet;
+    this.#fleet = null;
+    await fleet?.leave().catch(() => undefined);
     await Promise.all([...this.#electors.values()].map((e) => e.shutdown()));
+  }
+
+  /**
+   * Joins the app's fleet (member id: the app's instance id; the module's schema and timings), unless
+   * spreading is off or the store has none. Without the member table (createTableOnInit: false on a
+   * database migrated before it existed) the names are spread by probing, with a warning saying so.
+   */
+  async #joinFleet(): Promise<void> {
+    if (this.#spread === null || this.joinFleet === null || this.#fleet !== null) return;
+    const options: LeaderFleetOptions = {};
+    if (this.#instanceId !== undefined) options.id = this.#instanceId;
+    if (this.base.leaseDuration !== undefined) options.leaseDuration = this.base.leaseDuration;
+    if (this.base.renewalInterval !== undefined) options.renewalInterval = this.base.renewalInterval;
+    if (this.base.createTableOnInit !== undefined) options.createTableOnInit = this.base.createTableOnInit;
+    try {
+      this.#fleet = await this.joinFleet(options);
+    } catch (err) {
+      const e = err as { code?: string; message?: string };
+      if (e?.code !== 'ERR_TABLE_MISSING') throw err;
+      process.emitWarning(
+        `leaderlease: the named elections are spread by probing, not by membership: ${e.message ?? String(err)} ` +
+          '(run the migration again, or let the module create the table: createTableOnInit)',
+        { type: 'LeaderElectionWarning', code: 'LEADERLEASE_NO_FLEET' },
+      );
+    }
   }
 
   #startSpreading(): void {
     const spread = this.#spread;
-    if (spread === null || this.#spreadTimer !== null || this.#stopped) return;
+    if (spread === null || this.#fleet !== null || this.#spreadTimer !== null || this.#stopped) return;
     this.#discoveryWait = spread.discoveryInterval;
     // The first search one to two leases after the start (instances that start together are found
     // early); later ones after `discoveryInterval`, doubled after each that found nobody new.

@@ -707,6 +707,19 @@ impl Elector {
         Ok(Self::new(inner, p.heartbeat, p.events))
     }
 
+    /// A leader job of the JavaScript layer began: a release, shutdown or fleet handover waits for it (at
+    /// most one lease) until `workFinished()`.
+    #[napi(catch_unwind)]
+    pub fn work_started(&self) {
+        self.inner.work_started();
+    }
+
+    /// The leader job counted by `workStarted()` ended.
+    #[napi(catch_unwind)]
+    pub fn work_finished(&self) {
+        self.inner.work_finished();
+    }
+
     /// True only while this node holds an unexpired lease (local deadline included). No database
     /// access, no allocation.
     #[napi(catch_unwind)]

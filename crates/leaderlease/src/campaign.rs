@@ -25,6 +25,12 @@ pub const EXPIRY_WAKE_MARGIN: Duration = Duration::from_millis(20);
 /// interval.
 pub const ERROR_RETRY_DELAY: Duration = Duration::from_millis(100);
 
+/// How long a fleet's candidate waits, after the planned owner of a name released it itself, before it
+/// takes it: the time for the plan to follow when that owner is leaving the fleet (its leave and its
+/// release are announced together), so that the name goes to its next owner and not to whoever heard the
+/// release first.
+pub const OWNER_RELEASE_SETTLE: Duration = Duration::from_millis(50);
+
 /// How often a candidate whose liveness check fails looks at it again (no database access meanwhile).
 pub const LIVENESS_RECHECK_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -62,6 +68,8 @@ pub(crate) struct Campaign {
     placement: Option<Seat>,
     /// Since when this candidate, not the planned owner, has seen the name without a leader.
     unled_since: Option<Instant>,
+    /// The planned owner that released the name itself (see [`OWNER_RELEASE_SETTLE`]).
+    owner_released: Option<String>,
     /// When this leader hands its name over to the planned owner ([`Seat::handover_delay`] after the
     /// plan moved it), unless the plan moves it back first.
     handover_at: Option<Instant>,
@@ -89,6 +97,7 @@ impl Campaign {
             deferred_for: None,
             placement,
             unled_since: None,
+            owner_released: None,
             handover_at: None,
         }
     }
@@ -535,6 +544,20 @@ impl Campaign {
             return;
         }
         if std::mem::take(&mut self.announced) {
+            // Released by its planned owner itself (an explicit release, or its shutdown without
+            // leaving the fleet first): nobody is entitled to it, so anyone takes it at once.
+            // Looked at again a moment later (the owner may be leaving the fleet, and the plan about to
+            // give the name to someone else): taken then if the releaser is still the planned owner.
+            let by_owner = self.planned_owner().filter(|owner| {
+                lock(&self.shared.leader)
+                    .as_ref()
+                    .is_some_and(|l| &l.leader_id == owner)
+            });
+            if let Some(owner) = by_owner {
+                self.owner_released = Some(owner);
+                self.next_poll = now + OWNER_RELEASE_SETTLE;
+                return;
+            }
             if self.may_take(now) {
                 self.acquire().await;
             }
@@ -648,6 +671,7 @@ impl Campaign {
     fn observed(&mut self, lease: &ObservedLease) {
         let now = seam::now();
         self.unled_since = None;
+        self.owner_released = None;
         if let Some(seat) = &self.placement {
             seat.set_holder(Some(&lease.leader_id));
         }
@@ -731,8 +755,13 @@ impl Campaign {
     fn may_take(&mut self, now: Instant) -> bool {
         let Some(owner) = self.planned_owner() else {
             self.unled_since = None;
+            self.owner_released = None;
             return true;
         };
+        if self.owner_released.take().as_ref() == Some(&owner) {
+            self.unled_since = None;
+            return true;
+        }
         let since = *self.unled_since.get_or_insert(now);
         let c = self.config();
         let take_at = since + c.lease_duration();

@@ -363,6 +363,22 @@ impl Elector {
         Ok(())
     }
 
+    /// Counts leader work that runs outside [`run_while_leader`](Self::run_while_leader) (the Node
+    /// layer's leader jobs), so that a release, a shutdown or a fleet's handover waits for it as for the
+    /// closures of `run_while_leader` (at most one lease). Pair each call with [`work_finished`](Self::work_finished).
+    #[doc(hidden)]
+    pub fn work_started(&self) {
+        self.shared.active_work.send_modify(|n| *n += 1);
+    }
+
+    /// Ends what [`work_started`](Self::work_started) began.
+    #[doc(hidden)]
+    pub fn work_finished(&self) {
+        self.shared
+            .active_work
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
+
     /// Runs `work` each time this node becomes leader, handing it a token that is cancelled the moment
     /// leadership ends (lost, deadline passed, released, or shutdown). `work` should stop promptly once
     /// the token is cancelled; before acting on anything shared it can check [`is_leader`](Self::is_leader).
