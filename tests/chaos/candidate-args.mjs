@@ -30,6 +30,7 @@ export const CANDIDATE_OPTIONS = [
   ['answer', 'answer', ['amILeader', 'status'], 'amILeader', ['node']],
   ['shared', 'shared', 'flag', false, ['rust']],
   ['twin', 'twin', 'flag', false, ['rust']],
+  ['fleet', 'fleet', 'flag', false, ['node']],
 ];
 
 const forLang = (lang) => CANDIDATE_OPTIONS.filter((o) => o[4].includes(lang));

@@ -306,7 +306,7 @@ class Harness {
       id, url, dir: this.dir, t0: T0, lockId: s.lockId, schema: SCHEMA, lease: s.lease, renewal: s.renewal,
       jitter: s.jitter, safetyMargin: s.safetyMargin, operationTimeout: s.operationTimeout, store: this.store,
       bucket: BUCKET, elections: s.elections, packageDir: this.pkgDir, maxEventLoopStall: s.maxEventLoopStall,
-      answer: s.nodeAnswer, shared: slot.shared, twin: slot.twin,
+      answer: s.nodeAnswer, shared: slot.shared, twin: slot.twin, fleet: slot.fleet && this.store === 'pg',
     };
     let cmd;
     let argv;
@@ -775,7 +775,9 @@ class Harness {
     this.snapshot();
     this.server = this.store === 'nats' ? await new ThrowawayNats().start() : await new ThrowawayPostgres().start();
     this.log(`throwaway ${this.store === 'nats' ? 'NATS server' : 'PostgreSQL'} on 127.0.0.1:${this.server.port} (${this.server.dir}); records in ${this.dir}`);
-    for (let i = 1; i <= s.node; i++) this.slots.push({ name: `n${i}`, lang: 'node', gen: 0 });
+    // The first two Node candidates on PostgreSQL are members of a fleet: their elections campaign by the
+    // plan and hand names over when it moves them (the others campaign freely beside them).
+    for (let i = 1; i <= s.node; i++) this.slots.push({ name: `n${i}`, lang: 'node', gen: 0, fleet: i <= 2 });
     for (let i = 1; i <= s.rust; i++) {
       const twin = this.store === 'pg' && s.twin && i === 2;
       const slot = { name: `r${i}`, lang: 'rust', gen: 0, shared: i % 2 === 0, twin };

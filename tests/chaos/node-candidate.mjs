@@ -8,7 +8,10 @@
 //       [--safety-margin MS] [--operation-timeout MS] [--max-event-loop-stall MS] [--store pg|nats]
 //       [--bucket chaos] [--package DIR] [--answer status]
 //
-// --elections N: the lock ids --lock-id .. --lock-id + N - 1, one elector each. --store nats: the url is a
+// --elections N: the lock ids --lock-id .. --lock-id + N - 1, one elector each. --fleet: the candidate
+// joins a LeaderFleet (member id = --id) and starts each election as the fleet's election `lock-<id>`, so
+// that it campaigns by the plan and hands names over when the plan moves them; at shutdown it leaves the
+// fleet first (PostgreSQL only). --store nats: the url is a
 // NATS server and the electors start with LeaderElectorCore.connectNats(url, { bucket, ... }).
 // --max-event-loop-stall: passed as the config option `maxEventLoopStall`; a package that does not know it
 // ignores it (or, should it refuse it as invalid, the candidate starts again without it and says so on
@@ -57,7 +60,9 @@ try {
   process.exit(2);
 }
 
-const { LeaderElectorCore } = require(args.packageDir === '../..' ? '../..' : path.resolve(args.packageDir));
+const { LeaderElectorCore, LeaderFleet } = require(args.packageDir === '../..' ? '../..' : path.resolve(args.packageDir));
+/** This candidate's fleet (--fleet), joined before its first election starts. */
+let fleet = null;
 const id = args.id;
 const logFd = fs.openSync(path.join(args.dir, `${id}.jsonl`), 'a');
 const slotFd = fs.openSync(path.join(args.dir, `${id}.slot`), 'w');
@@ -192,7 +197,9 @@ async function stop(reason) {
   let shutdown = 'ok';
   const started = tracks.filter((tr) => tr.elector !== null);
   if (started.length > 0) {
-    // Sampling goes on meanwhile: the release must have stepped down before it deletes the lease.
+    // Sampling goes on meanwhile: the release must have stepped down before it deletes the lease. A fleet
+    // member leaves first, so that the new owners take the names at the releases.
+    await fleet?.leave().catch(() => undefined);
     const results = await Promise.allSettled(started.map((tr) => tr.elector.shutdown()));
     const failed = results.find((r) => r.status === 'rejected');
     if (failed) shutdown = `error: ${failed.reason?.code ?? ''} ${failed.reason?.message ?? String(failed.reason)}`;
@@ -264,6 +271,7 @@ function configFor(lock, withStall) {
   if (args.safetyMargin !== undefined) config.safetyMargin = args.safetyMargin;
   if (args.operationTimeout !== undefined) config.operationTimeout = args.operationTimeout;
   if (withStall && args.maxEventLoopStall !== undefined) config.maxEventLoopStall = args.maxEventLoopStall;
+  if (fleet !== null) config.fleet = { fleet, name: `lock-${lock}` };
   return config;
 }
 
@@ -285,6 +293,14 @@ async function connect(lock) {
 }
 
 const giveUp = Date.now() + START_DEADLINE_MS;
+while (args.fleet && fleet === null && !stopping) {
+  try {
+    fleet = await LeaderFleet.join(args.url, { id, schema: args.schema, leaseDuration: args.lease, renewalInterval: args.renewal });
+  } catch (err) {
+    if (!RETRYABLE.has(err?.code) || Date.now() > giveUp) throw err;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
 for (const tr of tracks) {
   while (tr.elector === null && !stopping) {
     try {
