@@ -95,6 +95,40 @@ describe('LeaderFleet: named elections spread by membership', () => {
     }
   });
 
+  test('a name prefers the newest version: a singleton moves once, to the new version, and stays', async () => {
+    const vschema = randomSchema();
+    const started: { fleet: LeaderFleet; elector: LeaderElectorCore }[] = [];
+    const join = async (id: string, version: string) => {
+      const url = urlWithApp(`ll_fleet_v_${id}_${randomBytes(3).toString('hex')}`);
+      const fleet = await LeaderFleet.join(url, { id, version, schema: vschema, leaseDuration: 2000, renewalInterval: 500 });
+      const elector = await LeaderElectorCore.connect(url, { ...FAST, schema: vschema, lockId: 300, fleet: { fleet, name: 'singleton' } });
+      started.push({ fleet, elector });
+      return elector;
+    };
+    try {
+      const old = await join('old', '1.9');
+      assert.ok(await waitFor(() => old.amILeader(), 10_000), 'the only member leads the singleton');
+      const leaders: string[] = [];
+      const sampler = setInterval(() => {
+        const now = started.filter((m) => m.elector.amILeader()).map((m) => m.fleet.id);
+        assert.ok(now.length <= 1, `two leaders: ${now.join(', ')}`);
+        if (now[0] !== undefined && leaders.at(-1) !== now[0]) leaders.push(now[0]);
+      }, 5);
+      try {
+        const fresh = await join('new', '1.10');
+        assert.ok(await waitFor(() => fresh.amILeader(), 10_000), 'the member of the newer version (1.10 > 1.9) takes it');
+        await sleep(2000);
+        assert.deepEqual(leaders, ['old', 'new'], 'one move, and it stays with the new version');
+      } finally {
+        clearInterval(sampler);
+      }
+    } finally {
+      for (const m of started) await m.fleet.leave().catch(() => undefined);
+      await Promise.allSettled(started.map((m) => m.elector.shutdown()));
+      await dropSchema(vschema);
+    }
+  });
+
   test('a fleet option that is none is refused, and so is a fleet that is no LeaderFleet', async () => {
     await assert.rejects(LeaderFleet.join(DATABASE_URL, { schema, versoin: '1' } as never), LeaderElectionConfigError);
     await assert.rejects(

@@ -7,7 +7,7 @@ import { checkLockId } from './leader-only.decorator.js';
 import { lockIdForName } from './lock-id.js';
 
 /** The keys of `spread`. */
-const SPREAD_KEYS = ['checkInterval', 'discoveryInterval'] as const;
+const SPREAD_KEYS = ['checkInterval', 'discoveryInterval', 'version'] as const;
 
 /** Default `lockId` of the app-wide election (the native core's). */
 const DEFAULT_LOCK_ID = 1;
@@ -35,6 +35,12 @@ export interface SpreadOptions {
    * search that found nobody new, up to 64 x). The first search is one to two leases after the start.
    */
   discoveryInterval?: number;
+  /**
+   * This instance's version as a fleet member (PostgreSQL): names prefer members of the newest version
+   * (compared piecewise, numbers by value: `1.10` after `1.9`), so during a rolling deploy a name led by
+   * one instance (a singleton) moves once, to the first instance of the new version, and stays there.
+   */
+  version?: string;
 }
 
 /** The forFeature declarations: found by the explorer among the app's providers. */
@@ -73,7 +79,9 @@ export class NamedElections {
   #stopped = false;
   #instanceId: string | undefined;
   #spreadTimer: NodeJS.Timeout | null = null;
-  #spread: Required<SpreadOptions> | null;
+  #spread: Required<Omit<SpreadOptions, 'version'>> | null;
+  /** `spread.version`. */
+  #version: string | undefined;
   #nextShed = 0;
   #nextDiscovery = Infinity;
   #discoveryWait = 0;
@@ -102,7 +110,13 @@ export class NamedElections {
         );
       }
       warnUnknownKeys(o, SPREAD_KEYS, 'LeaderElectorModule `spread` option');
-      for (const k of SPREAD_KEYS) {
+      if (o.version !== undefined && (typeof o.version !== 'string' || o.version === '')) {
+        throw new LeaderElectionConfigError(
+          `invalid leader election config: \`spread.version\` must be a non-empty string (got ${JSON.stringify(o.version)})`,
+        );
+      }
+      this.#version = o.version;
+      for (const k of ['checkInterval', 'discoveryInterval'] as const) {
         const v = o[k];
         if (v !== undefined && (typeof v !== 'number' || !Number.isFinite(v) || v < 10)) {
           throw new LeaderElectionConfigError(
@@ -283,6 +297,7 @@ export class NamedElections {
     if (this.#spread === null || this.joinFleet === null || this.#fleet !== null) return;
     const options: LeaderFleetOptions = {};
     if (this.#instanceId !== undefined) options.id = this.#instanceId;
+    if (this.#version !== undefined) options.version = this.#version;
     if (this.base.leaseDuration !== undefined) options.leaseDuration = this.base.leaseDuration;
     if (this.base.renewalInterval !== undefined) options.renewalInterval = this.base.renewalInterval;
     if (this.base.createTableOnInit !== undefined) options.createTableOnInit = this.base.createTableOnInit;
