@@ -753,6 +753,14 @@ impl Campaign {
     /// planned owner; for another member, once it has seen the name without a leader for one lease (so
     /// that the plan never leaves a name leaderless). Otherwise schedules the next look.
     fn may_take(&mut self, now: Instant) -> bool {
+        if let Some(seat) = &self.placement {
+            let settle = Instant::from(seat.settle_until);
+            if now < settle {
+                // The fleet is new: other members starting together may not be listed yet.
+                self.next_poll = settle;
+                return false;
+            }
+        }
         let Some(owner) = self.planned_owner() else {
             self.unled_since = None;
             self.owner_released = None;

@@ -296,3 +296,39 @@ async fn names_spread_by_membership_move_only_on_a_membership_change() {
         m.stop().await;
     }
 }
+
+/// Members that start together (within one member renewal interval, 0.5 s here; processes started at
+/// once come up some 100 ms apart) see each other before any of them takes a name: each takes only its own
+/// share, instead of the first one up taking them all and handing most of them over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_starting_together_take_only_their_own_names() {
+    let s = TestSchema::new("fleet_together").await;
+    let mut t = Tracker::new();
+    let later = |ms: u64, id: &'static str| {
+        let s = &s;
+        async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            member(s, id).await
+        }
+    };
+    let (a, b, c) = tokio::join!(later(0, "a"), later(150, "b"), later(300, "c"));
+    let all = [&a, &b, &c];
+    let took = t
+        .settle(&all, Duration::from_secs(10), "a, b and c together")
+        .await;
+    t.watch(&all, Duration::from_secs(2)).await;
+    note(&format!(
+        "fleet: 30 names, a, b, c started 150 ms apart: {} moves, balanced {:?} in {took:?}",
+        t.total_moves(),
+        t.loads(&all)
+    ));
+    assert!(
+        t.total_moves() <= 3,
+        "members started together moved {} names: {:?}",
+        t.total_moves(),
+        t.moves
+    );
+    for m in [a, b, c] {
+        m.stop().await;
+    }
+}

@@ -46,6 +46,10 @@ pub(crate) struct Seat {
     /// name over: one member renewal interval, time for a member that just joined to start its
     /// elections, so that it takes the name at the release instead of after its own start-up.
     pub(crate) handover_delay: Duration,
+    /// Until when this member does not take a name that has no leader, even its own: one member renewal
+    /// interval after the fleet was made, so that the members that start together see each other before
+    /// any of them takes the names (instead of the first one up taking them all, to hand most over).
+    pub(crate) settle_until: tokio::time::Instant,
 }
 
 impl Seat {
@@ -63,6 +67,8 @@ impl Seat {
 
 struct Inner {
     membership: Membership,
+    /// When the fleet was made (see [`Seat::settle_until`]).
+    made_at: tokio::time::Instant,
     names: Mutex<BTreeMap<String, Name>>,
     replan: Arc<Notify>,
     stop: CancellationToken,
@@ -124,6 +130,7 @@ impl Fleet {
     /// Tokio runtime: a task replans at each membership change until [`leave`](Self::leave).
     pub fn new(membership: Membership) -> Self {
         let inner = Arc::new(Inner {
+            made_at: tokio::time::Instant::now(),
             membership,
             names: Mutex::default(),
             replan: Arc::new(Notify::new()),
@@ -191,6 +198,8 @@ impl Fleet {
                 holder: n.holder.clone(),
                 replan: self.inner.replan.clone(),
                 handover_delay: self.inner.membership.config().renewal_interval(),
+                settle_until: self.inner.made_at
+                    + self.inner.membership.config().renewal_interval(),
             }
         };
         self.inner.replan_now();
