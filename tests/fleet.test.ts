@@ -129,8 +129,19 @@ describe('LeaderFleet: named elections spread by membership', () => {
     }
   });
 
-  test('a fleet option that is none is refused, and so is a fleet that is no LeaderFleet', async () => {
-    await assert.rejects(LeaderFleet.join(DATABASE_URL, { schema, versoin: '1' } as never), LeaderElectionConfigError);
+  test('a fleet option that is none is warned about naming the closest, and a fleet that is no LeaderFleet is refused', async () => {
+    const seen: string[] = [];
+    const onWarning = (w: Error) => seen.push(w.message);
+    process.on('warning', onWarning);
+    try {
+      const f = await LeaderFleet.join(DATABASE_URL, { schema, versoin: '1' } as never);
+      await f.leave();
+      await sleep(20);
+    } finally {
+      process.off('warning', onWarning);
+    }
+    assert.ok(seen.some((m) => /versoin/.test(m) && /version/.test(m)), `a warning naming versoin and version: ${JSON.stringify(seen)}`);
+    await assert.rejects(LeaderFleet.join(DATABASE_URL, 42 as never), LeaderElectionConfigError);
     await assert.rejects(
       LeaderElectorCore.connect(DATABASE_URL, { ...FAST, schema, lockId: 999, fleet: { fleet: {} as LeaderFleet, name: 'x' } }),
       (e: unknown) => e instanceof LeaderElectionConfigError && /fleet\.fleet/.test(e.message),

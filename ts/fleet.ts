@@ -6,6 +6,7 @@
  */
 import type { Fleet as NativeFleet, FleetMember, PlannedName } from '../native/index.js';
 
+import { warnUnknownKeys } from './config-keys.js';
 import { connectionForUrl, connectionSettingsFromDataSource, storeSettings } from './connection-options.js';
 import { LeaderElectionConfigError, fromNative } from './errors.js';
 import { type DataSourceLike, type LeaderElectorConfig, type RepositoryLike, toNativeOptions } from './leader-elector.config.js';
@@ -46,11 +47,10 @@ export class LeaderFleet {
    * DataSource). Creates the member table next to the lease table if missing.
    */
   static async join(source: string | DataSourceLike | RepositoryLike, options: LeaderFleetOptions = {}): Promise<LeaderFleet> {
-    for (const key of Object.keys(options ?? {})) {
-      if (!(FLEET_KEYS as readonly string[]).includes(key)) {
-        throw new LeaderElectionConfigError(`invalid leader election config: unknown fleet option \`${key}\` (known: ${FLEET_KEYS.join(', ')})`);
-      }
+    if (options !== undefined && (options === null || typeof options !== 'object')) {
+      throw new LeaderElectionConfigError('invalid leader election config: the LeaderFleet.join options must be an object');
     }
+    warnUnknownKeys(options, FLEET_KEYS, 'LeaderFleet.join options');
     try {
       const connection =
         typeof source === 'string'
