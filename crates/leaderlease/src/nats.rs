@@ -97,7 +97,7 @@ impl std::fmt::Debug for NatsBackend {
     }
 }
 
-fn store_error(
+pub(crate) fn store_error(
     operation: &'static str,
     e: impl std::error::Error + Send + Sync + 'static,
 ) -> Error {

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use leaderlease::fleet::{MemberConfig, Membership};
+use leaderlease::fleet::MemberConfig;
 use leaderlease::{Error, PgHub};
 
 async fn hub() -> PgHub {
@@ -25,28 +25,6 @@ fn member(schema: &TestSchema, id: &str) -> leaderlease::fleet::MemberBuilder {
         .with_renewal_interval(Duration::from_millis(500))
 }
 
-fn ids(m: &Membership) -> Vec<String> {
-    m.members().into_iter().map(|m| m.id).collect()
-}
-
-/// Waits until `m` lists exactly `want`; returns how long that took.
-async fn wait_for(m: &Membership, want: &[&str], limit: Duration) -> Duration {
-    let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
-    let start = Instant::now();
-    loop {
-        if ids(m) == want {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{} lists {:?}, not {want:?}, after {limit:?}",
-            m.id(),
-            ids(m)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn members_join_see_each_other_and_a_leave_is_seen_at_once() {
     let s = TestSchema::new("fleet_join").await;
@@ -55,7 +33,7 @@ async fn members_join_see_each_other_and_a_leave_is_seen_at_once() {
         .join_fleet(member(&s, "a").with_version("1.9").build().unwrap())
         .await
         .unwrap();
-    assert_eq!(ids(&a), ["a"], "a member lists itself at once");
+    assert_eq!(member_ids(&a), ["a"], "a member lists itself at once");
     // A long renewal interval: b's join and a's leave must be seen through the announcement, not at the
     // next renewal.
     let b = hb
@@ -69,8 +47,12 @@ async fn members_join_see_each_other_and_a_leave_is_seen_at_once() {
         )
         .await
         .unwrap();
-    assert_eq!(ids(&b), ["a", "b"], "the joining member reads the list");
-    let seen = wait_for(&a, &["a", "b"], Duration::from_secs(5)).await;
+    assert_eq!(
+        member_ids(&b),
+        ["a", "b"],
+        "the joining member reads the list"
+    );
+    let seen = wait_for_members(&a, &["a", "b"], Duration::from_secs(5)).await;
     eprintln!("a saw b join after {seen:?}");
     let list = b.members();
     assert_eq!(list[0].version.as_deref(), Some("1.9"));
@@ -82,7 +64,7 @@ async fn members_join_see_each_other_and_a_leave_is_seen_at_once() {
     let mut changes = b.subscribe();
     changes.borrow_and_update();
     a.leave().await;
-    let gone = wait_for(&b, &["b"], Duration::from_secs(5)).await;
+    let gone = wait_for_members(&b, &["b"], Duration::from_secs(5)).await;
     eprintln!("b saw a leave after {gone:?}");
     assert!(
         gone < Duration::from_secs(5),
@@ -92,7 +74,11 @@ async fn members_join_see_each_other_and_a_leave_is_seen_at_once() {
         changes.has_changed().unwrap(),
         "the list stream told of the change"
     );
-    assert_eq!(ids(&a), Vec::<String>::new(), "a left member lists nobody");
+    assert_eq!(
+        member_ids(&a),
+        Vec::<String>::new(),
+        "a left member lists nobody"
+    );
     b.leave().await;
     ha.close().await;
     hb.close().await;
@@ -137,7 +123,7 @@ async fn a_member_that_stops_renewing_drops_out_after_its_lease_and_not_before()
         .join_fleet(member(&s, "b").build().unwrap())
         .await
         .unwrap();
-    wait_for(&b, &["b", "frozen"], Duration::from_secs(5)).await;
+    wait_for_members(&b, &["b", "frozen"], Duration::from_secs(5)).await;
     // Let the frozen member renew a few times, then stop it.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     tx.send(()).unwrap();
@@ -145,11 +131,11 @@ async fn a_member_that_stops_renewing_drops_out_after_its_lease_and_not_before()
     let stopped = Instant::now();
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
-        ids(&b),
+        member_ids(&b),
         ["b", "frozen"],
         "a member is listed until its lease (2 s) ends, even when it renews no more"
     );
-    wait_for(&b, &["b"], Duration::from_secs(6)).await;
+    wait_for_members(&b, &["b"], Duration::from_secs(6)).await;
     let after = stopped.elapsed();
     eprintln!("the frozen member dropped out {after:?} after it stopped");
     assert!(
@@ -179,10 +165,10 @@ async fn fleets_of_two_schemas_do_not_see_each_other() {
         .join_fleet(member(&s2, "same").build().unwrap())
         .await
         .unwrap();
-    wait_for(&b, &["other", "same"], Duration::from_secs(5)).await;
+    wait_for_members(&b, &["other", "same"], Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(ids(&a), ["same"], "schema 1 holds one member");
-    assert_eq!(ids(&b), ["other", "same"]);
+    assert_eq!(member_ids(&a), ["same"], "schema 1 holds one member");
+    assert_eq!(member_ids(&b), ["other", "same"]);
     let listed = leaderlease::list_members(&s1.pool, &s1.name).await.unwrap();
     assert_eq!(
         listed.map(|l| l.into_iter().map(|m| m.id).collect::<Vec<_>>()),

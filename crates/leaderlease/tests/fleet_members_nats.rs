@@ -10,74 +10,19 @@ use std::time::{Duration, Instant};
 use common::*;
 use leaderlease::fleet::{MemberConfig, Membership};
 
-/// A bucket of the test's own, deleted on drop.
-struct Bucket {
-    name: String,
-}
-
-impl Bucket {
-    fn new(prefix: &str) -> Self {
-        Self {
-            name: unique(prefix),
-        }
-    }
-    async fn join(&self, id: &str, lease: Duration, renewal: Duration) -> Membership {
-        let client = async_nats::connect(nats_url()).await.unwrap();
-        let config = MemberConfig::builder()
-            .with_id(id)
-            .with_version(format!("v-{id}"))
-            .with_lease_duration(lease)
-            .with_renewal_interval(renewal)
-            .build()
-            .unwrap();
-        Membership::join_nats(client, &self.name, config)
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Bucket {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(Ok(client)) =
-                    tokio::time::timeout(Duration::from_secs(2), async_nats::connect(nats_url()))
-                        .await
-                {
-                    let _ = async_nats::jetstream::new(client)
-                        .delete_key_value(&name)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-fn ids(m: &Membership) -> Vec<String> {
-    m.members().into_iter().map(|m| m.id).collect()
-}
-
-async fn wait_for(m: &Membership, want: &[&str], limit: Duration) -> Duration {
-    let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
-    let start = Instant::now();
-    loop {
-        if ids(m) == want {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{} lists {:?}, not {want:?}, after {limit:?}",
-            m.id(),
-            ids(m)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Joins the fleet kept in `bucket` as member `id` (version `v-<id>`).
+async fn join(bucket: &Bucket, id: &str, lease: Duration, renewal: Duration) -> Membership {
+    let client = async_nats::connect(&bucket.url).await.unwrap();
+    let config = MemberConfig::builder()
+        .with_id(id)
+        .with_version(format!("v-{id}"))
+        .with_lease_duration(lease)
+        .with_renewal_interval(renewal)
+        .build()
+        .unwrap();
+    Membership::join_nats(client, &bucket.name, config)
+        .await
+        .unwrap()
 }
 
 const LEASE: Duration = Duration::from_secs(2);
@@ -89,14 +34,18 @@ async fn members_join_see_each_other_and_a_leave_is_seen_at_once() {
         return;
     }
     let bucket = Bucket::new("ll_fleet_join");
-    let a = bucket.join("a", LEASE, RENEWAL).await;
-    assert_eq!(ids(&a), ["a"]);
+    let a = join(&bucket, "a", LEASE, RENEWAL).await;
+    assert_eq!(member_ids(&a), ["a"]);
     // b renews rarely: a's leave must reach it through the watch, not its next renewal.
-    let b = bucket
-        .join("b", Duration::from_secs(20), Duration::from_secs(10))
-        .await;
-    wait_for(&b, &["a", "b"], Duration::from_secs(5)).await;
-    let seen = wait_for(&a, &["a", "b"], Duration::from_secs(5)).await;
+    let b = join(
+        &bucket,
+        "b",
+        Duration::from_secs(20),
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_for_members(&b, &["a", "b"], Duration::from_secs(5)).await;
+    let seen = wait_for_members(&a, &["a", "b"], Duration::from_secs(5)).await;
     eprintln!("a saw b join after {seen:?}");
     let list = b.members();
     assert_eq!(list[0].version.as_deref(), Some("v-a"));
@@ -105,7 +54,7 @@ async fn members_join_see_each_other_and_a_leave_is_seen_at_once() {
         "{list:?}"
     );
     a.leave().await;
-    let gone = wait_for(&b, &["b"], Duration::from_secs(5)).await;
+    let gone = wait_for_members(&b, &["b"], Duration::from_secs(5)).await;
     eprintln!("b saw a leave after {gone:?}");
     b.leave().await;
 }
@@ -116,14 +65,14 @@ async fn a_member_that_stops_renewing_drops_out_after_its_lease_and_not_before()
         return;
     }
     let bucket = Bucket::new("ll_fleet_drop");
-    let name = bucket.name.clone();
+    let (name, url) = (bucket.name.clone(), bucket.url.clone());
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let runner = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let b = Bucket { name };
-            let m = b.join("frozen", LEASE, RENEWAL).await;
+            let b = Bucket { name, url };
+            let m = join(&b, "frozen", LEASE, RENEWAL).await;
             std::mem::forget(b);
             ready_tx.send(()).unwrap();
             std::mem::forget(m);
@@ -132,15 +81,19 @@ async fn a_member_that_stops_renewing_drops_out_after_its_lease_and_not_before()
         rt.shutdown_background();
     });
     ready_rx.await.unwrap();
-    let b = bucket.join("b", LEASE, RENEWAL).await;
-    wait_for(&b, &["b", "frozen"], Duration::from_secs(5)).await;
+    let b = join(&bucket, "b", LEASE, RENEWAL).await;
+    wait_for_members(&b, &["b", "frozen"], Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     tx.send(()).unwrap();
     runner.join().unwrap();
     let stopped = Instant::now();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(ids(&b), ["b", "frozen"], "listed until its lease ends");
-    wait_for(&b, &["b"], Duration::from_secs(8)).await;
+    assert_eq!(
+        member_ids(&b),
+        ["b", "frozen"],
+        "listed until its lease ends"
+    );
+    wait_for_members(&b, &["b"], Duration::from_secs(8)).await;
     let after = stopped.elapsed();
     eprintln!("the frozen member dropped out {after:?} after it stopped");
     assert!(after >= Duration::from_millis(1000), "{after:?}");
@@ -153,13 +106,13 @@ async fn fleets_of_two_buckets_do_not_see_each_other() {
         return;
     }
     let (b1, b2) = (Bucket::new("ll_fleet_iso1"), Bucket::new("ll_fleet_iso2"));
-    let a = b1.join("same", LEASE, RENEWAL).await;
-    let b = b2.join("other", LEASE, RENEWAL).await;
-    let c = b2.join("same", LEASE, RENEWAL).await;
-    wait_for(&b, &["other", "same"], Duration::from_secs(5)).await;
+    let a = join(&b1, "same", LEASE, RENEWAL).await;
+    let b = join(&b2, "other", LEASE, RENEWAL).await;
+    let c = join(&b2, "same", LEASE, RENEWAL).await;
+    wait_for_members(&b, &["other", "same"], Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(ids(&a), ["same"]);
-    assert_eq!(ids(&c), ["other", "same"]);
+    assert_eq!(member_ids(&a), ["same"]);
+    assert_eq!(member_ids(&c), ["other", "same"]);
     for m in [&a, &b, &c] {
         m.leave().await;
     }

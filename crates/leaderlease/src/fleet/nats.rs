@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::{MemberConfig, MemberStore, MemberView, Membership};
 use crate::backend::BoxFuture;
-use crate::nats::{Expiry, NATS_CONNECT_TIMEOUT, NatsBackend};
+use crate::nats::{Expiry, NATS_CONNECT_TIMEOUT, NatsBackend, store_error};
 use crate::{ConfigError, Error, Result, lock};
 
 /// The prefix of member keys in a bucket.
@@ -26,16 +26,6 @@ pub const MEMBER_KEY_PREFIX: &str = "member.";
 
 /// How often the member watch checks the client's connection.
 const CHECK_INTERVAL: Duration = Duration::from_millis(200);
-
-fn store_error(
-    operation: &'static str,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> Error {
-    Error::Store {
-        operation,
-        source: Box::new(e),
-    }
-}
 
 /// What the watch last saw of a member.
 #[derive(Debug, Clone)]

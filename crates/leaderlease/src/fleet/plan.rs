@@ -157,7 +157,8 @@ impl Fleet {
     }
 
     /// The current plan of this process's names: each name with the id of the member that should lead
-    /// it (`None` while the member list is empty).
+    /// it (this member's own id for every name while it is not in its own list yet: it then campaigns
+    /// for all of them).
     pub fn plan(&self) -> BTreeMap<String, Option<String>> {
         let me = self.inner.membership.id().to_owned();
         lock(&self.inner.names)

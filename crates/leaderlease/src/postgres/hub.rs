@@ -432,19 +432,7 @@ impl PgHub {
         if let Some(o) = &observer {
             lock(&self.inner.observers).push(o.clone());
         }
-        if let Some(options) = lock(&self.inner.listen_options).take() {
-            let listener = listen(
-                options,
-                self.inner.pool.clone(),
-                self.inner.timeout,
-                self.inner.waiters.clone(),
-                self.inner.listening.clone(),
-                self.inner.observers.clone(),
-                self.inner.stop.clone(),
-            );
-            let task = tokio::spawn(listener.instrument(info_span!("leaderlease_listener")));
-            *lock(&self.inner.listen_task) = Some(task);
-        }
+        self.start_listening();
         let namespace = schema::lock_namespace(schema);
         let released = Arc::new(Notify::new());
         lock(&self.inner.waiters)

@@ -221,12 +221,7 @@ impl PgMembers {
                         .to_owned(),
             });
         }
-        let bound = self.timeout.max(Duration::from_secs(30));
-        let sql = format!(
-            "SET LOCAL statement_timeout = {};\nSET LOCAL lock_timeout = '10s';\n{}",
-            bound.as_millis(),
-            schema::up_sql(&self.schema)
-        );
+        let (bound, sql) = super::bounded_up_sql(&self.schema, self.timeout);
         with_conn!(self, "migrate", bound, |c| sqlx::raw_sql(AssertSqlSafe(
             sql
         ))

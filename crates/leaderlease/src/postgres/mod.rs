@@ -510,22 +510,28 @@ impl PgBackend {
     /// Runs the up migration. Terms need no step after it: a sequence created afresh (or set back) is
     /// overtaken by the clock and by a remaining row's own term in the acquisition itself.
     async fn migrate(&self) -> Result<()> {
-        // The DDL may wait on the DDL advisory lock of a concurrent starter, so it gets a longer bound,
-        // on the server too: the hub's sessions have statement_timeout = the operation timeout. A bounded
-        // wait for the table's lock, so the election's own statements never queue behind a long
-        // transaction holding it. SET LOCAL: only for this run of the script.
-        let bound = self.timeout.max(Duration::from_secs(30));
-        let sql = format!(
-            "SET LOCAL statement_timeout = {};\nSET LOCAL lock_timeout = '10s';\n{}",
-            bound.as_millis(),
-            schema::up_sql(&self.schema)
-        );
+        let (bound, sql) = bounded_up_sql(&self.schema, self.timeout);
         with_conn!(self, "migrate", bound, |c| sqlx::raw_sql(AssertSqlSafe(
             sql
         ))
         .execute(c))?;
         Ok(())
     }
+}
+
+/// The up migration of `schema` as run at start, with the time it may take (at least 30 s, more with a
+/// longer operation timeout). The DDL may wait on the DDL advisory lock of a concurrent starter, so it gets
+/// a longer bound, on the server too: the hub's sessions have statement_timeout = the operation timeout. A
+/// bounded wait for the table's lock, so the elections' own statements never queue behind a long
+/// transaction holding it. SET LOCAL: only for this run of the script.
+pub(crate) fn bounded_up_sql(schema: &str, operation_timeout: Duration) -> (Duration, String) {
+    let bound = operation_timeout.max(Duration::from_secs(30));
+    let sql = format!(
+        "SET LOCAL statement_timeout = {};\nSET LOCAL lock_timeout = '10s';\n{}",
+        bound.as_millis(),
+        schema::up_sql(schema)
+    );
+    (bound, sql)
 }
 
 impl Backend for PgBackend {

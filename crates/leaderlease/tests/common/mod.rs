@@ -479,3 +479,30 @@ impl Drop for SwitchProxy {
         self.task.abort();
     }
 }
+
+/// The ids of the members `m` lists now.
+pub fn member_ids(m: &leaderlease::fleet::Membership) -> Vec<String> {
+    m.members().into_iter().map(|m| m.id).collect()
+}
+
+/// Waits until `m` lists exactly `want`; returns how long that took.
+pub async fn wait_for_members(
+    m: &leaderlease::fleet::Membership,
+    want: &[&str],
+    limit: Duration,
+) -> Duration {
+    let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    let start = std::time::Instant::now();
+    loop {
+        if member_ids(m) == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{} lists {:?}, not {want:?}, after {limit:?}",
+            m.id(),
+            member_ids(m)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
